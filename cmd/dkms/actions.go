@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
+)
+
+// run carries out the parsed command.
+func run(ctx context.Context, a *args, env *lifecycle.Env) error {
+	switch a.action {
+	case "status":
+		return status(ctx, a, env)
+	case "generate_mok":
+		return lifecycle.GenerateMOK(ctx, env)
+	case "add", "build", "install":
+		if a.all {
+			return &usageError{code: 5, lines: []string{fmt.Sprintf("The action %s does not support the --all parameter.", a.action)}}
+		}
+	case "remove", "unbuild", "uninstall":
+		if err := requireModuleArgs(a); err != nil {
+			return err
+		}
+	case "match", "autoinstall", "mktarball", "ldtarball", "mkdriverdisk", "kernel_preinst", "kernel_postinst", "kernel_prerm":
+		return &lifecycle.Error{Kind: lifecycle.KindNotSupported, Lines: []string{
+			fmt.Sprintf("dkms %s is not part of this dkmsd release; use Debian's dkms for it until it lands.", a.action)}}
+	}
+
+	if a.action == "install" || a.action == "uninstall" {
+		if err := requireRoot(env); err != nil {
+			return err
+		}
+	} else if err := requireWritableTree(env); err != nil {
+		return err
+	}
+	unlock, err := lifecycle.LockTree(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	ts, err := targets(env, a)
+	if err != nil {
+		return err
+	}
+	if a.action == "add" && a.sourceDir != "" && a.module == "" {
+		_, _, err := lifecycle.AddSourceDir(ctx, env, a.sourceDir, ts[0].Kernel, ts[0].Arch)
+		return err
+	}
+	if a.archive != "" && a.module == "" {
+		return &lifecycle.Error{Kind: lifecycle.KindNotSupported, Lines: []string{
+			"Loading a tarball (" + a.archive + ") is not part of this dkmsd release."}}
+	}
+	if a.sourceDir != "" && a.module == "" {
+		m, v, err := lifecycle.AddSourceDir(ctx, env, a.sourceDir, ts[0].Kernel, ts[0].Arch)
+		if err != nil {
+			return err
+		}
+		a.module, a.version = m, v
+		for i := range ts {
+			ts[i].Module, ts[i].Version = m, v
+		}
+	}
+	if err := requireModuleArgs(a); err != nil {
+		return err
+	}
+	switch a.action {
+	case "add":
+		return lifecycle.Add(ctx, env, a.module, a.version, ts[0].Kernel, ts[0].Arch)
+	case "build":
+		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Build(ctx, env, t) })
+	case "install":
+		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Install(ctx, env, t) })
+	}
+	// remove, unbuild, uninstall work on modules in the tree.
+	if _, ok := env.Layout.Lookup(a.module, a.version); !ok {
+		return &lifecycle.Error{Kind: lifecycle.KindNotAdded, Lines: []string{
+			fmt.Sprintf("The module/version combo: %s-%s is not located in the DKMS tree.", a.module, a.version)}}
+	}
+	if mv, _ := env.Layout.Lookup(a.module, a.version); mv.Broken {
+		return &lifecycle.Error{Kind: lifecycle.KindBroken, Lines: []string{
+			fmt.Sprintf("%s/%s is broken!", a.module, a.version),
+			"Missing the source directory or the symbolic link pointing to it.", "Manual intervention is required!"}}
+	}
+	switch a.action {
+	case "uninstall":
+		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Uninstall(ctx, env, t) })
+	case "unbuild":
+		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Unbuild(ctx, env, t) })
+	default:
+		return lifecycle.Remove(ctx, env, a.module, a.version, ts)
+	}
+}
+
+// status prints `dkms status` lines; it always succeeds, as in dkms.
+func status(ctx context.Context, a *args, env *lifecycle.Env) error {
+	lines, err := lifecycle.Status(ctx, env, lifecycle.StatusQuery{Module: a.module, Version: a.version, Kernels: a.kernels, Arches: a.arches})
+	if err != nil {
+		return err
+	}
+	w := bufferedStdout()
+	defer w.Flush()
+	for _, l := range lines {
+		fmt.Fprintln(w, l.String())
+		if len(l.Problem) > 0 {
+			w.Flush()
+			fmt.Fprintln(os.Stderr)
+			printLines(l.Problem)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// args is a parsed dkms command line. The grammar is dkms's: options and
+// the action in any order, long options prefix-matched, short options
+// taking the next word, and bare words read as a source dir, a dkms.conf,
+// an archive or module/version.
+type args struct {
+	action          string
+	module, version string
+	kernels, arches []string
+	templateKernel  string
+	conf            string
+	kernelConfig    string
+	archive         string
+	directives      []string
+	sourceDir       string
+
+	dkmsTree, sourceTree, installTree, kernelSourceDir string
+	root                                               string
+
+	force, forceVersionOverride, all, verbose, quiet bool
+	binariesOnly, sourceOnly, noDepmod              bool
+	modprobeOnInstall, symlinkModules, noInitrd     bool
+	jobs                                            string
+	version_                                        bool
+	help                                            bool
+	warnings                                        []string
+}
+
+// usageError is a command-line error with dkms's exit code.
+type usageError struct {
+	code      int
+	lines     []string
+	showUsage bool
+}
+
+func (u *usageError) Error() string { return strings.Join(u.lines, "\n") }
+
+var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|kernel_(preinst|postinst|prerm))$`)
+
+// longValue options are matched by prefix as in dkms, in this order
+// (--archive before --arch).
+var longValue = []string{"--module", "--kernelver", "--templatekernel", "--dkmstree", "--sourcetree",
+	"--installtree", "--config", "--archive", "--arch", "--kernelsourcedir", "--directive", "--root"}
+
+func parseArgs(argv []string) (*args, error) {
+	a := &args{}
+	for i := 0; i < len(argv); i++ {
+		w := argv[i]
+		// value returns the option's value: after "=" for long forms,
+		// else the next word.
+		value := func(long bool) string {
+			if long {
+				if _, v, ok := strings.Cut(w, "="); ok {
+					return v
+				}
+			}
+			if i+1 < len(argv) {
+				i++
+				return argv[i]
+			}
+			return ""
+		}
+		switch w {
+		case "-m":
+			a.setModule(value(false))
+			continue
+		case "-v":
+			a.version = value(false)
+			continue
+		case "-k":
+			a.addKernel(value(false))
+			continue
+		case "-a":
+			a.arches = append(a.arches, value(false))
+			continue
+		case "-c":
+			a.conf = value(false)
+			continue
+		case "-j":
+			a.jobs = value(false)
+			continue
+		case "-q", "--quiet":
+			a.quiet = true
+			continue
+		case "-V", "--version":
+			a.version_ = true
+			continue
+		case "-h", "--help":
+			a.help = true
+			continue
+		case "--no-initrd":
+			a.noInitrd = true
+			continue
+		case "--no-clean-kernel", "--no-prepare-kernel":
+			a.warnings = append(a.warnings, "Deprecated feature: "+w)
+			continue
+		case "--binaries-only":
+			a.binariesOnly = true
+			continue
+		case "--source-only":
+			a.sourceOnly = true
+			continue
+		case "--force":
+			a.force = true
+			continue
+		case "--force-version-override":
+			a.forceVersionOverride = true
+			continue
+		case "--all":
+			a.all = true
+			continue
+		case "--verbose":
+			a.verbose = true
+			continue
+		case "--rpm_safe_upgrade":
+			a.force = true
+			continue
+		case "--no-depmod":
+			a.noDepmod = true
+			continue
+		case "--modprobe-on-install":
+			a.modprobeOnInstall = true
+			continue
+		case "--symlink-modules":
+			a.symlinkModules = true
+			continue
+		case "--debug":
+			continue
+		}
+		if opt := longOption(w); opt != "" {
+			v := value(true)
+			switch opt {
+			case "--module":
+				a.setModule(v)
+			case "--kernelver":
+				a.addKernel(v)
+			case "--templatekernel":
+				a.templateKernel = v
+			case "--dkmstree":
+				a.dkmsTree = v
+			case "--sourcetree":
+				a.sourceTree = v
+			case "--installtree":
+				a.installTree = v
+			case "--config":
+				a.kernelConfig = v
+			case "--archive":
+				a.archive = v
+			case "--arch":
+				a.arches = append(a.arches, v)
+			case "--kernelsourcedir":
+				a.kernelSourceDir = v
+			case "--directive":
+				a.directives = append(a.directives, v)
+			case "--root":
+				a.root = v
+			}
+			continue
+		}
+		if strings.HasPrefix(w, "-") {
+			return nil, &usageError{code: 2, lines: []string{" Unknown option: " + w}, showUsage: true}
+		}
+		switch {
+		case actionRE.MatchString(w):
+			if a.action != "" {
+				return nil, &usageError{code: 4, lines: []string{"Cannot specify more than one action."}}
+			}
+			a.action = w
+		case isFile(w) && strings.HasSuffix(w, "dkms.conf"):
+			a.sourceDir = filepath.Dir(w)
+		case isDir(w) && isFile(filepath.Join(w, "dkms.conf")):
+			a.sourceDir = w
+		case isFile(w):
+			a.archive = w
+		case a.module == "":
+			a.setModule(w)
+		default:
+			a.warnings = append(a.warnings, "Warning: I do not know how to handle "+w+".")
+		}
+	}
+	return a, a.validate()
+}
+
+func longOption(w string) string {
+	for _, o := range longValue {
+		if strings.HasPrefix(w, o) {
+			return o
+		}
+	}
+	return ""
+}
+
+// setModule takes "module" or "module/version" (split at the first /).
+func (a *args) setModule(s string) {
+	if m, v, ok := strings.Cut(s, "/"); ok {
+		a.module, a.version = m, v
+		return
+	}
+	a.module = s
+}
+
+// addKernel takes "kernel" or "kernel/arch".
+func (a *args) addKernel(s string) {
+	if k, arch, ok := strings.Cut(s, "/"); ok {
+		a.kernels = append(a.kernels, k)
+		a.arches = append(a.arches, arch)
+		return
+	}
+	a.kernels = append(a.kernels, s)
+}
+
+func (a *args) validate() error {
+	if a.binariesOnly && a.sourceOnly {
+		return &usageError{code: 8, lines: []string{" You have specified both --binaries-only and --source-only.", "You cannot do this."}}
+	}
+	if len(a.arches) > 1 && len(a.arches) != len(a.kernels) {
+		return &usageError{code: 1, lines: []string{" If more than one arch is specified on the command line, then there", "must be an equal number of kernel versions also specified (1:1 relationship)."}}
+	}
+	if len(a.kernels) > 0 && a.all {
+		return &usageError{code: 2, lines: []string{" You cannot specify a kernel version and also specify", "--all on the command line."}}
+	}
+	if len(a.arches) > 0 && a.all {
+		return &usageError{code: 3, lines: []string{" You cannot specify an arch and also specify", "--all on the command line."}}
+	}
+	if a.jobs != "" {
+		if n, err := strconv.Atoi(a.jobs); err != nil || n < 0 {
+			return &usageError{code: 2, lines: []string{"-j takes a number of jobs, not '" + a.jobs + "'."}}
+		}
+	}
+	return nil
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}

@@ -1,0 +1,78 @@
+// Command dkms is dkmsd's drop-in for dkms: the same actions, options,
+// dkms.conf, tree under /var/lib/dkms, status lines and exit codes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/dkmsd/dkmsd/hooks/report"
+)
+
+func main() {
+	os.Exit(realMain(os.Args[1:]))
+}
+
+func realMain(argv []string) int {
+	syscall.Umask(0o022)
+	a, err := parseArgs(argv)
+	if a != nil && a.quiet {
+		devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		os.Stdout, os.Stderr = devnull, devnull
+	}
+	if err != nil {
+		printError(err)
+		var ue *usageError
+		if errors.As(err, &ue) && ue.showUsage {
+			usage()
+		}
+		return exitCode(err)
+	}
+	for _, w := range a.warnings {
+		fmt.Fprintln(os.Stderr, w)
+	}
+	switch {
+	case a.version_:
+		fmt.Println(dkmsVersion)
+		return 0
+	case a.help:
+		usage()
+		return 0
+	case a.action == "":
+		printLines([]string{`Unknown action specified: ""`})
+		usage()
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env, err := newEnv(ctx, a, report.NewTerminal(os.Stdout, os.Stderr))
+	if err == nil {
+		err = run(ctx, a, env)
+	}
+	var r reported
+	if err != nil && !errors.As(err, &r) {
+		printError(err)
+	}
+	return exitCode(err)
+}
+
+func usage() {
+	fmt.Print(`Usage: dkms [action] [options]
+  [action]  = { add | remove | build | unbuild | install | uninstall | match |
+                autoinstall | mktarball | ldtarball | status | generate_mok |
+                kernel_preinst | kernel_postinst | kernel_prerm }
+  [options] = [-m module] [-v module-version] [-k kernel-version] [-a arch]
+              [-c dkms.conf-location] [-q] [--force] [--force-version-override] [--all]
+              [--templatekernel=kernel] [--directive='cli-directive=cli-value']
+              [--config=kernel-.config-location] [--archive=tarball-location]
+              [--kernelsourcedir=source-location] [--dkmstree=dir] [--sourcetree=dir]
+              [--installtree=dir] [--root=dir]
+              [--binaries-only] [--source-only] [--verbose]
+              [--no-depmod] [--modprobe-on-install] [-j number] [--version]
+(dkmsd: Dynamic Kernel Module Support in Go; DKMSD_ROOT=dir relocates every tree)
+`)
+}

@@ -1,0 +1,336 @@
+package lifecycle
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dkmsd/dkmsd/tree"
+)
+
+// Build compiles t's module version for t's kernel with the kernel's own
+// kbuild and stores the result in <dkms_tree>/<m>/<v>/<k>/<a>. An
+// unregistered module is added first. A module already built is skipped
+// unless Force is set; a forced rebuild keeps the old build until the new
+// one is complete.
+func Build(ctx context.Context, e *Env, t Target) error {
+	if err := checkNames(t.Module, t.Version); err != nil {
+		return err
+	}
+	if mv, ok := e.Layout.Lookup(t.Module, t.Version); !ok {
+		if err := Add(ctx, e, t.Module, t.Version, t.Kernel, t.Arch); err != nil {
+			return err
+		}
+		e.info("")
+	} else if mv.Broken {
+		return brokenError(t.Module, t.Version)
+	}
+	built, err := e.isBuilt(ctx, t)
+	if err != nil {
+		return err
+	}
+	if built && !e.Force {
+		e.info("Module %s/%s already built for kernel %s (%s), skip. You may override by specifying --force.", t.Module, t.Version, t.Kernel, t.Arch)
+		return nil
+	}
+	return e.build(ctx, t)
+}
+
+// moduleSuffix is the suffix of module files for kernel: the kernel's
+// CONFIG_MODULE_COMPRESS_*, or what its modules.dep shows.
+func (e *Env) moduleSuffix(kernel string) string {
+	if s := tree.ReadKernelConfig(e.kernelConfig(kernel)).ModuleSuffix(); s != ".ko" {
+		return s
+	}
+	dep, err := os.ReadFile(filepath.Join(e.Layout.KernelDir(kernel), "modules.dep"))
+	if err != nil {
+		return ".ko"
+	}
+	for _, s := range []string{".ko.zst", ".ko.xz", ".ko.gz"} {
+		if bytes.Contains(dep, []byte(s+":")) {
+			return s
+		}
+	}
+	return ".ko"
+}
+
+func (e *Env) build(ctx context.Context, t Target) error {
+	start := time.Now()
+	vdir := e.Layout.VersionDir(t.Module, t.Version)
+	buildDir := filepath.Join(vdir, "build")
+	conf, err := e.readConf(ctx, e.confFile(t.Module, t.Version), t, true)
+	if err != nil {
+		return err
+	}
+	if conf.Excluded != "" {
+		e.Sink.Emit(Event{Type: BuildSkipped, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+			Text: fmt.Sprintf("%s/%s is not built for %s (%s): %s rules it out", t.Module, t.Version, t.Kernel, t.Arch, conf.Excluded)})
+		return fail(KindExcluded,
+			fmt.Sprintf("The %s for module %s/%s includes a BUILD_EXCLUSIVE directive (%s) which does not match this kernel/arch/config.", conf.File, t.Module, t.Version, conf.Excluded),
+			"This indicates that it should not be built.")
+	}
+	sourceDir := filepath.Join(vdir, "source")
+	if entries, _ := os.ReadDir(sourceDir); len(entries) < 2 {
+		return fail(KindEmptySource, fmt.Sprintf("The directory %s does not appear to have module source located within it.", sourceDir), "Build halted.")
+	}
+	if err := e.checkHeaders(t.Kernel); err != nil {
+		return err
+	}
+	if err := e.checkBuildDepends(t, conf); err != nil {
+		return err
+	}
+	sign, err := e.prepareSigning(ctx, t.Kernel)
+	if err != nil {
+		return err
+	}
+	e.info("")
+	e.Sink.Emit(Event{Type: BuildStarted, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch})
+
+	// The build happens in <m>/<v>/build: dkms.conf MAKE lines name that
+	// path, so it cannot move. It is kept, with its make.log, on failure.
+	if err := os.RemoveAll(buildDir); err != nil {
+		return fmt.Errorf("clean %s: %w", buildDir, err)
+	}
+	if err := copyTree(sourceDir, buildDir); err != nil {
+		return fmt.Errorf("copy %s to %s: %w", sourceDir, buildDir, err)
+	}
+	logPath := filepath.Join(buildDir, "make.log")
+	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return diskError(logPath, err)
+	}
+	defer log.Close()
+	fmt.Fprintf(log, "DKMS (dkmsd) make.log for %s/%s for kernel %s (%s)\n%s\n\n", t.Module, t.Version, t.Kernel, t.Arch, time.Now().Format(time.UnixDate))
+
+	failed := func(kind Kind, err error, lines ...string) error {
+		e.Sink.Emit(Event{Type: BuildFailed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+			Log: logPath, Duration: time.Since(start), Err: err, Text: strings.Join(lines, " ")})
+		return &Error{Kind: kind, Lines: lines, Err: err, Code: exitCode(err)}
+	}
+
+	for _, p := range conf.Patches {
+		patch := filepath.Join(buildDir, "patches", p)
+		if !exists(patch) {
+			return failed(KindPatchMissing, nil, fmt.Sprintf("Patch %s as specified in dkms.conf cannot be", p), fmt.Sprintf("found in %s/patches/.", buildDir))
+		}
+		e.info("Applying patch %s...", p)
+		blk := startLogBlock(log, "Applying patch "+p, "patch -p1 < ./patches/"+p)
+		err := runArgv(ctx, buildDir, e.buildEnviron(), log, "patch", "-p1", "-i", patch)
+		blk.end(err)
+		if err != nil {
+			return failed(KindPatchFailed, err, fmt.Sprintf("Application of patch %s failed.", p), fmt.Sprintf("Check %s for more information.", buildDir))
+		}
+	}
+
+	cc := e.kernelCC(t.Kernel)
+	if conf.PreBuild != "" {
+		if err := e.buildScript(ctx, "pre_build", buildDir, conf.PreBuild, log, cc); err != nil {
+			return failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
+		}
+	}
+
+	makeCmd := e.makeCommand(conf, t)
+	e.info("Building module(s)...")
+	if e.Verbose {
+		e.info("%s", makeCmd)
+	}
+	blk := startLogBlock(log, "Building module(s)", makeCmd)
+	err = runShell(ctx, buildDir, makeCmd, e.buildEnviron(cc...), log)
+	blk.end(err)
+	if err != nil {
+		return failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
+	}
+	for _, m := range conf.Modules {
+		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
+		if !exists(ko) {
+			return failed(KindNoModuleBuilt, nil, fmt.Sprintf("Build of %s%s.ko failed for: %s (%s)", m.BuiltLocation, m.BuiltName, t.Kernel, t.Arch),
+				"Make sure the name and location of the generated module are correct,", fmt.Sprintf("or consult %s for more information.", logPath))
+		}
+	}
+
+	// Stage module/ and log/ in a temporary dir beside the final one and
+	// rename it into place: the build is then either complete or absent.
+	kdir := filepath.Join(vdir, t.Kernel)
+	if err := os.MkdirAll(kdir, 0o755); err != nil {
+		return diskError(kdir, err)
+	}
+	defer os.Remove(kdir) // only if the build left it empty
+	stage, err := os.MkdirTemp(kdir, ".tmp_"+t.Arch+"_")
+	if err != nil {
+		return diskError(kdir, err)
+	}
+	defer os.RemoveAll(stage)
+	if err := e.stageModules(ctx, t, conf, buildDir, stage, sign); err != nil {
+		return failed(KindInternal, err, err.Error())
+	}
+	if conf.PostBuild != "" {
+		if err := e.buildScript(ctx, "post_build", buildDir, conf.PostBuild, log, cc); err != nil {
+			return failed(KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
+		}
+	}
+	log.Close()
+	if err := os.MkdirAll(filepath.Join(stage, "log"), 0o755); err != nil {
+		return diskError(stage, err)
+	}
+	if err := copyFileAtomic(logPath, filepath.Join(stage, "log", "make.log")); err != nil {
+		return err
+	}
+	if cfg := e.kernelConfig(t.Kernel); cfg != "" {
+		_ = copyFileAtomic(cfg, filepath.Join(stage, "log", filepath.Base(cfg)))
+	}
+	if err := os.Chmod(stage, 0o755); err != nil {
+		return err
+	}
+	final := filepath.Join(kdir, t.Arch)
+	if err := replaceDir(stage, final); err != nil {
+		return err
+	}
+	os.RemoveAll(buildDir)
+	e.Sink.Emit(Event{Type: BuildFinished, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+		Log: filepath.Join(final, "log", "make.log"), Duration: time.Since(start)})
+	return nil
+}
+
+// replaceDir moves the complete dir src to dst; an existing dst (a forced
+// rebuild) is moved aside first and deleted only once src is in place.
+func replaceDir(src, dst string) error {
+	old := ""
+	if exists(dst) {
+		old = fmt.Sprintf("%s.dkmsd-old-%d", dst, os.Getpid())
+		if err := os.Rename(dst, old); err != nil {
+			return fmt.Errorf("replace %s: %w", dst, err)
+		}
+	}
+	if err := os.Rename(src, dst); err != nil {
+		if old != "" {
+			_ = os.Rename(old, dst)
+		}
+		return fmt.Errorf("replace %s: %w", dst, err)
+	}
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return err
+	}
+	if old != "" {
+		return os.RemoveAll(old)
+	}
+	return nil
+}
+
+// stageModules strips, signs and compresses each built module into
+// <stage>/module under its DEST_MODULE_NAME.
+func (e *Env) stageModules(ctx context.Context, t Target, conf *tree.Conf, buildDir, stage string, sign *signer) error {
+	modDir := filepath.Join(stage, "module")
+	if err := os.MkdirAll(modDir, 0o755); err != nil {
+		return diskError(modDir, err)
+	}
+	suffix := e.moduleSuffix(t.Kernel)
+	if sym := filepath.Join(buildDir, "Module.symvers"); exists(sym) {
+		if err := copyFileAtomic(sym, filepath.Join(modDir, "Module.symvers")); err != nil {
+			return err
+		}
+	}
+	for _, m := range conf.Modules {
+		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
+		if m.Strip {
+			var out strings.Builder
+			if err := runArgv(ctx, buildDir, e.Environ, &out, "strip", "-g", ko); err != nil {
+				return fmt.Errorf("strip %s: %v: %s", ko, err, strings.TrimSpace(out.String()))
+			}
+		}
+		if sign != nil {
+			e.info("Signing module %s", ko)
+			if err := sign.sign(ctx, e, ko); err != nil {
+				e.warn("Warning: Failed to sign module '%s'!\n%v", ko, err)
+			}
+		}
+		data, err := os.ReadFile(ko)
+		if err != nil {
+			return err
+		}
+		packed, err := compressModule(data, suffix)
+		if err != nil {
+			return fmt.Errorf("compress %s: %w", ko, err)
+		}
+		if err := writeFileAtomic(filepath.Join(modDir, m.DestName+suffix), packed, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// makeCommand is the make line for t: the dkms.conf's (MAKE/MAKE_MATCH) or
+// the default kbuild call, with a leading "make" given dkms's -j and
+// KERNELRELEASE.
+func (e *Env) makeCommand(conf *tree.Conf, t Target) string {
+	cmd := conf.MakeCommand
+	if cmd == "" {
+		cmd = fmt.Sprintf("make -C %s M=%s", e.Layout.KernelBuildDir(t.Kernel), filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "build"))
+	}
+	if rest, ok := strings.CutPrefix(cmd, "make"); ok {
+		jobs := "-j"
+		if e.Jobs > 0 {
+			jobs = fmt.Sprintf("-j%d", e.Jobs)
+		}
+		cmd = fmt.Sprintf("make %s KERNELRELEASE=%s%s", jobs, t.Kernel, rest)
+	}
+	cfg := tree.ReadKernelConfig(e.kernelConfig(t.Kernel))
+	if cfg["CONFIG_CC_IS_CLANG"] == "y" {
+		cmd += " CC=clang"
+	}
+	if cfg["CONFIG_LD_IS_LLD"] == "y" {
+		cmd += " LD=ld.lld"
+	}
+	return cmd
+}
+
+// kernelCC is the compiler the kernel was built with (CONFIG_CC_VERSION_TEXT,
+// e.g. gcc-12) when it is installed, as CC=… for the build.
+func (e *Env) kernelCC(kernel string) []string {
+	text := tree.ReadKernelConfig(e.kernelConfig(kernel))["CONFIG_CC_VERSION_TEXT"]
+	cc, _, _ := strings.Cut(text, " ")
+	if cc == "" {
+		return nil
+	}
+	if _, err := exec.LookPath(cc); err != nil {
+		return nil
+	}
+	return []string{"CC=" + cc}
+}
+
+// buildScript runs PRE_BUILD/POST_BUILD in the build dir, logged to make.log.
+func (e *Env) buildScript(ctx context.Context, kind, buildDir, script string, log *os.File, cc []string) error {
+	e.info("Running the %s script...", kind)
+	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+buildDir+"/ && "+filepath.Join(buildDir, script))
+	ran, err := e.runScript(ctx, kind, buildDir, script, log)
+	if !ran {
+		blk.end(nil)
+		return nil
+	}
+	blk.end(err)
+	return err
+}
+
+// checkBuildDepends refuses to build before the modules named in
+// BUILD_DEPENDS are installed for the kernel (unless forced).
+func (e *Env) checkBuildDepends(t Target, conf *tree.Conf) error {
+	var missing []string
+	for _, dep := range conf.BuildDepends {
+		if e.Layout.InstalledVersion(dep, t.Kernel, t.Arch) == "" {
+			missing = append(missing, dep)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if e.Force {
+		e.warn("Warning: Trying to build module %s/%s for kernel %s (%s) despite of missing BUILD_DEPENDS: %s.", t.Module, t.Version, t.Kernel, t.Arch, strings.Join(missing, " "))
+		return nil
+	}
+	return fail(KindBuildDepends, fmt.Sprintf("Aborting build of module %s/%s for kernel %s (%s) due to missing BUILD_DEPENDS: %s.", t.Module, t.Version, t.Kernel, t.Arch, strings.Join(missing, " ")),
+		"You may override by specifying --force.")
+}

@@ -1,0 +1,207 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/dkmsd/dkmsd/tree"
+)
+
+// Env is everything an operation needs to know about the machine and the
+// command line: where the trees are, the framework settings, where events
+// go, and the dkms flags that change behaviour.
+type Env struct {
+	Layout    tree.Layout
+	Framework tree.Framework
+	Distro    tree.Distro
+	Sink      Sink
+
+	// Jobs is make's -j (dkms's parallel_jobs); 0 means a bare -j.
+	Jobs                 int
+	Force                bool
+	ForceVersionOverride bool
+	NoDepmod             bool
+	Verbose              bool
+	SymlinkModules       bool
+	// ConfFile is -c: a dkms.conf to use instead of the module's own.
+	ConfFile string
+	// Directives are --directive NAME=VALUE.
+	Directives []string
+	// KernelConfig is --config: the kernel .config to consult.
+	KernelConfig string
+	// ConfTimeout bounds each dkms.conf evaluation.
+	ConfTimeout time.Duration
+	// Environ is the environment handed to dkms.conf, scripts and make.
+	Environ []string
+}
+
+// NewEnv reads framework.conf under the layout's configuration dir and
+// returns an Env with dkms's defaults.
+func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
+	if sink == nil {
+		sink = Discard
+	}
+	e := &Env{Layout: layout, Sink: sink, Distro: tree.ReadDistro(layout.Root), Environ: os.Environ()}
+	fw, err := tree.ReadFramework(ctx, layout.ConfDir, "", e.Environ, &lineWriter{sink: sink, typ: Warning})
+	if err != nil {
+		return nil, fmt.Errorf("read framework.conf: %w", err)
+	}
+	e.Framework = fw
+	e.Layout = fw.Apply(layout)
+	e.Jobs = fw.ParallelJobs
+	if e.Jobs == 0 {
+		e.Jobs = runtime.NumCPU()
+	}
+	e.Verbose = fw.Verbose
+	e.SymlinkModules = fw.SymlinkModules
+	return e, nil
+}
+
+// Target is one module version on one kernel and arch.
+type Target struct {
+	Module, Version, Kernel, Arch string
+}
+
+func (t Target) String() string {
+	return fmt.Sprintf("%s/%s for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)
+}
+
+// confFile is the dkms.conf an operation reads: -c, else the tree's copy.
+func (e *Env) confFile(module, version string) string {
+	if e.ConfFile != "" {
+		return e.ConfFile
+	}
+	return filepath.Join(e.Layout.VersionDir(module, version), "source", "dkms.conf")
+}
+
+// kernelConfig is the kernel configuration file for BUILD_EXCLUSIVE_CONFIG
+// and signing: --config, else the kernel's build dir.
+func (e *Env) kernelConfig(kernel string) string {
+	if e.KernelConfig != "" {
+		return e.KernelConfig
+	}
+	return e.Layout.Kernel(kernel).ConfigFile()
+}
+
+// readConf evaluates a dkms.conf for a target. strict reads (add, build,
+// install) pass the file's deprecation warnings on.
+func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) (*tree.Conf, error) {
+	if _, err := os.Stat(file); err != nil {
+		return nil, fail(KindNoConf, "Could not locate dkms.conf file.", "File: "+file+" does not exist.")
+	}
+	stderr := &lineWriter{sink: e.Sink, typ: Warning}
+	defer stderr.Flush()
+	conf, err := tree.ReadConf(ctx, file, tree.ConfContext{
+		Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+		Layout:          e.Layout,
+		KernelSourceDir: e.Layout.KernelBuildDir(t.Kernel),
+		KernelConfig:    e.kernelConfig(t.Kernel),
+		ParallelJobs:    e.Jobs,
+		Distro:          e.Distro,
+		Directives:      e.Directives,
+		Env:             e.Environ,
+		Stderr:          stderr,
+		Timeout:         e.ConfTimeout,
+	})
+	if err != nil {
+		return nil, confFailure(file, err)
+	}
+	if strict {
+		for _, w := range conf.Warnings {
+			e.warn("%s", w)
+		}
+		for _, d := range e.Directives {
+			name, value, _ := strings.Cut(d, "=")
+			e.info("DIRECTIVE: %s=\"%s\"", name, value)
+		}
+	}
+	return conf, nil
+}
+
+// confFailure turns a tree error into dkms's "Bad conf file" error, with
+// every problem line.
+func confFailure(file string, err error) error {
+	var ce *tree.ConfError
+	var se *tree.SyntaxError
+	var ee *tree.EvalError
+	lines := []string{}
+	switch {
+	case errors.As(err, &ce):
+		for _, p := range ce.Problems {
+			lines = append(lines, strings.Split(p, "\n")...)
+		}
+	case errors.As(err, &se):
+		lines = append(lines, se.Error())
+	case errors.As(err, &ee):
+		lines = append(lines, ee.Error())
+	default:
+		return err
+	}
+	lines = append(lines, "Bad conf file.", "File: "+file+" does not represent a valid dkms.conf file.")
+	return &Error{Kind: KindBadConf, Lines: lines, Err: err}
+}
+
+// requireAdded checks that module/version is in the tree and not broken.
+func (e *Env) requireAdded(module, version string) error {
+	mv, ok := e.Layout.Lookup(module, version)
+	if !ok {
+		return fail(KindNotAdded, fmt.Sprintf("The module/version combo: %s-%s is not located in the DKMS tree.", module, version))
+	}
+	if mv.Broken {
+		return brokenError(module, version)
+	}
+	return nil
+}
+
+func brokenError(module, version string) error {
+	return fail(KindBroken, fmt.Sprintf("%s/%s is broken!", module, version),
+		"Missing the source directory or the symbolic link pointing to it.",
+		"Manual intervention is required!")
+}
+
+// isBuilt reports whether t's module dir exists and holds every module
+// the dkms.conf names (dkms 3.0.10's test).
+func (e *Env) isBuilt(ctx context.Context, t Target) (bool, error) {
+	dir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return false, nil
+	}
+	conf, err := e.readConf(ctx, e.confFile(t.Module, t.Version), t, false)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range conf.Modules {
+		if tree.FindModuleFile(dir, m.DestName) == "" {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// isInstalled reports whether t is built and its kernel link points at it.
+func (e *Env) isInstalled(ctx context.Context, t Target) (bool, error) {
+	built, err := e.isBuilt(ctx, t)
+	if err != nil || !built {
+		return false, err
+	}
+	return e.Layout.InstalledVersion(t.Module, t.Kernel, t.Arch) == t.Version, nil
+}
+
+// headersPackage names the Debian package that provides a kernel's headers.
+func headersPackage(kernel string) string { return "linux-headers-" + kernel }
+
+func (e *Env) checkHeaders(kernel string) error {
+	k := e.Layout.Kernel(kernel)
+	if k.HasHeaders() {
+		return nil
+	}
+	return fail(KindNoHeaders,
+		fmt.Sprintf("Your kernel headers for kernel %s cannot be found at %s.", kernel, k.BuildDir),
+		fmt.Sprintf("Please install the %s package or use the --kernelsourcedir option to tell DKMS where it's located.", headersPackage(kernel)))
+}

@@ -1,0 +1,115 @@
+package lifecycle
+
+import (
+	"bytes"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// EventType says what happened. Info and Warning carry the dkms-compatible
+// text; the others are lifecycle outcomes that sinks such as the journal
+// and D-Bus report with their fields.
+type EventType int
+
+const (
+	Info    EventType = iota // progress text (stdout in dkms)
+	Warning                  // a warning or a script's/conf's stderr text (stderr in dkms)
+	BuildStarted
+	BuildFinished
+	BuildFailed
+	BuildSkipped
+	Installed
+	Uninstalled
+	Added
+	Removed
+)
+
+var eventNames = map[EventType]string{
+	Info: "info", Warning: "warning", BuildStarted: "build-started", BuildFinished: "build-finished",
+	BuildFailed: "build-failed", BuildSkipped: "build-skipped", Installed: "installed",
+	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
+}
+
+func (t EventType) String() string { return eventNames[t] }
+
+// Event is one thing that happened to a module version on a kernel.
+type Event struct {
+	Type                          EventType
+	Module, Version, Kernel, Arch string
+	// Text is the human-readable line(s), as a terminal shows them.
+	Text string
+	// Log is the build log, for build outcomes.
+	Log      string
+	Duration time.Duration
+	Err      error
+}
+
+// Sink receives events. Implementations must be safe for concurrent use.
+type Sink interface {
+	Emit(Event)
+}
+
+// SinkFunc adapts a function to a Sink.
+type SinkFunc func(Event)
+
+// Emit calls f.
+func (f SinkFunc) Emit(e Event) { f(e) }
+
+// Discard is a Sink that drops every event.
+var Discard Sink = SinkFunc(func(Event) {})
+
+// Recorder is a Sink that keeps every event, for tests and summaries.
+type Recorder struct {
+	mu     sync.Mutex
+	Events []Event
+}
+
+// Emit records e.
+func (r *Recorder) Emit(e Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Events = append(r.Events, e)
+}
+
+// lineWriter turns written bytes into one event per line, so a script's or
+// a dkms.conf's output reaches the sinks as it comes.
+type lineWriter struct {
+	sink Sink
+	typ  EventType
+	mu   sync.Mutex
+	buf  []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.sink.Emit(Event{Type: w.typ, Text: string(w.buf[:i])})
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// Flush emits a final unterminated line.
+func (w *lineWriter) Flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		w.sink.Emit(Event{Type: w.typ, Text: string(w.buf)})
+		w.buf = nil
+	}
+}
+
+func (e *Env) info(format string, args ...any) {
+	e.Sink.Emit(Event{Type: Info, Text: fmt.Sprintf(format, args...)})
+}
+
+func (e *Env) warn(format string, args ...any) {
+	e.Sink.Emit(Event{Type: Warning, Text: fmt.Sprintf(format, args...)})
+}

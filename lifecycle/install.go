@@ -1,0 +1,315 @@
+package lifecycle
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dkmsd/dkmsd/tree"
+)
+
+// Install puts t's built modules into the kernel's module dir, saving any
+// module of the same name it displaces, marks the version active for the
+// kernel and runs depmod. Unbuilt modules are built (and added) first. A
+// module already installed is skipped unless Force is set.
+func Install(ctx context.Context, e *Env, t Target) error {
+	if err := checkNames(t.Module, t.Version); err != nil {
+		return err
+	}
+	if mv, ok := e.Layout.Lookup(t.Module, t.Version); ok && mv.Broken {
+		return brokenError(t.Module, t.Version)
+	}
+	installed, err := e.isInstalled(ctx, t)
+	if err != nil {
+		return err
+	}
+	if installed {
+		if !e.Force {
+			e.info("Module %s/%s already installed on kernel %s (%s), skip. You may override by specifying --force.", t.Module, t.Version, t.Kernel, t.Arch)
+			return nil
+		}
+		if err := e.uninstall(ctx, t); err != nil {
+			return err
+		}
+		e.info("")
+	}
+	built, err := e.isBuilt(ctx, t)
+	if err != nil {
+		return err
+	}
+	if !built {
+		if err := Build(ctx, e, t); err != nil {
+			return err
+		}
+	}
+	return e.install(ctx, t)
+}
+
+func (e *Env) install(ctx context.Context, t Target) error {
+	k := e.Layout.Kernel(t.Kernel)
+	if !k.Exists() {
+		return fail(KindNoKernelDir, fmt.Sprintf("The directory %s doesn't exist.", k.Dir), "You cannot install a module onto a non-existant kernel.")
+	}
+	conf, err := e.readConf(ctx, e.confFile(t.Module, t.Version), t, true)
+	if err != nil {
+		return err
+	}
+	builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
+	type planned struct {
+		spec  tree.ModuleSpec
+		built string
+	}
+	var plan []planned
+	for _, m := range conf.Modules {
+		f := tree.FindModuleFile(builtDir, m.DestName)
+		if f == "" {
+			return fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, builtDir))
+		}
+		plan = append(plan, planned{m, f})
+	}
+
+	if conf.PreInstall != "" {
+		e.info("")
+		e.info("Running the pre_install script:")
+		out := &lineWriter{sink: e.Sink, typ: Info}
+		ran, err := e.runScript(ctx, "pre_install", e.sourceDir(t), conf.PreInstall, out)
+		out.Flush()
+		if ran && err != nil && !e.Force {
+			return fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force.")
+		}
+	}
+
+	hadLink := exists(e.Layout.KernelLink(t.Module, t.Kernel, t.Arch))
+	var done []string
+	for _, p := range plan {
+		name := filepath.Base(p.built)
+		e.info("")
+		e.info("%s:", name)
+		ok, err := e.sanityCheck(t, conf, p.spec, p.built)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if !hadLink {
+			if err := e.archiveOriginal(t, p.spec, p.built); err != nil {
+				return err
+			}
+		}
+		destDir := filepath.Join(k.Dir, p.spec.DestLocation)
+		if err := os.MkdirAll(destDir, 0o755); err != nil {
+			return diskError(destDir, err)
+		}
+		dest := filepath.Join(destDir, name)
+		e.info("Installing %s", dest)
+		if e.SymlinkModules {
+			err = symlinkAtomic(p.built, dest)
+		} else {
+			err = copyFileAtomic(p.built, dest)
+		}
+		if err != nil {
+			// Leave nothing half-installed: take back what this run put in.
+			for _, d := range done {
+				os.Remove(d)
+			}
+			e.restoreOriginals(t)
+			return err
+		}
+		done = append(done, dest)
+	}
+	if len(plan) > 0 && len(done) == 0 {
+		return fail(KindInstallAborted, "Installation aborted.")
+	}
+	if err := symlinkAtomic(filepath.Join(t.Version, t.Kernel, t.Arch), e.Layout.KernelLink(t.Module, t.Kernel, t.Arch)); err != nil {
+		return err
+	}
+	if conf.PostInstall != "" {
+		e.info("")
+		e.info("Running the post_install script:")
+		out := &lineWriter{sink: e.Sink, typ: Info}
+		_, _ = e.runScript(ctx, "post_install", e.sourceDir(t), conf.PostInstall, out)
+		out.Flush()
+	}
+	e.info("Running depmod...")
+	if err := e.depmod(ctx, t.Kernel); err != nil {
+		e.warn("%v", err)
+		_ = e.uninstall(ctx, t)
+		return &Error{Kind: KindDepmod, Err: err, Lines: []string{"Problems with depmod detected. Automatically uninstalling this module.", "Install Failed (depmod problems). Module rolled back to built state."}}
+	}
+	e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+		Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
+	return nil
+}
+
+func (e *Env) sourceDir(t Target) string {
+	return filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "source")
+}
+
+// sanityCheck decides whether a module may replace what the kernel already
+// has: OBSOLETE_BY, and a same-named module of a newer or equal version.
+// false means skip this module (the reason has been reported).
+func (e *Env) sanityCheck(t Target, conf *tree.Conf, m tree.ModuleSpec, built string) (bool, error) {
+	if conf.ObsoleteBy != "" && !e.Force && obsoleted(t.Kernel, conf.ObsoleteBy) {
+		e.warn("Module has been obsoleted due to being included\nin kernel %s.  We will avoid installing\nfor future kernels above %s.\nYou may override by specifying --force.", conf.ObsoleteBy, conf.ObsoleteBy)
+		return false, nil
+	}
+	found := e.findInstalled(t.Kernel, m.DestName)
+	ours, err := os.ReadFile(built)
+	if err != nil {
+		return false, err
+	}
+	var others []string
+	for _, f := range found {
+		// Our own file from an interrupted install is not a rival.
+		if b, err := os.ReadFile(f); err == nil && bytes.Equal(b, ours) {
+			continue
+		}
+		others = append(others, f)
+	}
+	if len(others) == 0 || e.ForceVersionOverride || e.Force {
+		return true, nil
+	}
+	if len(others) > 1 {
+		e.warn("Warning: Cannot do version sanity checking because multiple %s modules were found in kernel %s.", m.DestName, t.Kernel)
+		return true, nil
+	}
+	theirs, err1 := tree.ReadModInfo(others[0])
+	mine, err2 := tree.ReadModInfo(built)
+	if err1 != nil || err2 != nil {
+		return true, nil
+	}
+	tv, mv := theirs.Get("version"), mine.Get("version")
+	switch {
+	case tv == mv && srcVersion(theirs) == srcVersion(mine):
+		e.warn("Module %s already installed at version %s, override by specifying --force", others[0], tv)
+		return false, nil
+	case tv != "" && mv != "" && tv != mv && tree.CompareVersions(tv, mv) > 0:
+		e.warn("Error! Module version %s for %s\nis not newer than what is already found in kernel %s (%s).\nYou may override by specifying --force.",
+			mv, filepath.Base(built), t.Kernel, tv)
+		return false, nil
+	}
+	return true, nil
+}
+
+func srcVersion(m tree.ModInfo) string { return m.Get("srcversion") }
+
+// obsoleted is dkms's OBSOLETE_BY test: the kernel is at or above the
+// version that includes the module.
+func obsoleted(kernel, by string) bool {
+	obs, my := strings.Split(by, "-"), strings.Split(kernel, "-")
+	if tree.CompareVersions(my[0], obs[0]) > 0 {
+		return true
+	}
+	if tree.CompareVersions(my[0], obs[0]) < 0 {
+		return false
+	}
+	if len(obs) < 2 || len(my) < 2 {
+		return true
+	}
+	return tree.CompareVersions(my[1], obs[1]) >= 0
+}
+
+// findInstalled lists files named <name>.ko[.ext] anywhere under the
+// kernel's module dir (not following the build/source links).
+func (e *Env) findInstalled(kernel, name string) []string {
+	root := e.Layout.KernelDir(kernel)
+	var found []string
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() && p != root && (d.Name() == "build" || d.Name() == "source") && filepath.Dir(p) == root {
+			return filepath.SkipDir
+		}
+		if d.Type().IsRegular() || d.Type()&fs.ModeSymlink != 0 {
+			base := d.Name()
+			for _, ext := range []string{".ko", ".ko.gz", ".ko.xz", ".ko.zst"} {
+				if base == name+ext {
+					found = append(found, p)
+				}
+			}
+		}
+		return nil
+	})
+	return found
+}
+
+// archiveOriginal moves a module the kernel already has under the same name
+// into <dkms_tree>/<m>/original_module/<k>/<a>, with a .origin file that
+// records where it came from, so uninstall can put it back.
+func (e *Env) archiveOriginal(t Target, m tree.ModuleSpec, built string) error {
+	kdir := e.Layout.KernelDir(t.Kernel)
+	var candidates []string
+	for _, dir := range []string{"extra", "updates", strings.TrimPrefix(m.DestLocation, "/")} {
+		if f := tree.FindModuleFile(filepath.Join(kdir, dir), m.DestName); f != "" {
+			candidates = append(candidates, f)
+		}
+	}
+	if all := e.findInstalled(t.Kernel, m.DestName); len(all) == 1 {
+		candidates = append(candidates, all[0])
+	}
+	ours, _ := os.ReadFile(built)
+	for _, orig := range candidates {
+		if b, err := os.ReadFile(orig); err == nil && bytes.Equal(b, ours) {
+			continue
+		}
+		dir := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return diskError(dir, err)
+		}
+		saved := filepath.Join(dir, filepath.Base(orig))
+		e.info("Found pre-existing %s, archiving for uninstallation", orig)
+		// The .origin file first: a crash between the two steps leaves a
+		// record and the original still in place, never a lost module.
+		if err := writeFileAtomic(saved+".origin", []byte(orig+"\n"), 0o644); err != nil {
+			return err
+		}
+		if err := copyFileAtomic(orig, saved); err != nil {
+			return err
+		}
+		if err := os.Remove(orig); err != nil {
+			return fmt.Errorf("archive %s: %w", orig, err)
+		}
+		return nil
+	}
+	return nil
+}
+
+// restoreOriginals moves archived originals back where they came from.
+func (e *Env) restoreOriginals(t Target) {
+	dir := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)
+	origins, _ := filepath.Glob(filepath.Join(dir, "*.origin"))
+	kdir := e.Layout.KernelDir(t.Kernel) + "/"
+	for _, o := range origins {
+		data, err := os.ReadFile(o)
+		if err != nil {
+			continue
+		}
+		dest := strings.TrimSpace(string(data))
+		saved := strings.TrimSuffix(o, ".origin")
+		if !strings.HasPrefix(dest, kdir) || strings.Contains(dest, "/../") {
+			e.warn("Warning: Bad original location '%s' in %s", dest, o)
+			continue
+		}
+		if !exists(saved) {
+			continue
+		}
+		e.info("Restoring archived original module %s", dest)
+		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+			e.warn("%v", diskError(dest, err))
+			continue
+		}
+		if err := copyFileAtomic(saved, dest); err != nil {
+			e.warn("%v", err)
+			continue
+		}
+		os.Remove(saved)
+		os.Remove(o)
+	}
+	removeEmptyParents(dir, e.Layout.ModuleDir(t.Module))
+}

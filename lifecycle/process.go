@@ -1,0 +1,102 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// buildEnviron is the environment of make and the build scripts: the
+// caller's, less the compiler variables dkms unsets so that a user's CFLAGS
+// cannot break a kernel build.
+func (e *Env) buildEnviron(extra ...string) []string {
+	drop := map[string]bool{"CC": true, "CXX": true, "CFLAGS": true, "CXXFLAGS": true, "LDFLAGS": true}
+	var env []string
+	for _, kv := range e.Environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !drop[name] {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// runShell runs a command line with bash (dkms evals its MAKE lines in
+// bash) in dir, its output appended to log.
+func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Writer) error {
+	cmd := exec.CommandContext(ctx, "bash", "-c", cmdline)
+	cmd.Dir = dir
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Kill the whole process group (make and its compilers) on cancel.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	return cmd.Run()
+}
+
+// runArgv runs a program with arguments, output to out.
+func runArgv(ctx context.Context, dir string, env []string, out io.Writer, argv ...string) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd.Run()
+}
+
+// exitCode is a command's exit status, or -1.
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err == nil {
+		return 0
+	}
+	return -1
+}
+
+// logBlock appends one step to a make.log in upstream dkms's format:
+// description, command, output, exit code and elapsed time.
+type logBlock struct {
+	w     io.Writer
+	start time.Time
+}
+
+func startLogBlock(w io.Writer, description, command string) *logBlock {
+	fmt.Fprintf(w, "%s\n# command: %s\n", description, command)
+	return &logBlock{w: w, start: time.Now()}
+}
+
+func (b *logBlock) end(err error) {
+	el := time.Since(b.start).Round(time.Second)
+	fmt.Fprintf(b.w, "\n# exit code: %d\n# elapsed time: %02d:%02d:%02d\n%s\n",
+		exitCode(err), int(el.Hours()), int(el.Minutes())%60, int(el.Seconds())%60, strings.Repeat("-", 64))
+}
+
+// runScript runs a PRE_/POST_ script from a dkms.conf: the first word is a
+// file in dir that must be executable, the rest its arguments (no shell
+// parsing, as dkms execs it). Output goes to out. ran is false when the
+// script is not executable (dkms warns and carries on).
+func (e *Env) runScript(ctx context.Context, kind, dir, script string, out io.Writer) (ran bool, err error) {
+	words := strings.Fields(script)
+	if len(words) == 0 {
+		return false, nil
+	}
+	path := filepath.Join(dir, words[0])
+	fi, statErr := os.Stat(path)
+	if statErr != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		e.info("")
+		e.warn("Warning: The %s script is not executable.", kind)
+		return false, nil
+	}
+	argv := append([]string{path}, words[1:]...)
+	return true, runArgv(ctx, dir, e.buildEnviron(), out, argv...)
+}

@@ -1,0 +1,142 @@
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/dkmsd/dkmsd/tree"
+)
+
+// signer signs built modules with the kernel's own scripts/sign-file.
+type signer struct {
+	file, hash, key, cert string
+}
+
+// prepareSigning decides how modules for kernel are signed, printing what
+// dkms prints, and generates the MOK key pair on first use. A nil signer
+// means modules are not signed (the reason has been reported).
+func (e *Env) prepareSigning(ctx context.Context, kernel string) (*signer, error) {
+	fw, err := tree.ReadFramework(ctx, e.Layout.ConfDir, kernel, e.Environ, &lineWriter{sink: e.Sink, typ: Warning})
+	if err != nil {
+		return nil, fmt.Errorf("read framework.conf for signing: %w", err)
+	}
+	cfgFile := e.kernelConfig(kernel)
+	if cfgFile == "" {
+		e.info("Kernel config %s not found, modules won't be signed", filepath.Join(e.Layout.KernelBuildDir(kernel), ".config"))
+		return nil, nil
+	}
+	hash := tree.ReadKernelConfig(cfgFile)["CONFIG_MODULE_SIG_HASH"]
+	if hash == "" {
+		e.info("The kernel is built without module signing facility, modules won't be signed")
+		return nil, nil
+	}
+	s := &signer{file: fw.SignFile, hash: hash}
+	if s.file == "" {
+		if e.Distro.Debian() {
+			s.file = fmt.Sprintf("/usr/lib/linux-kbuild-%s/scripts/sign-file", trimLastComponent(kernel))
+		}
+		if !exists(s.file) {
+			s.file = filepath.Join(e.Layout.KernelBuildDir(kernel), "scripts", "sign-file")
+		}
+	}
+	e.info("Sign command: %s", s.file)
+	if fi, err := os.Stat(s.file); err != nil || fi.Mode().Perm()&0o111 == 0 {
+		e.info("Binary %s not found, modules won't be signed", s.file)
+		return nil, nil
+	}
+	s.key, s.cert, err = e.mokPair(ctx, fw)
+	if err != nil || s.key == "" {
+		return nil, err
+	}
+	return s, nil
+}
+
+// mokPair returns the signing key and certificate, generating a
+// self-signed pair when either is missing (as dkms does).
+func (e *Env) mokPair(ctx context.Context, fw tree.Framework) (key, cert string, err error) {
+	key, cert = fw.MOKSigningKey, fw.MOKCertificate
+	if key == "" {
+		key = e.Layout.MOKKey
+	}
+	if cert == "" {
+		cert = e.Layout.MOKCert
+	}
+	e.info("Signing key: %s", key)
+	e.info("Public certificate (MOK): %s", cert)
+	if strings.HasPrefix(key, "pkcs11:") {
+		return key, cert, nil
+	}
+	if exists(key) && exists(cert) {
+		return key, cert, nil
+	}
+	e.info("Certificate or key are missing, generating self signed certificate for MOK...")
+	if _, err := exec.LookPath("openssl"); err != nil {
+		e.info("openssl not found, can't generate key and certificate.")
+		return "", "", nil
+	}
+	for _, d := range []string{filepath.Dir(key), filepath.Dir(cert)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return "", "", diskError(d, err)
+		}
+	}
+	// Generate beside the final names and rename, so a crash never leaves
+	// a key without its certificate.
+	tmpKey, tmpCert := key+".dkmsd-new", cert+".dkmsd-new"
+	var out strings.Builder
+	err = runArgv(ctx, "", e.Environ, &out, "openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
+		"-subj", "/CN=DKMS module signing key", "-newkey", "rsa:2048", "-keyout", tmpKey,
+		"-addext", "extendedKeyUsage=codeSigning", "-outform", "DER", "-out", tmpCert)
+	if err != nil {
+		os.Remove(tmpKey)
+		os.Remove(tmpCert)
+		return "", "", &Error{Kind: KindMOK, Lines: []string{"Could not generate the MOK signing key and certificate:", strings.TrimSpace(out.String())}, Err: err}
+	}
+	if err := os.Chmod(tmpKey, 0o600); err != nil {
+		return "", "", err
+	}
+	if err := os.Rename(tmpCert, cert); err != nil {
+		return "", "", diskError(cert, err)
+	}
+	if err := os.Rename(tmpKey, key); err != nil {
+		return "", "", diskError(key, err)
+	}
+	return key, cert, nil
+}
+
+// sign signs one uncompressed module file in place.
+func (s *signer) sign(ctx context.Context, e *Env, ko string) error {
+	var out strings.Builder
+	if err := runArgv(ctx, "", e.Environ, &out, s.file, s.hash, s.key, s.cert, ko); err != nil {
+		return fmt.Errorf("sign %s: %v: %s", ko, err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// GenerateMOK makes sure the MOK signing key and certificate exist,
+// generating them if needed, and reports where they are.
+func GenerateMOK(ctx context.Context, e *Env) error {
+	fw, err := tree.ReadFramework(ctx, e.Layout.ConfDir, "", e.Environ, &lineWriter{sink: e.Sink, typ: Warning})
+	if err != nil {
+		return err
+	}
+	key, _, err := e.mokPair(ctx, fw)
+	if err != nil {
+		return err
+	}
+	if key == "" {
+		return fail(KindMOK, "The MOK signing key and certificate could not be generated.")
+	}
+	return nil
+}
+
+// trimLastComponent is ${k%.*}: 6.1.0-56-amd64 → 6.1.
+func trimLastComponent(k string) string {
+	if i := strings.LastIndex(k, "."); i >= 0 {
+		return k[:i]
+	}
+	return k
+}

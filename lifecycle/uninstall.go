@@ -1,0 +1,218 @@
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dkmsd/dkmsd/tree"
+)
+
+// Uninstall removes t's modules from the kernel's module dir, puts back
+// the originals it displaced and runs depmod. The module stays built.
+func Uninstall(ctx context.Context, e *Env, t Target) error {
+	installed, err := e.isInstalled(ctx, t)
+	if err != nil {
+		return err
+	}
+	if !installed {
+		e.info("Module %s %s is not installed for kernel %s (%s). Skipping...", t.Module, t.Version, t.Kernel, t.Arch)
+		return nil
+	}
+	return e.uninstall(ctx, t)
+}
+
+func (e *Env) uninstall(ctx context.Context, t Target) error {
+	e.info("Module %s-%s for kernel %s (%s).", t.Module, t.Version, t.Kernel, t.Arch)
+	conf, err := e.readConf(ctx, e.confFile(t.Module, t.Version), t, false)
+	if err != nil {
+		return err
+	}
+	link := e.Layout.KernelLink(t.Module, t.Kernel, t.Arch)
+	active := e.Layout.InstalledVersion(t.Module, t.Kernel, t.Arch) == t.Version
+	if active {
+		e.info("Before uninstall, this module version was ACTIVE on this kernel.")
+		builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
+		kdir := e.Layout.KernelDir(t.Kernel)
+		for _, m := range conf.Modules {
+			f := e.installedCopy(t, m, builtDir)
+			if f == "" {
+				e.info("Module %s was not found within %s/", m.DestName, kdir)
+				continue
+			}
+			e.info("Deleting %s", f)
+			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+				return fmt.Errorf("uninstall %s: %w", f, err)
+			}
+			removeEmptyParents(filepath.Dir(f), kdir)
+		}
+		e.restoreOriginals(t)
+		if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("uninstall %s: %w", link, err)
+		}
+		if err := syncDir(filepath.Dir(link)); err != nil {
+			return err
+		}
+	} else {
+		e.info("This module version was INACTIVE for this kernel.")
+	}
+	if conf.PostRemove != "" {
+		e.info("")
+		e.info("Running the post_remove script:")
+		out := &lineWriter{sink: e.Sink, typ: Info}
+		_, _ = e.runScript(ctx, "post_remove", e.sourceDir(t), conf.PostRemove, out)
+		out.Flush()
+	}
+	if e.Layout.Kernel(t.Kernel).Exists() {
+		e.info("Running depmod...")
+		if err := e.depmod(ctx, t.Kernel); err != nil {
+			e.warn("Warning: %v", err)
+		}
+	}
+	if active {
+		orig := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)
+		if isDir(orig) {
+			os.RemoveAll(orig)
+			removeEmptyParents(filepath.Dir(orig), e.Layout.ModuleDir(t.Module))
+		}
+		e.Sink.Emit(Event{Type: Uninstalled, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+			Text: fmt.Sprintf("%s/%s uninstalled from %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
+	}
+	return nil
+}
+
+// installedCopy finds the installed file of module m: in the
+// distribution's location or the dkms.conf's own, with the same version as
+// the built copy.
+func (e *Env) installedCopy(t Target, m tree.ModuleSpec, builtDir string) string {
+	kdir := e.Layout.KernelDir(t.Kernel)
+	locs := []string{m.DestLocation}
+	if m.RawDestLocation != m.DestLocation && m.RawDestLocation != "" {
+		locs = append(locs, m.RawDestLocation)
+	}
+	built := tree.FindModuleFile(builtDir, m.DestName)
+	var want tree.ModInfo
+	if built != "" {
+		want, _ = tree.ReadModInfo(built)
+	}
+	for _, l := range locs {
+		f := tree.FindModuleFile(filepath.Join(kdir, l), m.DestName)
+		if f == "" {
+			continue
+		}
+		if want == nil {
+			return f
+		}
+		if got, err := tree.ReadModInfo(f); err == nil && got.Get("version") == want.Get("version") {
+			return f
+		}
+	}
+	return ""
+}
+
+// Unbuild uninstalls t if needed and deletes its build.
+func Unbuild(ctx context.Context, e *Env, t Target) error {
+	if err := Uninstall(ctx, e, t); err != nil {
+		return err
+	}
+	built, err := e.isBuilt(ctx, t)
+	if err != nil {
+		return err
+	}
+	if !built {
+		e.info("Module %s %s is not built for kernel %s (%s). Skipping...", t.Module, t.Version, t.Kernel, t.Arch)
+		return nil
+	}
+	return e.unbuild(t)
+}
+
+func (e *Env) unbuild(t Target) error {
+	dir := e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch)
+	// Rename first, then delete: a crash leaves no half-deleted build that
+	// looks built.
+	gone := fmt.Sprintf("%s/.dkmsd-unbuild-%s-%d", filepath.Dir(dir), t.Arch, os.Getpid())
+	if err := os.Rename(dir, gone); err != nil {
+		return fmt.Errorf("unbuild %s: %w", dir, err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		return fmt.Errorf("unbuild %s: %w", dir, err)
+	}
+	removeIfNoSubdirs(filepath.Dir(dir))
+	return nil
+}
+
+// removeIfNoSubdirs removes a kernel dir of the tree once no arch dir is
+// left in it.
+func removeIfNoSubdirs(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, en := range entries {
+		if en.IsDir() {
+			return
+		}
+	}
+	os.RemoveAll(dir)
+}
+
+// Remove uninstalls and unbuilds module/version for each target kernel and
+// deletes it from the tree once nothing is built any more. The source in
+// the source tree is never touched.
+func Remove(ctx context.Context, e *Env, module, version string, targets []Target) error {
+	vdir := e.Layout.VersionDir(module, version)
+	stale, _ := filepath.Glob(filepath.Join(vdir, "*", ".tmp_*"))
+	for _, s := range stale {
+		os.RemoveAll(s)
+	}
+	for _, t := range targets {
+		if err := Unbuild(ctx, e, t); err != nil {
+			return err
+		}
+		e.info("")
+	}
+	entries, err := os.ReadDir(vdir)
+	if err != nil {
+		return nil
+	}
+	for _, en := range entries {
+		switch en.Name() {
+		case "build", "tarball", "driver_disk", "rpm", "deb", "source":
+			continue
+		}
+		if en.IsDir() && !strings.HasPrefix(en.Name(), ".") {
+			return nil
+		}
+	}
+	e.info("Deleting module %s-%s completely from the DKMS tree.", module, version)
+	gone := filepath.Join(e.Layout.ModuleDir(module), fmt.Sprintf(".dkmsd-remove-%s-%d", version, os.Getpid()))
+	if err := os.Rename(vdir, gone); err != nil {
+		return fmt.Errorf("remove %s: %w", vdir, err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		return fmt.Errorf("remove %s: %w", vdir, err)
+	}
+	mdir := e.Layout.ModuleDir(module)
+	if rest, err := os.ReadDir(mdir); err == nil && len(rest) == 0 {
+		os.Remove(mdir)
+	}
+	e.Sink.Emit(Event{Type: Removed, Module: module, Version: version})
+	return nil
+}
+
+// BuiltTargets lists every kernel/arch module/version is built for
+// (dkms's --all), in version order.
+func BuiltTargets(e *Env, module, version string) []Target {
+	var out []Target
+	for _, b := range e.Layout.Builds(module, version, "", "") {
+		out = append(out, Target{Module: module, Version: version, Kernel: b.Kernel, Arch: b.Arch})
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && tree.CompareVersions(out[j-1].Kernel+"/"+out[j-1].Arch, out[j].Kernel+"/"+out[j].Arch) > 0; j-- {
+			out[j-1], out[j] = out[j], out[j-1]
+		}
+	}
+	return out
+}

@@ -1,0 +1,115 @@
+package tree
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// frameworkNames are the settings read from framework.conf and
+// framework.conf.d/*.conf.
+var frameworkNames = []string{
+	"source_tree", "dkms_tree", "install_tree", "tmp_location",
+	"verbose", "symlink_modules", "autoinstall_all_kernels", "modprobe_on_install",
+	"parallel_jobs", "compress_gzip_opts", "compress_xz_opts", "compress_zstd_opts",
+	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
+}
+
+// envFrameworkNames may also come from the environment, as with dkms
+// (its test suite exports parallel_jobs).
+var envFrameworkNames = []string{
+	"parallel_jobs", "modprobe_on_install", "post_transaction", "sign_file",
+	"mok_signing_key", "mok_certificate", "autoinstall_all_kernels",
+}
+
+// Framework is the evaluated framework configuration. Empty means unset.
+type Framework struct {
+	SourceTree, DKMSTree, InstallTree, TmpLocation string
+
+	Verbose               bool
+	SymlinkModules        bool
+	AutoinstallAllKernels bool
+	ModprobeOnInstall     bool
+	// ParallelJobs is 0 when unset (then: the number of CPUs).
+	ParallelJobs int
+
+	CompressGzipOpts, CompressXzOpts, CompressZstdOpts string
+	PostTransaction                                    string
+	SignFile, MOKSigningKey, MOKCertificate            string
+
+	// Files are the files read, in order.
+	Files []string
+}
+
+// ReadFramework evaluates <confDir>/framework.conf and then
+// <confDir>/framework.conf.d/*.conf in name order, later files winning.
+// kernel is $kernelver for settings such as sign_file that use it ("" when
+// no kernel is in play).
+func ReadFramework(ctx context.Context, confDir, kernel string, env []string, stderr io.Writer) (Framework, error) {
+	files := []string{filepath.Join(confDir, "framework.conf")}
+	extra, _ := filepath.Glob(filepath.Join(confDir, "framework.conf.d", "*.conf"))
+	sort.Strings(extra)
+	files = append(files, extra...)
+
+	vals := map[string]Value{}
+	for _, name := range envFrameworkNames {
+		if v, ok := os.LookupEnv(name); ok {
+			vals[name] = Value{Elems: map[int]string{0: v}}
+		}
+	}
+	var fw Framework
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		ev := shellEval{
+			Vars:    map[string]string{"kernelver": kernel},
+			Env:     env,
+			Stderr:  stderr,
+			Timeout: 10 * time.Second,
+			Prelude: vals,
+		}
+		res, err := ev.run(ctx, f, src, frameworkNames)
+		if err != nil {
+			return Framework{}, err
+		}
+		vals = res.Values
+		fw.Files = append(fw.Files, f)
+	}
+	get := func(n string) string { return vals[n].Scalar() }
+	fw.SourceTree, fw.DKMSTree, fw.InstallTree, fw.TmpLocation = get("source_tree"), get("dkms_tree"), get("install_tree"), get("tmp_location")
+	fw.Verbose = get("verbose") != ""
+	fw.SymlinkModules = get("symlink_modules") != ""
+	fw.AutoinstallAllKernels = get("autoinstall_all_kernels") != ""
+	fw.ModprobeOnInstall = get("modprobe_on_install") != ""
+	if n, err := strconv.Atoi(get("parallel_jobs")); err == nil && n > 0 {
+		fw.ParallelJobs = n
+	}
+	fw.CompressGzipOpts, fw.CompressXzOpts, fw.CompressZstdOpts = get("compress_gzip_opts"), get("compress_xz_opts"), get("compress_zstd_opts")
+	fw.PostTransaction = get("post_transaction")
+	fw.SignFile, fw.MOKSigningKey, fw.MOKCertificate = get("sign_file"), get("mok_signing_key"), get("mok_certificate")
+	return fw, nil
+}
+
+// Apply moves the layout's trees where the framework configuration says,
+// under the layout's root.
+func (fw Framework) Apply(l Layout) Layout {
+	if fw.DKMSTree != "" {
+		l.DKMSTree = l.Root + fw.DKMSTree
+	}
+	if fw.SourceTree != "" {
+		l.SourceTree = l.Root + fw.SourceTree
+	}
+	if fw.InstallTree != "" {
+		l.InstallTree = l.Root + fw.InstallTree
+	}
+	if fw.TmpLocation != "" {
+		l.TmpDir = fw.TmpLocation
+	}
+	return l
+}

@@ -1,0 +1,152 @@
+package tree
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Layout is where the trees are: the dkms tree (/var/lib/dkms), the module
+// sources (/usr/src), the kernels' module dirs (/lib/modules), /boot and the
+// configuration dir (/etc/dkms). Root relocates all of them for tests and
+// the demo; dkms's --dkmstree, --sourcetree and --installtree move one each.
+type Layout struct {
+	Root        string
+	DKMSTree    string
+	SourceTree  string
+	InstallTree string
+	BootDir     string
+	ConfDir     string
+	TmpDir      string
+	// KernelSourceDir, when set (--kernelsourcedir), is the kernel build
+	// dir for every kernel instead of <InstallTree>/<kernel>/build.
+	KernelSourceDir string
+	// MOKKey and MOKCert are the default signing key and certificate
+	// (dkms keeps them in /var/lib/dkms whatever --dkmstree says).
+	MOKKey, MOKCert string
+}
+
+// NewLayout returns the default layout under root ("" or "/" for the
+// machine's own).
+func NewLayout(root string) Layout {
+	if root == "/" {
+		root = ""
+	}
+	tmp := os.Getenv("TMPDIR")
+	if tmp == "" {
+		tmp = "/tmp"
+	}
+	return Layout{
+		Root:        root,
+		DKMSTree:    root + "/var/lib/dkms",
+		SourceTree:  root + "/usr/src",
+		InstallTree: root + "/lib/modules",
+		BootDir:     root + "/boot",
+		ConfDir:     root + "/etc/dkms",
+		TmpDir:      tmp,
+		MOKKey:      root + "/var/lib/dkms/mok.key",
+		MOKCert:     root + "/var/lib/dkms/mok.pub",
+	}
+}
+
+// ModuleDir is <dkms_tree>/<module>.
+func (l Layout) ModuleDir(module string) string { return filepath.Join(l.DKMSTree, module) }
+
+// VersionDir is <dkms_tree>/<module>/<version>.
+func (l Layout) VersionDir(module, version string) string {
+	return filepath.Join(l.DKMSTree, module, version)
+}
+
+// BuiltDir is <dkms_tree>/<module>/<version>/<kernel>/<arch>, which holds
+// module/ and log/ once built.
+func (l Layout) BuiltDir(module, version, kernel, arch string) string {
+	return filepath.Join(l.DKMSTree, module, version, kernel, arch)
+}
+
+// KernelLink is the symlink <dkms_tree>/<module>/kernel-<kernel>-<arch>
+// that marks the installed version.
+func (l Layout) KernelLink(module, kernel, arch string) string {
+	return filepath.Join(l.DKMSTree, module, "kernel-"+kernel+"-"+arch)
+}
+
+// OriginalDir holds the modules an install displaced, to restore them.
+func (l Layout) OriginalDir(module, kernel, arch string) string {
+	return filepath.Join(l.DKMSTree, module, "original_module", kernel, arch)
+}
+
+// SourceDir is <source_tree>/<module>-<version>.
+func (l Layout) SourceDir(module, version string) string {
+	return filepath.Join(l.SourceTree, module+"-"+version)
+}
+
+// KernelDir is <install_tree>/<kernel>.
+func (l Layout) KernelDir(kernel string) string { return filepath.Join(l.InstallTree, kernel) }
+
+// KernelBuildDir is the kernel's headers (kbuild) dir.
+func (l Layout) KernelBuildDir(kernel string) string {
+	if l.KernelSourceDir != "" {
+		return l.KernelSourceDir
+	}
+	return filepath.Join(l.InstallTree, kernel, "build")
+}
+
+// Distro is the distribution family as dkms derives it from os-release:
+// "ubuntu", the ID_LIKE string, or ID.
+type Distro string
+
+// ReadDistro reads os-release under root, falling back to the machine's.
+func ReadDistro(root string) Distro {
+	for _, f := range []string{root + "/etc/os-release", root + "/usr/lib/os-release", "/etc/os-release", "/usr/lib/os-release"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		vals := map[string]string{}
+		for _, line := range strings.Split(string(data), "\n") {
+			k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+			if ok {
+				vals[k] = strings.Trim(v, `"'`)
+			}
+		}
+		switch {
+		case vals["ID"] == "ubuntu":
+			return "ubuntu"
+		case vals["ID_LIKE"] != "":
+			return Distro(vals["ID_LIKE"])
+		default:
+			return Distro(vals["ID"])
+		}
+	}
+	return "unknown"
+}
+
+// DestLocation applies the distribution's override of
+// DEST_MODULE_LOCATION, as dkms does: Debian, Ubuntu and Arch install DKMS
+// modules under /updates/dkms so they take precedence over in-tree ones.
+func (d Distro) DestLocation(raw string) string {
+	if dir := os.Getenv("ADDON_MODULES_DIR"); dir != "" {
+		return "/" + dir
+	}
+	s := string(d)
+	switch {
+	case hasAnyPrefix(s, "fedora", "rhel", "ovm"):
+		return "/extra"
+	case hasAnyPrefix(s, "sles", "suse", "opensuse"):
+		return "/updates"
+	case hasAnyPrefix(s, "debian", "ubuntu", "arch"):
+		return "/updates/dkms"
+	}
+	return raw
+}
+
+// Debian reports the Debian family (Debian, Ubuntu and derivatives).
+func (d Distro) Debian() bool { return hasAnyPrefix(string(d), "debian", "ubuntu") }
+
+func hasAnyPrefix(s string, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}

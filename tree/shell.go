@@ -1,0 +1,252 @@
+package tree
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"mvdan.cc/sh/v3/expand"
+	"mvdan.cc/sh/v3/interp"
+	"mvdan.cc/sh/v3/syntax"
+)
+
+// DefaultEvalTimeout bounds one evaluation of a configuration file: a
+// dkms.conf with an endless loop or a sleeping command substitution must not
+// hang a kernel upgrade.
+const DefaultEvalTimeout = 10 * time.Second
+
+// Value is one harvested shell variable: a scalar is index 0 of an array,
+// as in bash. Sparse arrays keep their indexes.
+type Value struct {
+	Elems map[int]string
+}
+
+// Get returns element i, or "" when it is unset.
+func (v Value) Get(i int) string { return v.Elems[i] }
+
+// Scalar is element 0, what "$NAME" gives in bash.
+func (v Value) Scalar() string { return v.Elems[0] }
+
+// Len is 1 + the highest index set, or 0.
+func (v Value) Len() int {
+	n := 0
+	for i := range v.Elems {
+		if i+1 > n {
+			n = i + 1
+		}
+	}
+	return n
+}
+
+// Indexes lists the set indexes in ascending order.
+func (v Value) Indexes() []int {
+	idx := make([]int, 0, len(v.Elems))
+	for i := range v.Elems {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	return idx
+}
+
+// Set reports whether any element is set.
+func (v Value) Set() bool { return len(v.Elems) > 0 }
+
+// SyntaxError is a shell parse error in a configuration file.
+type SyntaxError struct {
+	File      string
+	Line, Col uint
+	Msg       string
+}
+
+func (e *SyntaxError) Error() string {
+	return fmt.Sprintf("%s: line %d: syntax error: %s", e.File, e.Line, e.Msg)
+}
+
+// EvalError is a failure while running a configuration file, such as a
+// time-out.
+type EvalError struct {
+	File string
+	Err  error
+}
+
+func (e *EvalError) Error() string { return fmt.Sprintf("evaluate %s: %v", e.File, e.Err) }
+func (e *EvalError) Unwrap() error { return e.Err }
+
+// shellEval runs one shell file the way dkms sources it: in a scope of its
+// own, with stdout discarded and stderr passed through, and harvests only the
+// named variables. vars are visible to the file; env is the process
+// environment it inherits. Assignments are recorded with their line so errors
+// can point at them.
+type shellEval struct {
+	Vars map[string]string
+	// Prelude holds directive values already read from earlier files: a
+	// later override file sees them (dkms sources each file in a shell that
+	// already holds the earlier ones) and changes single elements.
+	Prelude map[string]Value
+	Env     []string
+	Stderr  io.Writer
+	Timeout time.Duration
+}
+
+// evalResult is what a file left behind.
+type evalResult struct {
+	Values map[string]Value
+	// Lines is the first line on which each harvested name is assigned.
+	Lines map[string]int
+}
+
+func (s shellEval) run(ctx context.Context, file string, src []byte, names []string) (evalResult, error) {
+	// CRLF files are common in packages prepared on Windows; upstream dkms
+	// strips the carriage returns, and so do we (3.0.10 kept them in values).
+	src = bytes.ReplaceAll(src, []byte("\r\n"), []byte("\n"))
+	parser := syntax.NewParser(syntax.Variant(syntax.LangBash))
+	prog, err := parser.Parse(bytes.NewReader(src), file)
+	if err != nil {
+		var perr syntax.ParseError
+		if errors.As(err, &perr) {
+			return evalResult{}, &SyntaxError{File: file, Line: perr.Pos.Line(), Col: perr.Pos.Col(), Msg: perr.Text}
+		}
+		return evalResult{}, &SyntaxError{File: file, Msg: err.Error()}
+	}
+	want := make(map[string]bool, len(names))
+	for _, n := range names {
+		want[n] = true
+	}
+	lines := map[string]int{}
+	syntax.Walk(prog, func(node syntax.Node) bool {
+		if as, ok := node.(*syntax.Assign); ok && as.Name != nil && want[as.Name.Value] {
+			if _, seen := lines[as.Name.Value]; !seen {
+				lines[as.Name.Value] = int(as.Pos().Line())
+			}
+		}
+		return true
+	})
+
+	// dkms unsets every directive before sourcing, so a PACKAGE_NAME in the
+	// caller's environment never leaks into a module's configuration.
+	var envList []string
+	for _, kv := range s.Env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !want[name] {
+			envList = append(envList, kv)
+		}
+	}
+	for k, v := range s.Vars {
+		envList = append(envList, k+"="+v)
+	}
+	stderr := s.Stderr
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	timeout := s.Timeout
+	if timeout <= 0 {
+		timeout = DefaultEvalTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	runner, err := interp.New(
+		interp.Env(expand.ListEnviron(envList...)),
+		interp.StdIO(nil, io.Discard, stderr),
+		interp.ExecHandlers(killOnCancel),
+		interp.Params("--"),
+	)
+	if err != nil {
+		return evalResult{}, fmt.Errorf("shell for %s: %w", file, err)
+	}
+	if len(s.Prelude) > 0 {
+		pre, err := parser.Parse(strings.NewReader(preludeSource(s.Prelude)), "prelude")
+		if err != nil {
+			return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
+		}
+		if err := runner.Run(ctx, pre); err != nil {
+			return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
+		}
+	}
+	runErr := runner.Run(ctx, prog)
+	if ctx.Err() != nil {
+		return evalResult{}, &EvalError{File: file, Err: fmt.Errorf("gave up after %v (an endless loop or a command that does not return?)", timeout)}
+	}
+	// A non-zero status from the last command is normal in sourced files
+	// (dkms ignores it); only internal failures count.
+	if runErr != nil {
+		if _, ok := interp.IsExitStatus(runErr); !ok {
+			return evalResult{}, &EvalError{File: file, Err: runErr}
+		}
+	}
+	res := evalResult{Values: map[string]Value{}, Lines: lines}
+	for _, n := range names {
+		vr, ok := runner.Vars[n]
+		// An element assignment (A[0]=x) to a fresh name leaves Set false
+		// in mvdan/sh v3.14, so the value itself decides.
+		if !ok || (!vr.IsSet() && vr.Kind != expand.Indexed && vr.Kind != expand.Associative) {
+			continue
+		}
+		if v, ok := harvest(vr); ok {
+			res.Values[n] = v
+		}
+	}
+	return res, nil
+}
+
+func harvest(vr expand.Variable) (Value, bool) {
+	v := Value{Elems: map[int]string{}}
+	switch vr.Kind {
+	case expand.String:
+		v.Elems[0] = vr.Str
+	case expand.Indexed:
+		for i, s := range vr.List {
+			idx := i
+			if vr.Indexes != nil {
+				idx = vr.Indexes[i]
+			}
+			v.Elems[idx] = s
+		}
+	case expand.Associative:
+		// dkms directives are indexed arrays; an associative array with
+		// numeric keys is read the same way, anything else is ignored.
+		for k, s := range vr.Map {
+			if i, err := strconv.Atoi(k); err == nil && i >= 0 {
+				v.Elems[i] = s
+			}
+		}
+	default:
+		return Value{}, false
+	}
+	return v, len(v.Elems) > 0
+}
+
+// killOnCancel runs external commands (command substitutions such as
+// $(uname -r) are common in dkms.conf) and kills them when the evaluation
+// times out.
+func killOnCancel(next interp.ExecHandlerFunc) interp.ExecHandlerFunc {
+	return interp.DefaultExecHandler(0)
+}
+
+// preludeSource writes values back as bash assignments, quoted so that they
+// are not expanded a second time (3.0.10 re-expanded them; see README).
+func preludeSource(vals map[string]Value) string {
+	names := make([]string, 0, len(vals))
+	for n := range vals {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		for _, i := range vals[n].Indexes() {
+			q, err := syntax.Quote(vals[n].Elems[i], syntax.LangBash)
+			if err != nil {
+				// Only NUL bytes cannot be quoted, and a shell variable
+				// cannot hold them anyway.
+				continue
+			}
+			fmt.Fprintf(&b, "%s[%d]=%s\n", n, i, q)
+		}
+	}
+	return b.String()
+}
