@@ -242,7 +242,9 @@ func (c *Conf) fill(vals map[string]Value, ctx ConfContext) []string {
 		}
 		return ""
 	}
-	bad := func(format string, args ...any) { problems = append(problems, "dkms.conf: Error! "+fmt.Sprintf(format, args...)) }
+	bad := func(format string, args ...any) {
+		problems = append(problems, "dkms.conf: Error! "+fmt.Sprintf(format, args...))
+	}
 
 	c.PackageName = vals["PACKAGE_NAME"].Scalar()
 	c.PackageVersion = vals["PACKAGE_VERSION"].Scalar()

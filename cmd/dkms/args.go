@@ -27,12 +27,12 @@ type args struct {
 	root                                               string
 
 	force, forceVersionOverride, all, verbose, quiet bool
-	binariesOnly, sourceOnly, noDepmod              bool
-	modprobeOnInstall, symlinkModules, noInitrd     bool
-	jobs                                            string
-	version_                                        bool
-	help                                            bool
-	warnings                                        []string
+	binariesOnly, sourceOnly, noDepmod               bool
+	modprobeOnInstall, symlinkModules, noInitrd      bool
+	jobs                                             string
+	version_                                         bool
+	help                                             bool
+	warnings                                         []string
 }
 
 // usageError is a command-line error with dkms's exit code.
