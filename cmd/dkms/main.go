@@ -61,7 +61,7 @@ func realMain(argv []string) int {
 }
 
 func usage() {
-	fmt.Print(`Usage: dkms [action] [options]
+	fmt.Printf(`Usage: dkms [action] [options]
   [action]  = { add | remove | build | unbuild | install | uninstall | match |
                 autoinstall | mktarball | ldtarball | status | generate_mok |
                 kernel_preinst | kernel_postinst | kernel_prerm }
@@ -73,6 +73,6 @@ func usage() {
               [--installtree=dir] [--root=dir]
               [--binaries-only] [--source-only] [--verbose]
               [--no-depmod] [--modprobe-on-install] [-j number] [--version]
-(dkmsd: Dynamic Kernel Module Support in Go; DKMSD_ROOT=dir relocates every tree)
-`)
+(dkmsd %s: Dynamic Kernel Module Support in Go; DKMSD_ROOT=dir relocates every tree)
+`, dkmsdVersion)
 }

@@ -18,6 +18,9 @@ import (
 // packaging scripts keep working.
 const dkmsVersion = "dkms-3.0.10"
 
+// dkmsdVersion is dkmsd's own release, set by the Makefile.
+var dkmsdVersion = "dev"
+
 // newEnv builds the lifecycle environment from the command line: --root
 // (or DKMSD_ROOT) relocates every tree; framework.conf, then the tree
 // options, move single trees.
