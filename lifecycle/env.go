@@ -39,6 +39,8 @@ type Env struct {
 	ConfTimeout time.Duration
 	// Environ is the environment handed to dkms.conf, scripts and make.
 	Environ []string
+
+	confs tree.ConfCache
 }
 
 // NewEnv reads framework.conf under the layout's configuration dir and
@@ -108,6 +110,7 @@ func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) 
 		Env:             e.Environ,
 		Stderr:          stderr,
 		Timeout:         e.ConfTimeout,
+		Cache:           &e.confs,
 	})
 	if err != nil {
 		return nil, confFailure(file, err)

@@ -113,7 +113,13 @@ func (e *Env) moduleStatus(ctx context.Context, mv tree.ModuleVersion, kernelGlo
 		t := Target{Module: mv.Name, Version: mv.Version, Kernel: b.Kernel, Arch: b.Arch}
 		conf, err := e.statusConf(ctx, confFile, t)
 		if err != nil {
-			return []StatusLine{{Module: mv.Name, Version: mv.Version, State: StateAdded, Problem: strings.Split(err.Error(), "\n")}}
+			// dkms 3.0.10 stops listing at a bad dkms.conf; dkmsd reports it
+			// and goes on with the other modules.
+			problem := []string{err.Error()}
+			if le, ok := confFailure(confFile, err).(*Error); ok {
+				problem = le.Lines
+			}
+			return []StatusLine{{Module: mv.Name, Version: mv.Version, State: StateAdded, Problem: problem}}
 		}
 		line, ok := e.buildStatus(t, b, conf)
 		if ok {
@@ -138,6 +144,7 @@ func (e *Env) statusConf(ctx context.Context, file string, t Target) (*tree.Conf
 		Distro:          e.Distro,
 		Env:             e.Environ,
 		Timeout:         e.ConfTimeout,
+		Cache:           &e.confs,
 	})
 }
 

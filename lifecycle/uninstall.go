@@ -94,13 +94,16 @@ func (e *Env) installedCopy(t Target, m tree.ModuleSpec, builtDir string) string
 	}
 	built := tree.FindModuleFile(builtDir, m.DestName)
 	var want tree.ModInfo
-	if built != "" {
-		want, _ = tree.ReadModInfo(built)
-	}
 	for _, l := range locs {
 		f := tree.FindModuleFile(filepath.Join(kdir, l), m.DestName)
 		if f == "" {
 			continue
+		}
+		if built == "" || sameFile(built, f) {
+			return f
+		}
+		if want == nil {
+			want, _ = tree.ReadModInfo(built)
 		}
 		if want == nil {
 			return f

@@ -5,10 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -50,6 +53,8 @@ type ConfContext struct {
 	Env        []string
 	Stderr     io.Writer
 	Timeout    time.Duration
+	// Cache, when set, reuses evaluations that cannot differ.
+	Cache *ConfCache
 }
 
 // ModuleSpec is one record of the BUILT_/DEST_MODULE_* arrays.
@@ -110,19 +115,112 @@ func (e *ConfError) Error() string {
 // ReadConf evaluates the dkms.conf at file and the administrator's
 // overrides in /etc/dkms for the kernel and arch in c.
 func ReadConf(ctx context.Context, file string, c ConfContext) (*Conf, error) {
-	src, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read dkms.conf: %w", err)
-	}
-	ev := shellEval{Vars: confVars(c), Env: c.Env, Stderr: c.Stderr, Timeout: c.Timeout}
-	res, err := ev.run(ctx, file, src, confNames)
+	vals, lines, warnings, err := c.Cache.values(ctx, file, c)
 	if err != nil {
 		return nil, err
 	}
-	vals, lines := res.Values, res.Lines
-	var warnings []string
-	warnings = append(warnings, deprecations(vals, file)...)
+	if len(c.Directives) > 0 {
+		vals = maps.Clone(vals)
+		for _, d := range c.Directives {
+			name, value, _ := strings.Cut(d, "=")
+			vals[name] = Value{Elems: map[int]string{0: value}}
+		}
+	}
+	conf := &Conf{File: file, Lines: lines, Warnings: append([]string(nil), warnings...)}
+	problems := conf.fill(vals, c)
+	if len(problems) > 0 {
+		return nil, &ConfError{File: file, Problems: problems}
+	}
+	return conf, nil
+}
+
+// ConfCache keeps evaluated dkms.conf files for one process: a file that
+// runs no command and reads nothing kernel-specific is evaluated once per
+// module version, not once per kernel (status reads one per built
+// kernel). A nil *ConfCache caches nothing.
+type ConfCache struct {
+	mu      sync.Mutex
+	entries map[confKey]*confEntry
+	// dirs lists the names in each override dir, read once: most
+	// machines have no override files, and status would otherwise stat six
+	// per module and kernel.
+	dirs map[string]map[string]bool
+}
+
+// mayExist reports whether path's name was in its directory when first
+// looked at (always true without a cache).
+func (cc *ConfCache) mayExist(path string) bool {
+	if cc == nil {
+		return true
+	}
+	dir, name := filepath.Split(path)
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	names, ok := cc.dirs[dir]
+	if !ok {
+		names = map[string]bool{}
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			names[e.Name()] = true
+		}
+		if cc.dirs == nil {
+			cc.dirs = map[string]map[string]bool{}
+		}
+		cc.dirs[dir] = names
+	}
+	return names[name]
+}
+
+type confKey struct{ file, module, version string }
+
+type confEntry struct {
+	size     int64
+	mtime    time.Time
+	vals     map[string]Value
+	lines    map[string]int
+	warnings []string
+}
+
+// values evaluates file (and its overrides) for c, from the cache when it
+// can.
+func (cc *ConfCache) values(ctx context.Context, file string, c ConfContext) (map[string]Value, map[string]int, []string, error) {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read dkms.conf: %w", err)
+	}
+	var overrides []string
 	for _, o := range overrideFiles(c) {
+		if cc.mayExist(o) {
+			if _, err := os.Stat(o); err == nil {
+				overrides = append(overrides, o)
+			}
+		}
+	}
+	key := confKey{file, c.Module, c.Version}
+	if cc != nil && len(overrides) == 0 {
+		cc.mu.Lock()
+		e := cc.entries[key]
+		cc.mu.Unlock()
+		if e != nil && e.size == fi.Size() && e.mtime.Equal(fi.ModTime()) {
+			return e.vals, e.lines, e.warnings, nil
+		}
+	}
+	src, err := os.ReadFile(file)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read dkms.conf: %w", err)
+	}
+	parsed, err := parseShell(file, src, confNames)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ev := shellEval{Vars: confVars(c), Env: c.Env, Stderr: c.Stderr, Timeout: c.Timeout}
+	res, err := ev.exec(ctx, file, parsed, confNames)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	vals, lines := res.Values, res.Lines
+	warnings := deprecations(vals, file)
+	for _, o := range overrides {
 		osrc, err := os.ReadFile(o)
 		if err != nil {
 			continue
@@ -130,21 +228,20 @@ func ReadConf(ctx context.Context, file string, c ConfContext) (*Conf, error) {
 		ev.Prelude = vals
 		ores, err := ev.run(ctx, o, osrc, confNames)
 		if err != nil {
-			return nil, err
+			return nil, nil, nil, err
 		}
 		warnings = append(warnings, deprecations(ores.Values, o)...)
 		vals = ores.Values
 	}
-	for _, d := range c.Directives {
-		name, value, _ := strings.Cut(d, "=")
-		vals[name] = Value{Elems: map[int]string{0: value}}
+	if cc != nil && len(overrides) == 0 && parsed.targetFree {
+		cc.mu.Lock()
+		if cc.entries == nil {
+			cc.entries = map[confKey]*confEntry{}
+		}
+		cc.entries[key] = &confEntry{size: fi.Size(), mtime: fi.ModTime(), vals: vals, lines: lines, warnings: warnings}
+		cc.mu.Unlock()
 	}
-	conf := &Conf{File: file, Lines: lines, Warnings: warnings}
-	problems := conf.fill(vals, c)
-	if len(problems) > 0 {
-		return nil, &ConfError{File: file, Problems: problems}
-	}
-	return conf, nil
+	return vals, lines, warnings, nil
 }
 
 // ReadPackageIdentity reads only PACKAGE_NAME and PACKAGE_VERSION, for

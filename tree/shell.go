@@ -101,7 +101,22 @@ type evalResult struct {
 	Lines map[string]int
 }
 
-func (s shellEval) run(ctx context.Context, file string, src []byte, names []string) (evalResult, error) {
+// parsedShell is a configuration file parsed once.
+type parsedShell struct {
+	prog *syntax.File
+	// lines is the first line on which each harvested name is assigned.
+	lines map[string]int
+	// targetFree: the file runs no command and reads none of the
+	// variables that differ between kernels, so its values are the same
+	// for every kernel and arch.
+	targetFree bool
+}
+
+// targetVars are the variables whose value differs between the kernels
+// and arches one module version is evaluated for.
+var targetVars = map[string]bool{"kernelver": true, "arch": true, "kernel_source_dir": true, "kernel_config": true}
+
+func parseShell(file string, src []byte, names []string) (*parsedShell, error) {
 	// CRLF files are common in packages prepared on Windows; upstream dkms
 	// strips the carriage returns, and so do we (3.0.10 kept them in values).
 	src = bytes.ReplaceAll(src, []byte("\r\n"), []byte("\n"))
@@ -110,23 +125,54 @@ func (s shellEval) run(ctx context.Context, file string, src []byte, names []str
 	if err != nil {
 		var perr syntax.ParseError
 		if errors.As(err, &perr) {
-			return evalResult{}, &SyntaxError{File: file, Line: perr.Pos.Line(), Col: perr.Pos.Col(), Msg: perr.Text}
+			return nil, &SyntaxError{File: file, Line: perr.Pos.Line(), Col: perr.Pos.Col(), Msg: perr.Text}
 		}
-		return evalResult{}, &SyntaxError{File: file, Msg: err.Error()}
+		return nil, &SyntaxError{File: file, Msg: err.Error()}
 	}
 	want := make(map[string]bool, len(names))
 	for _, n := range names {
 		want[n] = true
 	}
-	lines := map[string]int{}
+	p := &parsedShell{prog: prog, lines: map[string]int{}, targetFree: true}
 	syntax.Walk(prog, func(node syntax.Node) bool {
-		if as, ok := node.(*syntax.Assign); ok && as.Name != nil && want[as.Name.Value] {
-			if _, seen := lines[as.Name.Value]; !seen {
-				lines[as.Name.Value] = int(as.Pos().Line())
+		switch n := node.(type) {
+		case *syntax.Assign:
+			if n.Name != nil && want[n.Name.Value] {
+				if _, seen := p.lines[n.Name.Value]; !seen {
+					p.lines[n.Name.Value] = int(n.Pos().Line())
+				}
+			}
+		case *syntax.CmdSubst, *syntax.ProcSubst, *syntax.ArithmExp, *syntax.ArithmCmd, *syntax.LetClause:
+			p.targetFree = false
+		case *syntax.CallExpr:
+			if len(n.Args) > 0 {
+				p.targetFree = false
+			}
+		case *syntax.ParamExp:
+			if n.Param == nil || targetVars[n.Param.Value] || n.Excl {
+				p.targetFree = false
 			}
 		}
 		return true
 	})
+	return p, nil
+}
+
+func (s shellEval) run(ctx context.Context, file string, src []byte, names []string) (evalResult, error) {
+	p, err := parseShell(file, src, names)
+	if err != nil {
+		return evalResult{}, err
+	}
+	return s.exec(ctx, file, p, names)
+}
+
+func (s shellEval) exec(ctx context.Context, file string, p *parsedShell, names []string) (evalResult, error) {
+	prog, lines := p.prog, p.lines
+	want := make(map[string]bool, len(names))
+	for _, n := range names {
+		want[n] = true
+	}
+	parser := syntax.NewParser(syntax.Variant(syntax.LangBash))
 
 	// dkms unsets every directive before sourcing, so a PACKAGE_NAME in the
 	// caller's environment never leaks into a module's configuration.
