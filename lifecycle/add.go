@@ -75,6 +75,10 @@ func AddSourceDir(ctx context.Context, e *Env, dir, kernel, arch string) (module
 	if err != nil {
 		return "", "", confFailure(filepath.Join(from, "dkms.conf"), err)
 	}
+	// Validate the whole dkms.conf before anything is copied.
+	if _, err := e.readConf(ctx, filepath.Join(from, "dkms.conf"), Target{Module: module, Version: version, Kernel: kernel, Arch: arch}, false); err != nil {
+		return "", "", err
+	}
 	dest := e.Layout.SourceDir(module, version)
 	if e.Force && isDir(dest) && dest != from {
 		e.info("Forcing install of %s-%s", module, version)

@@ -424,7 +424,7 @@ func (c *Conf) fill(vals map[string]Value, ctx ConfContext) []string {
 		}
 		if strings.HasSuffix(m.DestName, ".o") || strings.HasSuffix(m.DestName, ".ko") {
 			bad("'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #%d%s.", i, at("DEST_MODULE_NAME"))
-		} else if msg := badComponent(m.DestName); m.DestName != "" && msg != "" {
+		} else if msg := badComponent(m.DestName); dn.Get(i) != "" && msg != "" {
 			bad("'DEST_MODULE_NAME' %s in record #%d%s.", msg, i, at("DEST_MODULE_NAME"))
 		}
 		if m.BuiltLocation != "" && escapes(m.BuiltLocation) {
