@@ -108,8 +108,14 @@ func (e *Env) build(ctx context.Context, t Target) error {
 	fmt.Fprintf(log, "DKMS (dkmsd) make.log for %s/%s for kernel %s (%s)\n%s\n\n", t.Module, t.Version, t.Kernel, t.Arch, time.Now().Format(time.UnixDate))
 
 	failed := func(kind Kind, err error, lines ...string) error {
+		// build/make.log is where dkms users look, but the next kernel's
+		// build replaces it: keep a copy per kernel for the report.
+		kept := logPath
+		if os.MkdirAll(filepath.Dir(e.failedLog(t)), 0o755) == nil && copyFileAtomic(logPath, e.failedLog(t)) == nil {
+			kept = e.failedLog(t)
+		}
 		e.Sink.Emit(Event{Type: BuildFailed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
-			Log: logPath, Duration: time.Since(start), Err: err, Text: strings.Join(lines, " ")})
+			Log: kept, Duration: time.Since(start), Err: err, Text: strings.Join(lines, " ")})
 		return &Error{Kind: kind, Lines: lines, Err: err, Code: exitCode(err)}
 	}
 
@@ -140,7 +146,7 @@ func (e *Env) build(ctx context.Context, t Target) error {
 		e.info("%s", makeCmd)
 	}
 	blk := startLogBlock(log, "Building module(s)", makeCmd)
-	err = runShell(ctx, buildDir, makeCmd, e.buildEnviron(cc...), log)
+	err = e.runMake(ctx, buildDir, makeCmd, cc, log)
 	blk.end(err)
 	if err != nil {
 		return failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
@@ -191,9 +197,17 @@ func (e *Env) build(ctx context.Context, t Target) error {
 		return err
 	}
 	os.RemoveAll(buildDir)
+	os.Remove(e.failedLog(t))
 	e.Sink.Emit(Event{Type: BuildFinished, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 		Log: filepath.Join(final, "log", "make.log"), Duration: time.Since(start)})
 	return nil
+}
+
+// failedLog is where the log of a failed build of t is kept:
+// <dkms_tree>/.dkmsd/failed/<m>-<v>-<k>-<a>.log (a dot dir, out of dkms's
+// globs). A later successful build or remove deletes it.
+func (e *Env) failedLog(t Target) string {
+	return filepath.Join(e.Layout.DKMSTree, ".dkmsd", "failed", fmt.Sprintf("%s-%s-%s-%s.log", t.Module, t.Version, t.Kernel, t.Arch))
 }
 
 // replaceDir moves the complete dir src to dst; an existing dst (a forced
@@ -272,11 +286,16 @@ func (e *Env) makeCommand(conf *tree.Conf, t Target) string {
 		cmd = fmt.Sprintf("make -C %s M=%s", e.Layout.KernelBuildDir(t.Kernel), filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "build"))
 	}
 	if rest, ok := strings.CutPrefix(cmd, "make"); ok {
-		jobs := "-j"
-		if e.Jobs > 0 {
-			jobs = fmt.Sprintf("-j%d", e.Jobs)
+		// Under a jobserver make takes its -j from MAKEFLAGS: a -j on the
+		// command line would make it start a jobserver of its own.
+		jobs := "-j "
+		switch {
+		case e.Jobserver != nil:
+			jobs = ""
+		case e.Jobs > 0:
+			jobs = fmt.Sprintf("-j%d ", e.Jobs)
 		}
-		cmd = fmt.Sprintf("make %s KERNELRELEASE=%s%s", jobs, t.Kernel, rest)
+		cmd = fmt.Sprintf("make %sKERNELRELEASE=%s%s", jobs, t.Kernel, rest)
 	}
 	cfg := tree.ReadKernelConfig(e.kernelConfig(t.Kernel))
 	if cfg["CONFIG_CC_IS_CLANG"] == "y" {
@@ -286,6 +305,29 @@ func (e *Env) makeCommand(conf *tree.Conf, t Target) string {
 		cmd += " LD=ld.lld"
 	}
 	return cmd
+}
+
+// runMake runs the make line in the build dir. Under a jobserver it first
+// takes the slot make's first job runs on, and hands make the pipe.
+func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, cc []string, log *os.File) error {
+	if e.Jobserver == nil {
+		return runShell(ctx, buildDir, makeCmd, e.buildEnviron(cc...), log)
+	}
+	if err := e.Jobserver.Acquire(ctx); err != nil {
+		return err
+	}
+	defer e.Jobserver.Release()
+	env := e.buildEnviron(cc...)
+	caller := ""
+	for i, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "MAKEFLAGS="); ok {
+			caller = v
+			env = append(env[:i:i], env[i+1:]...)
+			break
+		}
+	}
+	env = append(env, "MAKEFLAGS="+e.Jobserver.MakeFlags(caller))
+	return runShell(ctx, buildDir, makeCmd, env, log, e.Jobserver.Files()...)
 }
 
 // kernelCC is the compiler the kernel was built with (CONFIG_CC_VERSION_TEXT,

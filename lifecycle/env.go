@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dkmsd/dkmsd/tree"
@@ -39,8 +40,16 @@ type Env struct {
 	ConfTimeout time.Duration
 	// Environ is the environment handed to dkms.conf, scripts and make.
 	Environ []string
+	// Jobserver, when set, is the one CPU budget every make shares; make
+	// then gets no -j of its own.
+	Jobserver *Jobserver
+	// DeferDepmod leaves depmod to the caller, which runs it once per
+	// kernel after a batch of installs.
+	DeferDepmod bool
 
-	confs tree.ConfCache
+	// Shared by the copies of an Env a scheduler hands its jobs.
+	confs *tree.ConfCache
+	mokMu *sync.Mutex // one MOK key generation at a time
 }
 
 // NewEnv reads framework.conf under the layout's configuration dir and
@@ -49,7 +58,8 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 	if sink == nil {
 		sink = Discard
 	}
-	e := &Env{Layout: layout, Sink: sink, Distro: tree.ReadDistro(layout.Root), Environ: os.Environ()}
+	e := &Env{Layout: layout, Sink: sink, Distro: tree.ReadDistro(layout.Root), Environ: os.Environ(),
+		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}}
 	fw, err := tree.ReadFramework(ctx, layout.ConfDir, "", e.Environ, &lineWriter{sink: sink, typ: Warning})
 	if err != nil {
 		return nil, fmt.Errorf("read framework.conf: %w", err)
@@ -110,7 +120,7 @@ func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) 
 		Env:             e.Environ,
 		Stderr:          stderr,
 		Timeout:         e.ConfTimeout,
-		Cache:           &e.confs,
+		Cache:           e.confs,
 	})
 	if err != nil {
 		return nil, confFailure(file, err)

@@ -41,6 +41,8 @@ const (
 	KindBadArch                    // arch/kernel list mismatch
 	KindDiskFull                   // ENOSPC while writing
 	KindMOK                        // signing key could not be generated
+	KindAutoinstall                // autoinstall/match: one or more modules failed
+	KindPrerm                      // kernel_prerm: one or more modules failed
 )
 
 // Error is a failure with the lines dkms would print after "Error! ".

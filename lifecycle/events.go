@@ -23,12 +23,17 @@ const (
 	Uninstalled
 	Added
 	Removed
+	// JobStarted and JobFinished frame one module×kernel job of a batch
+	// (autoinstall, match); JobFinished's Text is its Outcome.
+	JobStarted
+	JobFinished
 )
 
 var eventNames = map[EventType]string{
 	Info: "info", Warning: "warning", BuildStarted: "build-started", BuildFinished: "build-finished",
 	BuildFailed: "build-failed", BuildSkipped: "build-skipped", Installed: "installed",
 	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
+	JobStarted: "job-started", JobFinished: "job-finished",
 }
 
 func (t EventType) String() string { return eventNames[t] }

@@ -135,6 +135,11 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		_, _ = e.runScript(ctx, "post_install", e.sourceDir(t), conf.PostInstall, out)
 		out.Flush()
 	}
+	if e.DeferDepmod {
+		e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+			Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
+		return nil
+	}
 	e.info("Running depmod...")
 	if err := e.depmod(ctx, t.Kernel); err != nil {
 		e.warn("%v", err)

@@ -641,8 +641,18 @@ func TestBuildRealHeadersFailbuild(t *testing.T) {
 	failed := r.events(lifecycle.BuildFailed, "dkmsd_failbuild", k)
 	if len(failed) != 1 {
 		t.Errorf("%d BuildFailed events, want 1: %+v", len(failed), failed)
-	} else if failed[0].Log != logPath || failed[0].Version != "1.0" || failed[0].Arch != realArch {
-		t.Errorf("BuildFailed event %+v, want Log %s, version 1.0, arch %s", failed[0], logPath, realArch)
+	} else if failed[0].Version != "1.0" || failed[0].Arch != realArch {
+		t.Errorf("BuildFailed event %+v, want version 1.0, arch %s", failed[0], realArch)
+	} else {
+		// The event's log is a per-kernel copy that the next kernel's
+		// build cannot overwrite; it holds the same text.
+		kept := r.path("var/lib/dkms/.dkmsd/failed/dkmsd_failbuild-1.0-" + k + "-" + realArch + ".log")
+		if failed[0].Log != kept {
+			t.Errorf("BuildFailed log %s, want %s", failed[0].Log, kept)
+		}
+		if b, err := os.ReadFile(kept); err != nil || string(b) != string(log) {
+			t.Errorf("kept log %s differs from %s: %v", kept, logPath, err)
+		}
 	}
 	if n := len(r.events(lifecycle.BuildFinished, "dkmsd_failbuild", "")); n != 0 {
 		t.Errorf("%d BuildFinished events for a failed build", n)

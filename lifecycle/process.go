@@ -30,10 +30,11 @@ func (e *Env) buildEnviron(extra ...string) []string {
 
 // runShell runs a command line with bash (dkms evals its MAKE lines in
 // bash) in dir, its output appended to log.
-func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Writer) error {
+func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Writer, extra ...*os.File) error {
 	cmd := exec.CommandContext(ctx, "bash", "-c", cmdline)
 	cmd.Dir = dir
 	cmd.Env = env
+	cmd.ExtraFiles = extra
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// Kill the whole process group (make and its compilers) on cancel.

@@ -70,6 +70,8 @@ func (e *Env) mokPair(ctx context.Context, fw tree.Framework) (key, cert string,
 	if strings.HasPrefix(key, "pkcs11:") {
 		return key, cert, nil
 	}
+	e.mokMu.Lock()
+	defer e.mokMu.Unlock()
 	if exists(key) && exists(cert) {
 		return key, cert, nil
 	}

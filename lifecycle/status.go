@@ -144,7 +144,7 @@ func (e *Env) statusConf(ctx context.Context, file string, t Target) (*tree.Conf
 		Distro:          e.Distro,
 		Env:             e.Environ,
 		Timeout:         e.ConfTimeout,
-		Cache:           &e.confs,
+		Cache:           e.confs,
 	})
 }
 

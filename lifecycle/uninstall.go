@@ -65,7 +65,7 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 		_, _ = e.runScript(ctx, "post_remove", e.sourceDir(t), conf.PostRemove, out)
 		out.Flush()
 	}
-	if e.Layout.Kernel(t.Kernel).Exists() {
+	if e.Layout.Kernel(t.Kernel).Exists() && !e.DeferDepmod {
 		e.info("Running depmod...")
 		if err := e.depmod(ctx, t.Kernel); err != nil {
 			e.warn("Warning: %v", err)
@@ -167,6 +167,9 @@ func removeIfNoSubdirs(dir string) {
 func Remove(ctx context.Context, e *Env, module, version string, targets []Target) error {
 	vdir := e.Layout.VersionDir(module, version)
 	stale, _ := filepath.Glob(filepath.Join(vdir, "*", ".tmp_*"))
+	for _, t := range targets {
+		stale = append(stale, e.failedLog(t))
+	}
 	for _, s := range stale {
 		os.RemoveAll(s)
 	}

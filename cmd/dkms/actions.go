@@ -23,7 +23,9 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		if err := requireModuleArgs(a); err != nil {
 			return err
 		}
-	case "match", "autoinstall", "mktarball", "ldtarball", "mkdriverdisk", "kernel_preinst", "kernel_postinst", "kernel_prerm":
+	case "match", "autoinstall", "kernel_preinst", "kernel_postinst", "kernel_prerm":
+		return batch(ctx, a, env)
+	case "mktarball", "ldtarball", "mkdriverdisk":
 		return &lifecycle.Error{Kind: lifecycle.KindNotSupported, Lines: []string{
 			fmt.Sprintf("dkms %s is not part of this dkmsd release; use Debian's dkms for it until it lands.", a.action)}}
 	}

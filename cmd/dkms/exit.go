@@ -40,6 +40,8 @@ var exitCodes = map[lifecycle.Kind]int{
 	lifecycle.KindBadArch:        1,
 	lifecycle.KindDiskFull:       1,
 	lifecycle.KindMOK:            1,
+	lifecycle.KindAutoinstall:    11,
+	lifecycle.KindPrerm:          14,
 }
 
 // exitCode is the process status for err.

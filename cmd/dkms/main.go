@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"golang.org/x/term"
+
 	"github.com/dkmsd/dkmsd/hooks/report"
 )
 
@@ -49,7 +51,8 @@ func realMain(argv []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	env, err := newEnv(ctx, a, report.NewTerminal(os.Stdout, os.Stderr))
+	tty := term.IsTerminal(int(os.Stdout.Fd()))
+	env, err := newEnv(ctx, a, report.NewTerminal(os.Stdout, os.Stderr, tty))
 	if err == nil {
 		err = run(ctx, a, env)
 	}

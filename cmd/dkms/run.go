@@ -62,11 +62,11 @@ func targets(env *lifecycle.Env, a *args) ([]lifecycle.Target, error) {
 	}
 	kernels := a.kernels
 	if len(kernels) == 0 {
-		kernels = []string{unameField(func(u *unix.Utsname) []byte { return u.Release[:] })}
+		kernels = []string{runningKernel()}
 	}
 	arches := a.arches
 	if len(arches) == 0 {
-		arches = []string{unameField(func(u *unix.Utsname) []byte { return u.Machine[:] })}
+		arches = []string{machineArch()}
 	}
 	for len(arches) < len(kernels) {
 		arches = append(arches, arches[0])
@@ -82,6 +82,14 @@ func targets(env *lifecycle.Env, a *args) ([]lifecycle.Target, error) {
 		out = append(out, lifecycle.Target{Module: a.module, Version: a.version, Kernel: k, Arch: arches[i]})
 	}
 	return out, nil
+}
+
+func runningKernel() string {
+	return unameField(func(u *unix.Utsname) []byte { return u.Release[:] })
+}
+
+func machineArch() string {
+	return unameField(func(u *unix.Utsname) []byte { return u.Machine[:] })
 }
 
 func unameField(f func(*unix.Utsname) []byte) string {

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
+)
+
+// batch runs the actions that schedule many module×kernel jobs:
+// autoinstall, match, kernel_postinst, kernel_preinst and kernel_prerm.
+func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
+	if err := requireRoot(env); err != nil {
+		return err
+	}
+	if a.action != "autoinstall" && (len(a.kernels) != 1 || a.all) {
+		return &usageError{code: 4, lines: []string{fmt.Sprintf("The action %s requires exactly one kernel version parameter on the command line.", a.action)}}
+	}
+	kernels, err := batchKernels(env, a)
+	if err != nil {
+		return err
+	}
+	arch := a.arches
+	if len(arch) == 0 {
+		arch = []string{machineArch()}
+	}
+	if err := requireWritableTree(env); err != nil {
+		return err
+	}
+	unlock, err := lifecycle.LockTree(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	var sum *lifecycle.Summary
+	switch a.action {
+	case "kernel_prerm":
+		return lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0])
+	case "kernel_preinst":
+		// A kernel reinstalled at the same version: rebuild what
+		// autoinstall would install, from scratch.
+		if err := lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0]); err != nil {
+			return err
+		}
+		sum, err = lifecycle.Autoinstall(ctx, env, kernels, arch[0])
+	case "match":
+		if a.templateKernel == "" {
+			return &usageError{code: 1, lines: []string{"Invalid number of parameters passed.",
+				"Usage: match --templatekernel=<kernel-version> -k <kernel-version>",
+				"   or: match --templatekernel=<kernel-version> -k <kernel-version> <module>"}}
+		}
+		if a.templateKernel == kernels[0] {
+			return &usageError{code: 2, lines: []string{"The templatekernel and the specified kernel version are the same."}}
+		}
+		if a.module != "" {
+			if mvs, _ := env.Layout.ModuleVersions(a.module, ""); len(mvs) == 0 {
+				return &usageError{code: 3, lines: []string{fmt.Sprintf("The module %s is not located in the DKMS tree.", a.module)}}
+			}
+		}
+		sum, err = lifecycle.Match(ctx, env, a.templateKernel, kernels[0], arch[0], a.module)
+	default: // autoinstall, kernel_postinst
+		sum, err = lifecycle.Autoinstall(ctx, env, kernels, arch[0])
+	}
+	if err != nil {
+		return err
+	}
+	for _, l := range sum.Lines(exitCode) {
+		fmt.Println(l)
+	}
+	if sum.Failed() {
+		return &lifecycle.Error{Kind: lifecycle.KindAutoinstall, Lines: []string{
+			"One or more modules failed to install during " + a.action + ".",
+			"Refer to previous errors for more information."}}
+	}
+	return nil
+}
+
+// batchKernels are the kernels a batch works on: -k, or with --all or
+// framework.conf's autoinstall_all_kernels every kernel with headers, or
+// the running kernel.
+func batchKernels(env *lifecycle.Env, a *args) ([]string, error) {
+	if len(a.kernels) > 0 {
+		return a.kernels, nil
+	}
+	if a.action == "autoinstall" && (a.all || env.Framework.AutoinstallAllKernels) {
+		ks, err := env.Layout.Kernels()
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, k := range ks {
+			if k.HasHeaders() {
+				out = append(out, k.Version)
+			}
+		}
+		return out, nil
+	}
+	return []string{runningKernel()}, nil
+}

@@ -1,0 +1,499 @@
+package lifecycle
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dkmsd/dkmsd/tree"
+)
+
+// Outcome is how one module×kernel job of autoinstall or match ended.
+type Outcome string
+
+const (
+	OutcomeInstalled        Outcome = "installed"
+	OutcomeAlreadyInstalled Outcome = "already installed"
+	OutcomeSkipped          Outcome = "skipped"
+	OutcomeFailed           Outcome = "failed"
+	OutcomeNotBuilt         Outcome = "not built"
+)
+
+// JobResult is the end of one job.
+type JobResult struct {
+	Target
+	Outcome  Outcome
+	Reason   string // why it was skipped, failed or not built
+	Err      error
+	Log      string
+	Duration time.Duration
+}
+
+// Summary is what a batch of jobs did.
+type Summary struct {
+	Results []JobResult
+}
+
+// Failed reports whether any job failed or could not be built.
+func (s *Summary) Failed() bool {
+	for _, r := range s.Results {
+		if r.Outcome == OutcomeFailed || r.Outcome == OutcomeNotBuilt {
+			return true
+		}
+	}
+	return false
+}
+
+// Lines are dkms's autoinstall summary lines, per kernel; code gives the
+// exit status shown after a failed module, as in "foo(10)".
+func (s *Summary) Lines(code func(error) int) []string {
+	var kernels []string
+	by := map[string]map[Outcome][]string{}
+	for _, r := range s.Results {
+		if by[r.Kernel] == nil {
+			by[r.Kernel] = map[Outcome][]string{}
+			kernels = append(kernels, r.Kernel)
+		}
+		name := r.Module
+		if r.Outcome == OutcomeFailed && r.Err != nil {
+			name = fmt.Sprintf("%s(%d)", r.Module, code(r.Err))
+		}
+		by[r.Kernel][r.Outcome] = append(by[r.Kernel][r.Outcome], name)
+	}
+	var lines []string
+	for _, k := range kernels {
+		o := by[k]
+		if ok := append(append([]string{}, o[OutcomeInstalled]...), o[OutcomeAlreadyInstalled]...); len(ok) > 0 {
+			lines = append(lines, fmt.Sprintf("Autoinstall on %s succeeded for module(s) %s.", k, strings.Join(ok, " ")))
+		}
+		if len(o[OutcomeSkipped]) > 0 {
+			lines = append(lines, fmt.Sprintf("Autoinstall on %s was skipped for module(s) %s.", k, strings.Join(o[OutcomeSkipped], " ")))
+		}
+		if len(o[OutcomeFailed]) > 0 {
+			lines = append(lines, fmt.Sprintf("Autoinstall on %s failed for module(s) %s.", k, strings.Join(o[OutcomeFailed], " ")))
+		}
+		for _, r := range s.Results {
+			if r.Kernel == k && r.Outcome == OutcomeNotBuilt {
+				lines = append(lines, fmt.Sprintf("%s/%s autoinstall failed: %s.", r.Module, r.Version, r.Reason))
+			}
+		}
+	}
+	return lines
+}
+
+// job is one module version to install on one kernel.
+type job struct {
+	Target
+	deps  []string // module names that must be installed first (same kernel)
+	force bool     // rebuild: a dependency is being rebuilt (BUILD_DEPENDS_REBUILD)
+	// result, set when the job is settled before it runs (cycle, missing
+	// dependency, already installed).
+	settled *JobResult
+}
+
+// NoAutoinstall reads /etc/dkms/no-autoinstall: disabled reports the file
+// exists and lists nothing (autoinstall is off, as in dkms); skip lists
+// the module names it holds, which autoinstall leaves alone.
+func NoAutoinstall(l tree.Layout) (disabled bool, skip map[string]bool) {
+	f, err := os.Open(filepath.Join(l.ConfDir, "no-autoinstall"))
+	if err != nil {
+		return false, nil
+	}
+	defer f.Close()
+	skip = map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		for _, m := range strings.Fields(line) {
+			skip[m] = true
+		}
+	}
+	return len(skip) == 0, skip
+}
+
+// Autoinstall installs, for each kernel, the newest version of every added
+// module whose dkms.conf says AUTOINSTALL="yes" and that is not installed
+// there yet, building independent modules at the same time.
+func Autoinstall(ctx context.Context, e *Env, kernels []string, arch string) (*Summary, error) {
+	disabled, skip := NoAutoinstall(e.Layout)
+	if disabled {
+		e.info("Automatic installation of modules has been disabled.")
+		return &Summary{}, nil
+	}
+	mvs, err := e.Layout.ModuleVersions("", "")
+	if err != nil {
+		return nil, err
+	}
+	var jobs []*job
+	for _, k := range kernels {
+		ks, err := e.autoinstallPlan(ctx, mvs, k, arch, skip)
+		if err != nil {
+			return nil, err
+		}
+		jobs = append(jobs, ks...)
+	}
+	if err := e.checkHeadersFor(ctx, jobs); err != nil {
+		return nil, err
+	}
+	return e.runJobs(ctx, jobs), nil
+}
+
+// checkHeadersFor fails before anything runs when a job needs a build and
+// its kernel has no headers: the caller (a kernel hook, say) can then tell
+// which package is missing and wait for it.
+func (e *Env) checkHeadersFor(ctx context.Context, jobs []*job) error {
+	for _, j := range jobs {
+		if j.settled != nil {
+			continue
+		}
+		built, err := e.isBuilt(ctx, j.Target)
+		if err != nil {
+			return err
+		}
+		if !built || j.force {
+			if err := e.checkHeaders(j.Kernel); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// autoinstallPlan chooses the jobs for one kernel.
+func (e *Env) autoinstallPlan(ctx context.Context, mvs []tree.ModuleVersion, kernel, arch string, skip map[string]bool) ([]*job, error) {
+	type candidate struct {
+		version string
+		conf    *tree.Conf
+	}
+	latest := map[string]candidate{}
+	installed := map[string]string{}
+	var names []string
+	for _, mv := range mvs {
+		if mv.Broken {
+			e.warn("Error! %s/%s is broken! Missing the source directory or the symbolic link pointing to it.\nManual intervention is required!", mv.Name, mv.Version)
+			continue
+		}
+		if skip[mv.Name] {
+			continue
+		}
+		if v := e.Layout.InstalledVersion(mv.Name, kernel, arch); v != "" {
+			installed[mv.Name] = v
+		}
+		t := Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch}
+		conf, err := e.readConf(ctx, e.confFile(mv.Name, mv.Version), t, false)
+		if err != nil {
+			return nil, err
+		}
+		if !conf.AutoInstall {
+			continue
+		}
+		if c, ok := latest[mv.Name]; !ok || tree.CompareVersions(mv.Version, c.version) > 0 {
+			if !ok {
+				names = append(names, mv.Name)
+			}
+			latest[mv.Name] = candidate{mv.Version, conf}
+		}
+	}
+	// A module is queued unless its newest version is installed; one that
+	// is installed is queued again (forced) when BUILD_DEPENDS_REBUILD asks
+	// for it and something it depends on is being rebuilt.
+	queued := map[string]bool{}
+	for _, n := range names {
+		queued[n] = installed[n] != latest[n].version
+	}
+	for changed := true; changed; {
+		changed = false
+		for _, n := range names {
+			c := latest[n]
+			if queued[n] || !c.conf.BuildDependsRebuild {
+				continue
+			}
+			for _, d := range c.conf.BuildDepends {
+				if queued[d] {
+					queued[n], changed = true, true
+					break
+				}
+			}
+		}
+	}
+	var jobs []*job
+	for _, n := range names {
+		c := latest[n]
+		j := &job{Target: Target{Module: n, Version: c.version, Kernel: kernel, Arch: arch}, deps: c.conf.BuildDepends}
+		if !queued[n] {
+			j.settled = &JobResult{Target: j.Target, Outcome: OutcomeAlreadyInstalled}
+		} else if installed[n] == c.version {
+			j.force = true
+		}
+		jobs = append(jobs, j)
+	}
+	// Dependencies that are neither installed nor being installed.
+	for _, j := range jobs {
+		if j.settled != nil {
+			continue
+		}
+		var missing []string
+		for _, d := range j.deps {
+			if _, ok := latest[d]; !ok && installed[d] == "" {
+				missing = append(missing, d)
+			}
+		}
+		if len(missing) > 0 {
+			j.settled = &JobResult{Target: j.Target, Outcome: OutcomeNotBuilt, Reason: "missing dependencies: " + strings.Join(missing, " ")}
+		}
+	}
+	markCycles(jobs)
+	return jobs, nil
+}
+
+// markCycles settles every job on a BUILD_DEPENDS cycle with an error that
+// names the cycle.
+func markCycles(jobs []*job) {
+	byName := map[string]*job{}
+	for _, j := range jobs {
+		byName[j.Module] = j
+	}
+	const (
+		unseen = iota
+		onPath
+		done
+	)
+	state := map[string]int{}
+	var path []string
+	var visit func(n string)
+	visit = func(n string) {
+		state[n] = onPath
+		path = append(path, n)
+		for _, d := range byName[n].deps {
+			if byName[d] == nil {
+				continue
+			}
+			switch state[d] {
+			case unseen:
+				visit(d)
+			case onPath:
+				i := len(path) - 1
+				for path[i] != d {
+					i--
+				}
+				cycle := append(append([]string{}, path[i:]...), d)
+				reason := "BUILD_DEPENDS cycle " + strings.Join(cycle, " -> ")
+				for _, m := range path[i:] {
+					if byName[m].settled == nil || byName[m].settled.Outcome != OutcomeNotBuilt {
+						byName[m].settled = &JobResult{Target: byName[m].Target, Outcome: OutcomeNotBuilt, Reason: reason}
+					}
+				}
+			}
+		}
+		path = path[:len(path)-1]
+		state[n] = done
+	}
+	names := make([]string, 0, len(byName))
+	for n := range byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if state[n] == unseen {
+			visit(n)
+		}
+	}
+}
+
+// jobKey names a job: one module on one kernel.
+type jobKey struct{ module, kernel string }
+
+// runJobs runs jobs at the same time as far as dependencies and the CPU
+// budget allow: a job starts when the jobs it depends on (same kernel) have
+// installed; builds of one module version take turns (they share its build
+// dir); every make draws from one jobserver. depmod runs once per kernel
+// at the end.
+func (e *Env) runJobs(ctx context.Context, jobs []*job) *Summary {
+	budget := e.Jobs
+	if budget <= 0 {
+		budget = 1
+	}
+	js := e.Jobserver
+	if js == nil {
+		var err error
+		if js, err = NewJobserver(budget); err == nil {
+			defer js.Close()
+		}
+	}
+	type key = jobKey
+	results := make([]*JobResult, len(jobs))
+	finished := map[key]chan struct{}{}
+	outcome := map[key]*JobResult{}
+	for _, j := range jobs {
+		finished[key{j.Module, j.Kernel}] = make(chan struct{})
+	}
+	var mu sync.Mutex
+	moduleLocks := map[string]*sync.Mutex{}
+	lockFor := func(mv string) *sync.Mutex {
+		mu.Lock()
+		defer mu.Unlock()
+		if moduleLocks[mv] == nil {
+			moduleLocks[mv] = &sync.Mutex{}
+		}
+		return moduleLocks[mv]
+	}
+	slots := make(chan struct{}, budget)
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k := key{j.Module, j.Kernel}
+			res := j.settled
+			if res == nil {
+				res = e.waitForDeps(ctx, j, finished, outcome, &mu)
+			}
+			if res == nil {
+				slots <- struct{}{}
+				l := lockFor(j.Module + "/" + j.Version)
+				l.Lock()
+				res = e.runJob(ctx, j, js)
+				l.Unlock()
+				<-slots
+			} else if res.Outcome != OutcomeAlreadyInstalled {
+				e.Sink.Emit(Event{Type: JobFinished, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch,
+					Text: string(res.Outcome), Err: errors.New(res.Reason)})
+			}
+			mu.Lock()
+			results[i], outcome[k] = res, res
+			mu.Unlock()
+			close(finished[k])
+		}()
+	}
+	wg.Wait()
+	e.depmodAfter(ctx, jobs, results)
+	s := &Summary{}
+	for _, r := range results {
+		s.Results = append(s.Results, *r)
+	}
+	return s
+}
+
+// waitForDeps waits until the jobs j depends on have ended; it returns a
+// result when j cannot be built because one of them failed.
+func (e *Env) waitForDeps(ctx context.Context, j *job, finished map[jobKey]chan struct{}, outcome map[jobKey]*JobResult, mu *sync.Mutex) *JobResult {
+	for _, d := range j.deps {
+		k := jobKey{d, j.Kernel}
+		ch, ok := finished[k]
+		if !ok {
+			continue // installed already, not part of this run
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return &JobResult{Target: j.Target, Outcome: OutcomeFailed, Reason: "interrupted", Err: ctx.Err()}
+		}
+		mu.Lock()
+		r := outcome[k]
+		mu.Unlock()
+		switch r.Outcome {
+		case OutcomeInstalled, OutcomeAlreadyInstalled, OutcomeSkipped:
+		default:
+			return &JobResult{Target: j.Target, Outcome: OutcomeNotBuilt, Reason: fmt.Sprintf("not built because %s/%s %s", r.Module, r.Version, r.Outcome)}
+		}
+	}
+	return nil
+}
+
+// runJob builds (if needed) and installs one target, with its progress text
+// kept out of the terminal: a job reports through JobStarted/JobFinished.
+func (e *Env) runJob(ctx context.Context, j *job, js *Jobserver) *JobResult {
+	start := time.Now()
+	je := *e
+	je.Jobserver = js
+	je.DeferDepmod = true
+	je.Force = false
+	var failLog string
+	je.Sink = SinkFunc(func(ev Event) {
+		switch ev.Type {
+		case Info:
+			return // a batch shows one line per job, not each job's chatter
+		case BuildFailed:
+			failLog = ev.Log
+		}
+		e.Sink.Emit(ev)
+	})
+	e.Sink.Emit(Event{Type: JobStarted, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch})
+	if j.force {
+		if err := Unbuild(ctx, &je, j.Target); err != nil {
+			return e.jobDone(j, start, OutcomeFailed, err, failLog)
+		}
+	}
+	err := Install(ctx, &je, j.Target)
+	switch {
+	case err == nil:
+		return e.jobDone(j, start, OutcomeInstalled, nil, "")
+	case KindOf(err) == KindExcluded:
+		return e.jobDone(j, start, OutcomeSkipped, err, "")
+	default:
+		return e.jobDone(j, start, OutcomeFailed, err, failLog)
+	}
+}
+
+func (e *Env) jobDone(j *job, start time.Time, o Outcome, err error, log string) *JobResult {
+	r := &JobResult{Target: j.Target, Outcome: o, Err: err, Log: log, Duration: time.Since(start)}
+	if err != nil {
+		r.Reason = fmt.Sprint(exitReason(err))
+		if o == OutcomeSkipped {
+			r.Reason = "BUILD_EXCLUSIVE"
+		}
+	}
+	e.Sink.Emit(Event{Type: JobFinished, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch,
+		Text: string(o), Err: err, Log: log, Duration: r.Duration})
+	return r
+}
+
+// exitReason is the short reason shown in summaries, like dkms's module(rc).
+func exitReason(err error) string {
+	var le *Error
+	if errors.As(err, &le) && len(le.Lines) > 0 {
+		return strings.TrimSpace(le.Lines[0])
+	}
+	return err.Error()
+}
+
+// depmodAfter runs depmod once for each kernel a module was installed on;
+// if it fails, those installs are rolled back.
+func (e *Env) depmodAfter(ctx context.Context, jobs []*job, results []*JobResult) {
+	byKernel := map[string][]int{}
+	var kernels []string
+	for i, r := range results {
+		if r.Outcome == OutcomeInstalled {
+			if byKernel[r.Kernel] == nil {
+				kernels = append(kernels, r.Kernel)
+			}
+			byKernel[r.Kernel] = append(byKernel[r.Kernel], i)
+		}
+	}
+	for _, k := range kernels {
+		if err := e.depmod(ctx, k); err != nil {
+			e.warn("Error! depmod for %s failed: %v\nThe modules installed for it in this run are rolled back.", k, err)
+			je := *e
+			je.DeferDepmod = true
+			je.Sink = SinkFunc(func(ev Event) {
+				if ev.Type != Info {
+					e.Sink.Emit(ev)
+				}
+			})
+			for _, i := range byKernel[k] {
+				_ = je.uninstall(ctx, jobs[i].Target)
+				results[i].Outcome, results[i].Err, results[i].Reason = OutcomeFailed, err, "depmod failed"
+			}
+		}
+	}
+}
