@@ -67,8 +67,10 @@ func Match(ctx context.Context, e *Env, template, kernel, arch, module string) (
 
 // KernelPrerm removes every module built for a kernel that is going away:
 // each is uninstalled and unbuilt, depmod runs once, and the kernel's
-// module dir loses the directories that are left empty.
-func KernelPrerm(ctx context.Context, e *Env, kernel, arch string) error {
+// module dir loses the directories that are left empty. With
+// onlyAutoinstall (kernel_preinst: a kernel reinstalled at the same
+// version) only the modules autoinstall will rebuild are removed.
+func KernelPrerm(ctx context.Context, e *Env, kernel, arch string, onlyAutoinstall bool) error {
 	mvs, err := e.Layout.ModuleVersions("", "")
 	if err != nil {
 		return err
@@ -82,6 +84,12 @@ func KernelPrerm(ctx context.Context, e *Env, kernel, arch string) error {
 			continue
 		}
 		t := Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch}
+		if onlyAutoinstall {
+			conf, err := e.readConf(ctx, e.confFile(mv.Name, mv.Version), t, false)
+			if err != nil || !conf.AutoInstall {
+				continue
+			}
+		}
 		e.warn("dkms: removing module %s/%s for kernel %s (%s)", mv.Name, mv.Version, kernel, arch)
 		if err := Unbuild(ctx, &je, t); err != nil {
 			failed = append(failed, fmt.Sprintf("%s/%s(%v)", mv.Name, mv.Version, exitReason(err)))

@@ -36,11 +36,11 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 	var sum *lifecycle.Summary
 	switch a.action {
 	case "kernel_prerm":
-		return lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0])
+		return lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0], false)
 	case "kernel_preinst":
 		// A kernel reinstalled at the same version: rebuild what
 		// autoinstall would install, from scratch.
-		if err := lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0]); err != nil {
+		if err := lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0], true); err != nil {
 			return err
 		}
 		sum, err = lifecycle.Autoinstall(ctx, env, kernels, arch[0])
