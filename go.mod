@@ -9,3 +9,10 @@ require (
 	golang.org/x/term v0.45.0
 	mvdan.cc/sh/v3 v3.14.1
 )
+
+require (
+	github.com/dustin/go-humanize v1.0.1 // indirect
+	github.com/pierrec/lz4/v4 v4.1.33 // indirect
+	github.com/u-root/u-root v0.16.0 // indirect
+	github.com/u-root/uio v0.0.0-20240224005618-d2acac8f3701 // indirect
+)

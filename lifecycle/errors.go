@@ -43,6 +43,8 @@ const (
 	KindMOK                        // signing key could not be generated
 	KindAutoinstall                // autoinstall/match: one or more modules failed
 	KindPrerm                      // kernel_prerm: one or more modules failed
+	KindNoInitrd                   // dkms initrd: the kernel has no initrd
+	KindInitrd                     // the initrd could not be read or written
 )
 
 // Error is a failure with the lines dkms would print after "Error! ".

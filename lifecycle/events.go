@@ -27,13 +27,16 @@ const (
 	// (autoinstall, match); JobFinished's Text is its Outcome.
 	JobStarted
 	JobFinished
+	// InitrdRegenerated: a kernel's initrd now holds its DKMS modules;
+	// Log is the initrd's path.
+	InitrdRegenerated
 )
 
 var eventNames = map[EventType]string{
 	Info: "info", Warning: "warning", BuildStarted: "build-started", BuildFinished: "build-finished",
 	BuildFailed: "build-failed", BuildSkipped: "build-skipped", Installed: "installed",
 	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
-	JobStarted: "job-started", JobFinished: "job-finished",
+	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated",
 }
 
 func (t EventType) String() string { return eventNames[t] }

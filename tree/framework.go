@@ -17,6 +17,7 @@ var frameworkNames = []string{
 	"verbose", "symlink_modules", "autoinstall_all_kernels", "modprobe_on_install",
 	"parallel_jobs", "compress_gzip_opts", "compress_xz_opts", "compress_zstd_opts",
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
+	"initrd_strategy", "initrd_tool",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -40,6 +41,9 @@ type Framework struct {
 	CompressGzipOpts, CompressXzOpts, CompressZstdOpts string
 	PostTransaction                                    string
 	SignFile, MOKSigningKey, MOKCertificate            string
+	// InitrdStrategy is "append" (default) or "rewrite"; InitrdTool is
+	// "dkmsd" (default), "update-initramfs", "dracut" or "none".
+	InitrdStrategy, InitrdTool string
 
 	// Files are the files read, in order.
 	Files []string
@@ -93,6 +97,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	fw.CompressGzipOpts, fw.CompressXzOpts, fw.CompressZstdOpts = get("compress_gzip_opts"), get("compress_xz_opts"), get("compress_zstd_opts")
 	fw.PostTransaction = get("post_transaction")
 	fw.SignFile, fw.MOKSigningKey, fw.MOKCertificate = get("sign_file"), get("mok_signing_key"), get("mok_certificate")
+	fw.InitrdStrategy, fw.InitrdTool = get("initrd_strategy"), get("initrd_tool")
 	return fw, nil
 }
 

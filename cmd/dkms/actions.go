@@ -25,6 +25,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		}
 	case "match", "autoinstall", "kernel_preinst", "kernel_postinst", "kernel_prerm":
 		return batch(ctx, a, env)
+	case "initrd":
+		return initrdAction(ctx, a, env)
 	case "mktarball", "ldtarball", "mkdriverdisk":
 		return &lifecycle.Error{Kind: lifecycle.KindNotSupported, Lines: []string{
 			fmt.Sprintf("dkms %s is not part of this dkmsd release; use Debian's dkms for it until it lands.", a.action)}}
@@ -74,7 +76,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 	case "build":
 		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Build(ctx, env, t) })
 	case "install":
-		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Install(ctx, env, t) })
+		err := eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Install(ctx, env, t) })
+		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
 	}
 	// remove, unbuild, uninstall work on modules in the tree.
 	if _, ok := env.Layout.Lookup(a.module, a.version); !ok {
@@ -88,12 +91,26 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 	}
 	switch a.action {
 	case "uninstall":
-		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Uninstall(ctx, env, t) })
+		err := eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Uninstall(ctx, env, t) })
+		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
 	case "unbuild":
-		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Unbuild(ctx, env, t) })
+		err := eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Unbuild(ctx, env, t) })
+		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
 	default:
-		return lifecycle.Remove(ctx, env, a.module, a.version, ts)
+		err := lifecycle.Remove(ctx, env, a.module, a.version, ts)
+		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
 	}
+}
+
+// firstErr is the command's failure, else the initrd step's.
+func firstErr(err, initrdErr error) error {
+	if err != nil {
+		if initrdErr != nil {
+			printError(initrdErr)
+		}
+		return err
+	}
+	return initrdErr
 }
 
 // status prints `dkms status` lines; it always succeeds, as in dkms.

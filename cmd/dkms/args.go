@@ -25,6 +25,7 @@ type args struct {
 
 	dkmsTree, sourceTree, installTree, kernelSourceDir string
 	root                                               string
+	initrdStrategy                                     string
 
 	force, forceVersionOverride, all, verbose, quiet bool
 	binariesOnly, sourceOnly, noDepmod               bool
@@ -44,12 +45,12 @@ type usageError struct {
 
 func (u *usageError) Error() string { return strings.Join(u.lines, "\n") }
 
-var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|kernel_(preinst|postinst|prerm))$`)
+var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|initrd|kernel_(preinst|postinst|prerm))$`)
 
 // longValue options are matched by prefix as in dkms, in this order
 // (--archive before --arch).
 var longValue = []string{"--module", "--kernelver", "--templatekernel", "--dkmstree", "--sourcetree",
-	"--installtree", "--config", "--archive", "--arch", "--kernelsourcedir", "--directive", "--root"}
+	"--installtree", "--config", "--archive", "--arch", "--kernelsourcedir", "--directive", "--root", "--initrd-strategy"}
 
 func parseArgs(argv []string) (*args, error) {
 	a := &args{}
@@ -98,7 +99,7 @@ func parseArgs(argv []string) (*args, error) {
 			a.help = true
 			continue
 		case "--no-initrd":
-			a.noInitrd = true
+			a.noInitrd = true // dkmsd regenerates initrds; this turns it off
 			continue
 		case "--no-clean-kernel", "--no-prepare-kernel":
 			a.warnings = append(a.warnings, "Deprecated feature: "+w)
@@ -163,6 +164,8 @@ func parseArgs(argv []string) (*args, error) {
 				a.directives = append(a.directives, v)
 			case "--root":
 				a.root = v
+			case "--initrd-strategy":
+				a.initrdStrategy = v
 			}
 			continue
 		}

@@ -36,6 +36,7 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 	var sum *lifecycle.Summary
 	switch a.action {
 	case "kernel_prerm":
+		// The kernel is going away: its initrd goes with it.
 		return lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0], false)
 	case "kernel_preinst":
 		// A kernel reinstalled at the same version: rebuild what
@@ -64,6 +65,14 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 	}
 	if err != nil {
 		return err
+	}
+	var ts []lifecycle.Target
+	for _, k := range kernels {
+		ts = append(ts, lifecycle.Target{Kernel: k, Arch: arch[0]})
+	}
+	initrdErr := regenerateInitrds(ctx, a, env, ts)
+	if initrdErr != nil {
+		printError(initrdErr)
 	}
 	for _, l := range sum.Lines(exitCode) {
 		fmt.Println(l)

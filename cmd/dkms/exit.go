@@ -42,6 +42,8 @@ var exitCodes = map[lifecycle.Kind]int{
 	lifecycle.KindMOK:            1,
 	lifecycle.KindAutoinstall:    11,
 	lifecycle.KindPrerm:          14,
+	lifecycle.KindNoInitrd:       1,
+	lifecycle.KindInitrd:         1,
 }
 
 // exitCode is the process status for err.

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+
+	"github.com/dkmsd/dkmsd/initrd"
+	"github.com/dkmsd/dkmsd/lifecycle"
+)
+
+// initrdAction is `dkms initrd -k K…`: regenerate the initrd of each
+// kernel on request.
+func initrdAction(ctx context.Context, a *args, env *lifecycle.Env) error {
+	if err := requireRoot(env); err != nil {
+		return err
+	}
+	ts, err := targets(env, a)
+	if err != nil {
+		return err
+	}
+	unlock, err := lifecycle.LockTree(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, t := range ts {
+		rep, err := lifecycle.RegenerateInitrd(ctx, env, t.Kernel, t.Arch, lifecycle.InitrdOptions{Strategy: initrd.Strategy(a.initrdStrategy), Required: true})
+		if err != nil {
+			return err
+		}
+		if rep == nil {
+			env.Sink.Emit(lifecycle.Event{Type: lifecycle.Info, Text: "The initrd of " + t.Kernel + " already holds its DKMS modules; it is unchanged."})
+		}
+	}
+	return nil
+}
+
+// regenerateInitrds brings the initrd of every kernel a command changed
+// up to date, once per kernel, after the command's work (unless
+// --no-initrd). A kernel without an initrd is left alone.
+func regenerateInitrds(ctx context.Context, a *args, env *lifecycle.Env, kernels []lifecycle.Target) error {
+	if a.noInitrd {
+		return nil
+	}
+	seen := map[string]bool{}
+	var first error
+	for _, t := range kernels {
+		if seen[t.Kernel+"/"+t.Arch] {
+			continue
+		}
+		seen[t.Kernel+"/"+t.Arch] = true
+		if _, err := lifecycle.RegenerateInitrd(ctx, env, t.Kernel, t.Arch, lifecycle.InitrdOptions{Strategy: initrd.Strategy(a.initrdStrategy)}); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}

@@ -1,0 +1,125 @@
+package initrd
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// WriteAtomic replaces the image at path with data: written beside it,
+// fsynced, renamed over it, so the old image stays whole until the new one
+// is complete, and a crash never leaves a half-written file in /boot. It
+// checks the free space first and names what is missing.
+func WriteAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err == nil {
+		free := uint64(st.Bavail) * uint64(st.Bsize)
+		if need := uint64(len(data)) + 1<<20; free < need {
+			return fmt.Errorf("not enough space in %s for the new initrd: %d bytes free, %d needed; %s is unchanged", dir, free, need, path)
+		}
+	}
+	mode := os.FileMode(0o644)
+	if fi, err := os.Stat(path); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".dkmsd-*")
+	if err != nil {
+		return fmt.Errorf("write initrd %s: %w", path, err)
+	}
+	name := tmp.Name()
+	fail := func(err error) error {
+		tmp.Close()
+		os.Remove(name)
+		if errors.Is(err, syscall.ENOSPC) {
+			return fmt.Errorf("no space left in %s for the new initrd (%d bytes); %s is unchanged", dir, len(data), path)
+		}
+		return fmt.Errorf("write initrd %s: %w; it is unchanged", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(name)
+		return fmt.Errorf("write initrd %s: %w", path, err)
+	}
+	if err := os.Rename(name, path); err != nil {
+		os.Remove(name)
+		return fmt.Errorf("write initrd %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// State records where the image's own bytes end when dkmsd appended a
+// segment, so the next run drops that segment instead of stacking another.
+type State struct {
+	// BaseLen and BaseSHA256 describe the image as its generator wrote it.
+	BaseLen    int    `json:"base_len"`
+	BaseSHA256 string `json:"base_sha256"`
+	// Len is the length of the image dkmsd wrote.
+	Len int `json:"len"`
+}
+
+// BaseLenOf returns where the generator's bytes end in data according to
+// state: 0 (the whole image is the base) when there is no state or the
+// image was regenerated since.
+func (s *State) BaseLenOf(data []byte) int {
+	if s == nil || s.BaseLen <= 0 || s.BaseLen > len(data) || s.Len != len(data) {
+		return 0
+	}
+	if sum := sha256.Sum256(data[:s.BaseLen]); hex.EncodeToString(sum[:]) != s.BaseSHA256 {
+		return 0
+	}
+	return s.BaseLen
+}
+
+// NewState describes an image of total length n built on data[:baseLen].
+func NewState(data []byte, baseLen, n int) *State {
+	sum := sha256.Sum256(data[:baseLen])
+	return &State{BaseLen: baseLen, BaseSHA256: hex.EncodeToString(sum[:]), Len: n}
+}
+
+// LoadState reads a state file; a missing or unreadable one is nil.
+func LoadState(path string) *State {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var s State
+	if json.Unmarshal(b, &s) != nil {
+		return nil
+	}
+	return &s
+}
+
+// Save writes the state file atomically.
+func (s *State) Save(path string) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

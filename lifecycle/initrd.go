@@ -1,0 +1,301 @@
+package lifecycle
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/dkmsd/dkmsd/initrd"
+)
+
+// InitrdPath is the kernel's initrd in the boot dir (Debian's
+// initrd.img-<k>, or Fedora's initramfs-<k>.img), or "".
+func (e *Env) InitrdPath(kernel string) string {
+	for _, name := range []string{"initrd.img-" + kernel, "initramfs-" + kernel + ".img"} {
+		p := filepath.Join(e.Layout.BootDir, name)
+		if exists(p) {
+			return p
+		}
+	}
+	return ""
+}
+
+// InitrdOptions choose how an initrd is regenerated.
+type InitrdOptions struct {
+	// Strategy overrides framework.conf's initrd_strategy.
+	Strategy initrd.Strategy
+	// Required makes a missing initrd an error (dkms initrd); otherwise a
+	// kernel without one is skipped.
+	Required bool
+}
+
+// RegenerateInitrd puts the DKMS modules that belong in the kernel's
+// initrd into it: modules whose dkms.conf says REMAKE_INITRD="yes",
+// modules replacing one the initrd already has, and modules named in the
+// initrd tool's configuration (those also load early), each with the
+// modules it depends on. It returns nil, nil when nothing had to change.
+func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts InitrdOptions) (*initrd.Report, error) {
+	switch tool := e.Framework.InitrdTool; tool {
+	case "none":
+		return nil, nil
+	case "update-initramfs", "dracut":
+		return nil, e.runInitrdTool(ctx, tool, kernel)
+	case "", "dkmsd":
+	default:
+		return nil, fail(KindUsage, fmt.Sprintf("Unknown initrd_tool %q in framework.conf: use dkmsd, update-initramfs, dracut or none.", tool))
+	}
+	imgPath := e.InitrdPath(kernel)
+	if imgPath == "" {
+		if !opts.Required {
+			return nil, nil
+		}
+		return nil, fail(KindNoInitrd, fmt.Sprintf("Kernel %s has no initrd in %s (initrd.img-%s or initramfs-%s.img).", kernel, e.Layout.BootDir, kernel, kernel))
+	}
+	img, err := initrd.Read(imgPath)
+	if err != nil {
+		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
+	}
+	statePath := filepath.Join(e.Layout.DKMSTree, ".dkmsd", "initrd", kernel+".json")
+	state := initrd.LoadState(statePath)
+	baseLen := state.BaseLenOf(img.Data)
+	base := img
+	if baseLen > 0 {
+		if base, err = initrd.Parse(img.Data[:baseLen]); err != nil {
+			return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
+		}
+	}
+	plan, err := e.initrdPlan(ctx, base, kernel, arch)
+	if err != nil {
+		return nil, err
+	}
+	plan.BaseLen = baseLen
+	plan.TmpDir = e.Layout.TmpDir
+	if len(plan.Add) == 0 && len(plan.Remove) == 0 && len(plan.Load) == 0 {
+		if baseLen == 0 {
+			return nil, nil // nothing of ours in it, nothing to add
+		}
+		// Our segment is all that must go: cut the image back to its base.
+		if err := initrd.WriteAtomic(imgPath, img.Data[:baseLen]); err != nil {
+			return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
+		}
+		os.Remove(statePath)
+		rep := &initrd.Report{Strategy: initrd.Append, Reason: "no DKMS module belongs in it any more", Size: baseLen}
+		e.initrdEvent(kernel, arch, imgPath, rep)
+		return rep, nil
+	}
+	strategy := opts.Strategy
+	if strategy == "" {
+		strategy = initrd.Strategy(e.Framework.InitrdStrategy)
+	}
+	if strategy == "" {
+		strategy = initrd.Append
+	}
+	if strategy != initrd.Append && strategy != initrd.Rewrite {
+		return nil, fail(KindUsage, fmt.Sprintf("Unknown initrd strategy %q: use append or rewrite.", strategy))
+	}
+	out, rep, err := initrd.Build(ctx, img, plan, strategy)
+	if err != nil {
+		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("Could not regenerate %s: %v", imgPath, err), imgPath + " is unchanged."}, Err: err}
+	}
+	if bytes.Equal(out, img.Data) {
+		return nil, nil // already holds exactly this
+	}
+	if err := initrd.WriteAtomic(imgPath, out); err != nil {
+		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
+	}
+	if rep.Strategy == initrd.Append {
+		b := baseLen
+		if b == 0 {
+			b = len(img.Data)
+		}
+		err = initrd.NewState(img.Data, b, len(out)).Save(statePath)
+	} else {
+		err = os.Remove(statePath)
+		if os.IsNotExist(err) {
+			err = nil
+		}
+	}
+	if err != nil {
+		e.warn("Warning: could not record the initrd state in %s: %v", statePath, err)
+	}
+	e.initrdEvent(kernel, arch, imgPath, rep)
+	return rep, nil
+}
+
+func (e *Env) initrdEvent(kernel, arch, imgPath string, rep *initrd.Report) {
+	text := fmt.Sprintf("Regenerated %s (%s, %s, %d modules added, %d bytes)", imgPath, rep.Strategy, rep.Compression, len(rep.Added), rep.Size)
+	if rep.Reason != "" {
+		text += ": " + rep.Reason
+	}
+	e.Sink.Emit(Event{Type: InitrdRegenerated, Kernel: kernel, Arch: arch, Text: text, Log: imgPath})
+	e.info("%s", text)
+}
+
+// initrdPlan decides which module files go into the initrd and which
+// must leave it.
+func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch string) (initrd.Plan, error) {
+	plan := initrd.Plan{Kernel: kernel}
+	modDir, err := img.Resolve("lib/modules/" + kernel)
+	if err != nil || !img.IsDir(modDir) {
+		return plan, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("The initrd of %s has no lib/modules/%s: it was not made for this kernel.", kernel, kernel)}}
+	}
+	inImage := map[string]string{} // module name → path in the image
+	for _, n := range img.Names(modDir) {
+		if name, ok := moduleName(n); ok {
+			inImage[name] = strings.TrimPrefix(n, modDir+"/")
+		}
+	}
+	wanted, early := e.initrdToolModules()
+	kdir := e.Layout.KernelDir(kernel)
+	add := map[string]string{} // rel → src
+	var load []string
+	mvs, err := e.Layout.ModuleVersions("", "")
+	if err != nil {
+		return plan, err
+	}
+	for _, mv := range mvs {
+		if mv.Broken || e.Layout.InstalledVersion(mv.Name, kernel, arch) != mv.Version {
+			continue
+		}
+		t := Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch}
+		conf, err := e.readConf(ctx, e.confFile(mv.Name, mv.Version), t, false)
+		if err != nil {
+			return plan, err
+		}
+		builtDir := filepath.Join(e.Layout.BuiltDir(mv.Name, mv.Version, kernel, arch), "module")
+		for _, m := range conf.Modules {
+			_, replaces := inImage[normalizeModName(m.DestName)]
+			named := wanted[normalizeModName(m.DestName)]
+			if !conf.RemakeInitrd && !replaces && !named {
+				continue
+			}
+			src := e.installedCopy(t, m, builtDir)
+			if src == "" {
+				continue
+			}
+			rel, _ := filepath.Rel(kdir, src)
+			add[filepath.ToSlash(rel)] = src
+			if early[normalizeModName(m.DestName)] {
+				load = append(load, m.DestName)
+			}
+		}
+	}
+	// The modules they depend on, from the install tree's modules.dep,
+	// when the image does not have them.
+	deps := readModulesDep(filepath.Join(kdir, "modules.dep"))
+	for changed := true; changed; {
+		changed = false
+		for rel := range add {
+			for _, d := range deps[rel] {
+				name, _ := moduleName(d)
+				if _, ok := inImage[name]; ok {
+					continue
+				}
+				if _, ok := add[d]; !ok && exists(filepath.Join(kdir, d)) {
+					add[d], changed = filepath.Join(kdir, d), true
+				}
+			}
+		}
+	}
+	for rel, src := range add {
+		plan.Add = append(plan.Add, initrd.File{Src: src, Rel: rel})
+	}
+	sort.Slice(plan.Add, func(i, j int) bool { return plan.Add[i].Rel < plan.Add[j].Rel })
+	// DKMS modules the image carries that are no longer installed.
+	for _, n := range img.Names(path.Join(modDir, "updates", "dkms")) {
+		rel := strings.TrimPrefix(n, modDir+"/")
+		if _, ok := moduleName(n); ok && !exists(filepath.Join(kdir, rel)) {
+			if _, adding := add[rel]; !adding {
+				plan.Remove = append(plan.Remove, rel)
+			}
+		}
+	}
+	plan.Load = load
+	return plan, nil
+}
+
+// moduleName is the module name of a .ko path (dashes as underscores).
+func moduleName(p string) (string, bool) {
+	base := path.Base(p)
+	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
+		if n, ok := strings.CutSuffix(base, ext); ok {
+			return normalizeModName(n), true
+		}
+	}
+	return "", false
+}
+
+func normalizeModName(n string) string { return strings.ReplaceAll(n, "-", "_") }
+
+// readModulesDep parses modules.dep: module path → the paths it needs.
+func readModulesDep(file string) map[string][]string {
+	out := map[string][]string{}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return out
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		mod, deps, ok := strings.Cut(sc.Text(), ":")
+		if ok {
+			out[mod] = strings.Fields(deps)
+		}
+	}
+	return out
+}
+
+var dracutDriversRE = regexp.MustCompile(`(?m)^\s*(add_drivers|force_drivers)\+?=\s*["']?([^"'\n]*)["']?`)
+
+// initrdToolModules reads the modules the administrator asked the initrd
+// tool for: /etc/initramfs-tools/modules (all load early) and dracut's
+// add_drivers (included) and force_drivers (load early).
+func (e *Env) initrdToolModules() (wanted, early map[string]bool) {
+	wanted, early = map[string]bool{}, map[string]bool{}
+	etc := filepath.Join(e.Layout.Root, "/etc")
+	if data, err := os.ReadFile(filepath.Join(etc, "initramfs-tools", "modules")); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			f := strings.Fields(l)
+			if len(f) > 0 && !strings.HasPrefix(f[0], "#") {
+				wanted[normalizeModName(f[0])], early[normalizeModName(f[0])] = true, true
+			}
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(etc, "dracut.conf.d", "*.conf"))
+	files = append([]string{filepath.Join(etc, "dracut.conf")}, files...)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, m := range dracutDriversRE.FindAllStringSubmatch(string(data), -1) {
+			for _, name := range strings.Fields(m[2]) {
+				wanted[normalizeModName(name)] = true
+				if m[1] == "force_drivers" {
+					early[normalizeModName(name)] = true
+				}
+			}
+		}
+	}
+	return wanted, early
+}
+
+// runInitrdTool hands the initrd to the distribution's own generator.
+func (e *Env) runInitrdTool(ctx context.Context, tool, kernel string) error {
+	args := []string{"update-initramfs", "-u", "-k", kernel}
+	if tool == "dracut" {
+		args = []string{"dracut", "-f", "--kver", kernel}
+	}
+	var out strings.Builder
+	if err := runArgv(ctx, "", e.Environ, &out, args...); err != nil {
+		return &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("%s failed: %v", strings.Join(args, " "), err), strings.TrimSpace(out.String())}, Err: err}
+	}
+	e.Sink.Emit(Event{Type: InitrdRegenerated, Kernel: kernel, Text: "Regenerated the initrd of " + kernel + " with " + tool})
+	return nil
+}
