@@ -160,8 +160,8 @@ func confFailure(file string, err error) error {
 	return &Error{Kind: KindBadConf, Lines: lines, Err: err}
 }
 
-// requireAdded checks that module/version is in the tree and not broken.
-func (e *Env) requireAdded(module, version string) error {
+// RequireAdded checks that module/version is in the tree and not broken.
+func (e *Env) RequireAdded(module, version string) error {
 	mv, ok := e.Layout.Lookup(module, version)
 	if !ok {
 		return fail(KindNotAdded, fmt.Sprintf("The module/version combo: %s-%s is not located in the DKMS tree.", module, version))

@@ -10,41 +10,47 @@ import (
 type Kind int
 
 const (
-	KindInternal       Kind = iota // an I/O or system error
-	KindUsage                      // bad arguments
-	KindNotRoot                    // needs root / write access
-	KindMissingArgs                // module/version not given
-	KindAlreadyAdded               // add of a module/version in the tree
-	KindNotAdded                   // module/version not in the tree
-	KindNoSource                   // <source_tree>/<m>-<v> missing
-	KindNoConf                     // dkms.conf missing
-	KindBadConf                    // dkms.conf invalid
-	KindBroken                     // source link dangling
-	KindExcluded                   // BUILD_EXCLUSIVE_* rules the kernel out
-	KindNoHeaders                  // kernel headers missing
-	KindEmptySource                // source dir without sources
-	KindPatchMissing               // PATCH file not found
-	KindPatchFailed                // patch did not apply
-	KindBuildFailed                // make failed
-	KindNoModuleBuilt              // make succeeded, a .ko is missing
-	KindScriptFailed               // PRE_BUILD/POST_BUILD/POST_ADD failed (exit = script's status)
-	KindNoKernelDir                // install onto a kernel without <install_tree>/<k>
-	KindMissingBuilt               // install: a built module file is missing
-	KindInstallAborted             // install: no module could be installed
-	KindDepmod                     // depmod failed, install rolled back
-	KindPreInstall                 // PRE_INSTALL failed
-	KindNoDirConf                  // add <dir>: no dkms.conf in it
-	KindNotBuilt                   // mktarball etc. on an unbuilt module
-	KindNotSupported               // an action dkmsd (or dkms 3.x) does not have
-	KindBuildDepends               // BUILD_DEPENDS not installed
-	KindOneKernel                  // several kernels where one is required
-	KindBadArch                    // arch/kernel list mismatch
-	KindDiskFull                   // ENOSPC while writing
-	KindMOK                        // signing key could not be generated
-	KindAutoinstall                // autoinstall/match: one or more modules failed
-	KindPrerm                      // kernel_prerm: one or more modules failed
-	KindNoInitrd                   // dkms initrd: the kernel has no initrd
-	KindInitrd                     // the initrd could not be read or written
+	KindInternal        Kind = iota // an I/O or system error
+	KindUsage                       // bad arguments
+	KindNotRoot                     // needs root / write access
+	KindMissingArgs                 // module/version not given
+	KindAlreadyAdded                // add of a module/version in the tree
+	KindNotAdded                    // module/version not in the tree
+	KindNoSource                    // <source_tree>/<m>-<v> missing
+	KindNoConf                      // dkms.conf missing
+	KindBadConf                     // dkms.conf invalid
+	KindBroken                      // source link dangling
+	KindExcluded                    // BUILD_EXCLUSIVE_* rules the kernel out
+	KindNoHeaders                   // kernel headers missing
+	KindEmptySource                 // source dir without sources
+	KindPatchMissing                // PATCH file not found
+	KindPatchFailed                 // patch did not apply
+	KindBuildFailed                 // make failed
+	KindNoModuleBuilt               // make succeeded, a .ko is missing
+	KindScriptFailed                // PRE_BUILD/POST_BUILD/POST_ADD failed (exit = script's status)
+	KindNoKernelDir                 // install onto a kernel without <install_tree>/<k>
+	KindMissingBuilt                // install: a built module file is missing
+	KindInstallAborted              // install: no module could be installed
+	KindDepmod                      // depmod failed, install rolled back
+	KindPreInstall                  // PRE_INSTALL failed
+	KindNoDirConf                   // add <dir>: no dkms.conf in it
+	KindNotBuilt                    // mktarball etc. on an unbuilt module
+	KindNotSupported                // an action dkmsd (or dkms 3.x) does not have
+	KindBuildDepends                // BUILD_DEPENDS not installed
+	KindOneKernel                   // several kernels where one is required
+	KindBadArch                     // arch/kernel list mismatch
+	KindDiskFull                    // ENOSPC while writing
+	KindMOK                         // signing key could not be generated
+	KindAutoinstall                 // autoinstall/match: one or more modules failed
+	KindPrerm                       // kernel_prerm: one or more modules failed
+	KindNoInitrd                    // dkms initrd: the kernel has no initrd
+	KindInitrd                      // the initrd could not be read or written
+	KindTarballDest                 // mktarball: destination not writable
+	KindTarball                     // mktarball: the tarball could not be made
+	KindNoArchive                   // ldtarball: the archive does not exist
+	KindBadTarball                  // ldtarball: a hostile or broken archive
+	KindNoConfInTarball             // ldtarball: no dkms.conf in it
+	KindTarballAdded                // ldtarball: module already added
 )
 
 // Error is a failure with the lines dkms would print after "Error! ".

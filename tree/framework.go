@@ -17,7 +17,7 @@ var frameworkNames = []string{
 	"verbose", "symlink_modules", "autoinstall_all_kernels", "modprobe_on_install",
 	"parallel_jobs", "compress_gzip_opts", "compress_xz_opts", "compress_zstd_opts",
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
-	"initrd_strategy", "initrd_tool",
+	"initrd_strategy", "initrd_tool", "tarball_max_size",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -44,6 +44,9 @@ type Framework struct {
 	// InitrdStrategy is "append" (default) or "rewrite"; InitrdTool is
 	// "dkmsd" (default), "update-initramfs", "dracut" or "none".
 	InitrdStrategy, InitrdTool string
+	// TarballLimit is tarball_max_size: how many bytes a tarball may
+	// expand to (0: dkmsd's default).
+	TarballLimit int64
 
 	// Files are the files read, in order.
 	Files []string
@@ -98,6 +101,9 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	fw.PostTransaction = get("post_transaction")
 	fw.SignFile, fw.MOKSigningKey, fw.MOKCertificate = get("sign_file"), get("mok_signing_key"), get("mok_certificate")
 	fw.InitrdStrategy, fw.InitrdTool = get("initrd_strategy"), get("initrd_tool")
+	if n, err := strconv.ParseInt(get("tarball_max_size"), 10, 64); err == nil && n > 0 {
+		fw.TarballLimit = n
+	}
 	return fw, nil
 }
 

@@ -27,7 +27,11 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return batch(ctx, a, env)
 	case "initrd":
 		return initrdAction(ctx, a, env)
-	case "mktarball", "ldtarball", "mkdriverdisk":
+	case "mktarball":
+		return mktarball(ctx, a, env)
+	case "ldtarball":
+		return ldtarball(ctx, a, env)
+	case "mkdriverdisk":
 		return &lifecycle.Error{Kind: lifecycle.KindNotSupported, Lines: []string{
 			fmt.Sprintf("dkms %s is not part of this dkmsd release; use Debian's dkms for it until it lands.", a.action)}}
 	}
@@ -54,8 +58,7 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return err
 	}
 	if a.archive != "" && a.module == "" {
-		return &lifecycle.Error{Kind: lifecycle.KindNotSupported, Lines: []string{
-			"Loading a tarball (" + a.archive + ") is not part of this dkmsd release."}}
+		return ldtarball(ctx, a, env)
 	}
 	if a.sourceDir != "" && a.module == "" {
 		m, v, err := lifecycle.AddSourceDir(ctx, env, a.sourceDir, ts[0].Kernel, ts[0].Arch)

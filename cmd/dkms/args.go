@@ -211,8 +211,17 @@ func (a *args) setModule(s string) {
 	a.module = s
 }
 
-// addKernel takes "kernel" or "kernel/arch".
+// addKernel takes "kernel" or "kernel/arch"; "K1,K2" (dkms 2.x's
+// mkdriverdisk form) adds each.
 func (a *args) addKernel(s string) {
+	if strings.Contains(s, ",") {
+		for _, k := range strings.Split(s, ",") {
+			if k != "" {
+				a.addKernel(k)
+			}
+		}
+		return
+	}
 	if k, arch, ok := strings.Cut(s, "/"); ok {
 		a.kernels = append(a.kernels, k)
 		a.arches = append(a.arches, arch)
