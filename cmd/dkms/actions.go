@@ -32,8 +32,7 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 	case "ldtarball":
 		return ldtarball(ctx, a, env)
 	case "mkdriverdisk":
-		return &lifecycle.Error{Kind: lifecycle.KindNotSupported, Lines: []string{
-			fmt.Sprintf("dkms %s is not part of this dkmsd release; use Debian's dkms for it until it lands.", a.action)}}
+		return mkdriverdisk(ctx, a, env)
 	}
 
 	if a.action == "install" || a.action == "uninstall" {

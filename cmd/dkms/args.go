@@ -26,6 +26,7 @@ type args struct {
 	dkmsTree, sourceTree, installTree, kernelSourceDir string
 	root                                               string
 	initrdStrategy                                     string
+	distro, media                                      string
 
 	force, forceVersionOverride, all, verbose, quiet bool
 	binariesOnly, sourceOnly, noDepmod               bool
@@ -50,7 +51,7 @@ var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(u
 // longValue options are matched by prefix as in dkms, in this order
 // (--archive before --arch).
 var longValue = []string{"--module", "--kernelver", "--templatekernel", "--dkmstree", "--sourcetree",
-	"--installtree", "--config", "--archive", "--arch", "--kernelsourcedir", "--directive", "--root", "--initrd-strategy"}
+	"--installtree", "--config", "--archive", "--arch", "--kernelsourcedir", "--directive", "--root", "--initrd-strategy", "--distro", "--media"}
 
 func parseArgs(argv []string) (*args, error) {
 	a := &args{}
@@ -88,6 +89,9 @@ func parseArgs(argv []string) (*args, error) {
 			continue
 		case "-j":
 			a.jobs = value(false)
+			continue
+		case "-d":
+			a.distro = value(false)
 			continue
 		case "-q", "--quiet":
 			a.quiet = true
@@ -166,6 +170,10 @@ func parseArgs(argv []string) (*args, error) {
 				a.root = v
 			case "--initrd-strategy":
 				a.initrdStrategy = v
+			case "--distro":
+				a.distro = v
+			case "--media":
+				a.media = v
 			}
 			continue
 		}

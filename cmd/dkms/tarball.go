@@ -60,3 +60,28 @@ func ldtarball(ctx context.Context, a *args, env *lifecycle.Env) error {
 	_, _, err = lifecycle.LoadTarball(ctx, env, archive, env.Framework.TarballLimit)
 	return err
 }
+
+// mkdriverdisk is dkms 2.x's `dkms mkdriverdisk -d redhat -m M -v V -k
+// K1,K2 [--media iso|tar]` (dkms removed it in 2.8.8; dkmsd keeps it).
+func mkdriverdisk(ctx context.Context, a *args, env *lifecycle.Env) error {
+	if err := requireModuleArgs(a); err != nil {
+		return err
+	}
+	if a.distro == "" {
+		return &usageError{code: 1, lines: []string{"mkdriverdisk needs the distribution: -d redhat"}}
+	}
+	ts, err := targets(env, a)
+	if err != nil {
+		return err
+	}
+	if len(a.kernels) == 0 {
+		ts = lifecycle.BuiltTargets(env, a.module, a.version)
+	}
+	unlock, err := lifecycle.LockTree(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	_, err = lifecycle.MakeDriverDisk(ctx, env, a.module, a.version, ts, lifecycle.DriverDiskOptions{Distro: a.distro, Media: a.media, Archive: a.archive})
+	return err
+}
