@@ -12,6 +12,7 @@ all: build
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.dkmsdVersion=$(VERSION)" -o $(BIN)/dkms ./cmd/dkms
+	$(GO) build -trimpath -o $(BIN)/dkmsd-notify ./cmd/dkmsd-notify
 
 prereqs:
 	@sh .ci/prereqs.sh
@@ -37,8 +38,15 @@ bench: prereqs
 
 install: build
 	install -D -m 0755 $(BIN)/dkms $(DESTDIR)$(SBINDIR)/dkms
+	install -D -m 0755 $(BIN)/dkmsd-notify $(DESTDIR)$(PREFIX)/bin/dkmsd-notify
 	install -d -m 0755 $(DESTDIR)/var/lib/dkms $(DESTDIR)/etc/dkms/framework.conf.d
 	install -D -m 0644 dist/framework.conf $(DESTDIR)/etc/dkms/framework.conf
+	install -D -m 0644 dist/dbus/org.dkmsd.Manager1.conf $(DESTDIR)$(PREFIX)/share/dbus-1/system.d/org.dkmsd.Manager1.conf
+	install -D -m 0644 dist/dbus/org.dkmsd.Manager1.service $(DESTDIR)$(PREFIX)/share/dbus-1/system-services/org.dkmsd.Manager1.service
+	install -D -m 0644 dist/systemd/dkmsd-dbus.service $(DESTDIR)$(PREFIX)/lib/systemd/system/dkmsd-dbus.service
+	install -D -m 0644 dist/systemd/user/dkmsd-notify.service $(DESTDIR)$(PREFIX)/lib/systemd/user/dkmsd-notify.service
+	install -D -m 0644 dist/xdg/dkmsd-notify.desktop $(DESTDIR)/etc/xdg/autostart/dkmsd-notify.desktop
+	install -D -m 0644 dist/journal/dkmsd.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/dkmsd.catalog
 
 clean:
 	rm -rf $(BIN)

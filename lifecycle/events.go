@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 )
@@ -30,13 +31,16 @@ const (
 	// InitrdRegenerated: a kernel's initrd now holds its DKMS modules;
 	// Log is the initrd's path.
 	InitrdRegenerated
+	// TransactionSummary ends a transaction (a batch or a hook run): Text
+	// is the summary, Err set when something failed.
+	TransactionSummary
 )
 
 var eventNames = map[EventType]string{
 	Info: "info", Warning: "warning", BuildStarted: "build-started", BuildFinished: "build-finished",
 	BuildFailed: "build-failed", BuildSkipped: "build-skipped", Installed: "installed",
 	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
-	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated",
+	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated", TransactionSummary: "transaction-summary",
 }
 
 func (t EventType) String() string { return eventNames[t] }
@@ -51,6 +55,8 @@ type Event struct {
 	Log      string
 	Duration time.Duration
 	Err      error
+	// Transaction is set on TransactionSummary events.
+	Transaction *Transaction
 }
 
 // Sink receives events. Implementations must be safe for concurrent use.
@@ -120,4 +126,50 @@ func (e *Env) info(format string, args ...any) {
 
 func (e *Env) warn(format string, args ...any) {
 	e.Sink.Emit(Event{Type: Warning, Text: fmt.Sprintf(format, args...)})
+}
+
+// Transaction is what one batch or hook run did, for the summary signal,
+// the journal and the D-Bus GetLastTransaction method.
+type Transaction struct {
+	Hook                       string
+	Summary                    string
+	Time                       time.Time
+	Installed, Failed, Skipped int
+	Lines                      []string
+}
+
+// TransactionOf sums up a batch's results.
+func TransactionOf(hook string, s *Summary, lines []string) Transaction {
+	t := Transaction{Hook: hook, Time: time.Now(), Lines: lines}
+	for _, r := range s.Results {
+		switch r.Outcome {
+		case OutcomeInstalled:
+			t.Installed++
+		case OutcomeFailed, OutcomeNotBuilt:
+			t.Failed++
+		case OutcomeSkipped:
+			t.Skipped++
+		}
+	}
+	t.Summary = fmt.Sprintf("%d installed, %d failed, %d skipped", t.Installed, t.Failed, t.Skipped)
+	return t
+}
+
+// Event is the TransactionSummary event carrying t.
+func (t Transaction) Event() Event {
+	e := Event{Type: TransactionSummary, Text: t.Summary, Log: strings.Join(t.Lines, "\n"), Duration: 0}
+	e.Transaction = &t
+	if t.Failed > 0 {
+		e.Err = fmt.Errorf("%d module(s) failed", t.Failed)
+	}
+	return e
+}
+
+// TransactionFromEvent recovers the transaction of a TransactionSummary
+// event.
+func TransactionFromEvent(e Event) Transaction {
+	if e.Transaction != nil {
+		return *e.Transaction
+	}
+	return Transaction{Summary: e.Text}
 }

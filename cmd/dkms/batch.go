@@ -74,8 +74,12 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if initrdErr != nil {
 		printError(initrdErr)
 	}
-	for _, l := range sum.Lines(exitCode) {
+	lines := sum.Lines(exitCode)
+	for _, l := range lines {
 		fmt.Println(l)
+	}
+	if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf("dkms "+a.action, sum, lines)); err != nil {
+		env.Sink.Emit(lifecycle.Event{Type: lifecycle.Warning, Text: "Warning: could not record the transaction: " + err.Error()})
 	}
 	if sum.Failed() {
 		return &lifecycle.Error{Kind: lifecycle.KindAutoinstall, Lines: []string{

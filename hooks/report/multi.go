@@ -1,0 +1,56 @@
+package report
+
+import (
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
+)
+
+// Sinks fans events out to the terminal and, for lifecycle outcomes, to
+// the journal and the system bus. The bus is connected on the first
+// outcome, so commands that change nothing never touch it; when there is
+// no bus the work goes on and the logger says so once.
+type Sinks struct {
+	Terminal lifecycle.Sink
+	Journal  lifecycle.Sink // nil when there is no journal
+	Hook     string
+	Log      *logrus.Logger
+
+	once sync.Once
+	bus  *DBus
+}
+
+// Emit passes e on.
+func (s *Sinks) Emit(e lifecycle.Event) {
+	if s.Terminal != nil {
+		s.Terminal.Emit(e)
+	}
+	if e.Type == lifecycle.Info || e.Type == lifecycle.Warning || e.Type == lifecycle.JobStarted || e.Type == lifecycle.JobFinished {
+		return
+	}
+	if s.Journal != nil {
+		s.Journal.Emit(e)
+	}
+	s.once.Do(func() {
+		bus, err := NewDBus(s.Hook)
+		if err != nil {
+			if s.Log != nil {
+				s.Log.WithError(err).Warn("D-Bus reporting is off")
+			}
+			return
+		}
+		s.bus = bus
+	})
+	if s.bus != nil {
+		s.bus.Emit(e)
+	}
+}
+
+// Close releases the bus connection.
+func (s *Sinks) Close() {
+	if s.bus != nil {
+		s.bus.Close()
+	}
+}
