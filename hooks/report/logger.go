@@ -73,4 +73,3 @@ func fieldName(k string) string {
 	}
 	return s
 }
-
