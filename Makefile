@@ -6,13 +6,16 @@ GO ?= go
 BIN := bin
 VERSION ?= 0.1.0
 
-.PHONY: all build test demo install bench prereqs vet clean
+.PHONY: all build test demo install install-hooks bench prereqs vet clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.dkmsdVersion=$(VERSION)" -o $(BIN)/dkms ./cmd/dkms
 	$(GO) build -trimpath -o $(BIN)/dkmsd-notify ./cmd/dkmsd-notify
+	$(GO) build -trimpath -o $(BIN)/dkmsd-kernel-install ./cmd/dkmsd-kernel-install
+	$(GO) build -trimpath -o $(BIN)/dkmsd-apt ./cmd/dkmsd-apt
+	$(GO) build -trimpath -o $(BIN)/dkmsd-dnf ./cmd/dkmsd-dnf
 
 prereqs:
 	@sh .ci/prereqs.sh
@@ -47,6 +50,21 @@ install: build
 	install -D -m 0644 dist/systemd/user/dkmsd-notify.service $(DESTDIR)$(PREFIX)/lib/systemd/user/dkmsd-notify.service
 	install -D -m 0644 dist/xdg/dkmsd-notify.desktop $(DESTDIR)/etc/xdg/autostart/dkmsd-notify.desktop
 	install -D -m 0644 dist/journal/dkmsd.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/dkmsd.catalog
+	$(MAKE) install-hooks
+
+# The hook binaries and the files that make each package manager run them.
+install-hooks:
+	install -D -m 0755 $(BIN)/dkmsd-kernel-install $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-kernel-install
+	install -D -m 0755 $(BIN)/dkmsd-apt $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-apt
+	install -D -m 0755 $(BIN)/dkmsd-dnf $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-dnf
+	install -D -m 0755 dist/kernel-install/40-dkmsd.install $(DESTDIR)$(PREFIX)/lib/kernel/install.d/40-dkmsd.install
+	install -D -m 0755 dist/kernel/postinst.d/dkmsd $(DESTDIR)/etc/kernel/postinst.d/dkmsd
+	install -D -m 0755 dist/kernel/header_postinst.d/dkmsd $(DESTDIR)/etc/kernel/header_postinst.d/dkmsd
+	install -D -m 0755 dist/kernel/prerm.d/dkmsd $(DESTDIR)/etc/kernel/prerm.d/dkmsd
+	install -D -m 0644 dist/apt/95dkmsd $(DESTDIR)/etc/apt/apt.conf.d/95dkmsd
+	install -D -m 0644 dist/dnf/dkmsd.action $(DESTDIR)/etc/dnf/plugins/post-transaction-actions.d/dkmsd.action
+	install -D -m 0644 dist/dnf5/dkmsd.actions $(DESTDIR)/etc/dnf/libdnf5-plugins/actions.d/dkmsd.actions
+	install -D -m 0755 dist/initramfs-tools/hooks/dkmsd $(DESTDIR)$(PREFIX)/share/initramfs-tools/hooks/dkmsd
 
 clean:
 	rm -rf $(BIN)

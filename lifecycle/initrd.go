@@ -221,6 +221,43 @@ func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch st
 	return plan, nil
 }
 
+// InitrdModule is a DKMS module that belongs in a kernel's initrd.
+type InitrdModule struct {
+	Name string
+	// Early: the initrd tool must load it at boot, not only carry it.
+	Early bool
+}
+
+// InitrdModules lists the installed DKMS modules of a kernel that its
+// initrd must carry whatever the image holds: REMAKE_INITRD="yes", or
+// named in the initrd tool's configuration. The initramfs-tools hook
+// (dist/initramfs-tools/hooks/dkmsd) asks for them, so update-initramfs
+// keeps them when it regenerates the image.
+func InitrdModules(ctx context.Context, e *Env, kernel, arch string) ([]InitrdModule, error) {
+	wanted, early := e.initrdToolModules()
+	mvs, err := e.Layout.ModuleVersions("", "")
+	if err != nil {
+		return nil, err
+	}
+	var out []InitrdModule
+	for _, mv := range mvs {
+		if mv.Broken || e.Layout.InstalledVersion(mv.Name, kernel, arch) != mv.Version {
+			continue
+		}
+		conf, err := e.readConf(ctx, e.confFile(mv.Name, mv.Version), Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch}, false)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range conf.Modules {
+			n := normalizeModName(m.DestName)
+			if conf.RemakeInitrd || wanted[n] {
+				out = append(out, InitrdModule{Name: m.DestName, Early: early[n]})
+			}
+		}
+	}
+	return out, nil
+}
+
 // moduleName is the module name of a .ko path (dashes as underscores).
 func moduleName(p string) (string, bool) {
 	base := path.Base(p)

@@ -17,7 +17,7 @@ var frameworkNames = []string{
 	"verbose", "symlink_modules", "autoinstall_all_kernels", "modprobe_on_install",
 	"parallel_jobs", "compress_gzip_opts", "compress_xz_opts", "compress_zstd_opts",
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
-	"initrd_strategy", "initrd_tool", "tarball_max_size",
+	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -47,6 +47,9 @@ type Framework struct {
 	// TarballLimit is tarball_max_size: how many bytes a tarball may
 	// expand to (0: dkmsd's default).
 	TarballLimit int64
+	// HookFailOnError is hook_fail_on_error: "yes" makes a module that
+	// fails to build fail the package manager's transaction.
+	HookFailOnError string
 
 	// Files are the files read, in order.
 	Files []string
@@ -101,6 +104,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	fw.PostTransaction = get("post_transaction")
 	fw.SignFile, fw.MOKSigningKey, fw.MOKCertificate = get("sign_file"), get("mok_signing_key"), get("mok_certificate")
 	fw.InitrdStrategy, fw.InitrdTool = get("initrd_strategy"), get("initrd_tool")
+	fw.HookFailOnError = get("hook_fail_on_error")
 	if n, err := strconv.ParseInt(get("tarball_max_size"), 10, 64); err == nil && n > 0 {
 		fw.TarballLimit = n
 	}

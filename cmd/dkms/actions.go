@@ -27,6 +27,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return batch(ctx, a, env)
 	case "initrd":
 		return initrdAction(ctx, a, env)
+	case "initrd-modules":
+		return initrdModules(ctx, a, env)
 	case "dbus-service":
 		return dbusService(ctx, env)
 	case "mktarball":

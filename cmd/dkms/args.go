@@ -46,7 +46,7 @@ type usageError struct {
 
 func (u *usageError) Error() string { return strings.Join(u.lines, "\n") }
 
-var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|initrd|dbus-service|kernel_(preinst|postinst|prerm))$`)
+var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|initrd|initrd-modules|dbus-service|kernel_(preinst|postinst|prerm))$`)
 
 // longValue options are matched by prefix as in dkms, in this order
 // (--archive before --arch).

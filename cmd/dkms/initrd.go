@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/dkmsd/dkmsd/initrd"
 	"github.com/dkmsd/dkmsd/lifecycle"
@@ -53,4 +54,28 @@ func regenerateInitrds(ctx context.Context, a *args, env *lifecycle.Env, kernels
 		}
 	}
 	return first
+}
+
+// initrdModules is `dkms initrd-modules -k K`: the DKMS modules K's initrd
+// must carry, one per line, "early" after those that must load at boot.
+// dist/initramfs-tools/hooks/dkmsd reads it.
+func initrdModules(ctx context.Context, a *args, env *lifecycle.Env) error {
+	ts, err := targets(env, a)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		mods, err := lifecycle.InitrdModules(ctx, env, t.Kernel, t.Arch)
+		if err != nil {
+			return err
+		}
+		for _, m := range mods {
+			if m.Early {
+				fmt.Println(m.Name, "early")
+			} else {
+				fmt.Println(m.Name)
+			}
+		}
+	}
+	return nil
 }

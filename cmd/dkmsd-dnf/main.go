@@ -1,0 +1,33 @@
+// Command dkmsd-dnf is dkmsd's dnf hook, run after a transaction by dnf
+// 4's post-transaction-actions plugin and dnf 5's actions plugin when a
+// kernel or its kernel-devel arrives (--kernel VERSION-RELEASE.ARCH) or a
+// kernel leaves (--remove).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/dkmsd/dkmsd/hooks"
+)
+
+func main() {
+	req, err := hooks.Dnf(os.Args[1:], os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env, closeEnv, err := hooks.NewEnv(ctx, req.Hook, os.Stdout, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dkmsd:", err)
+		return
+	}
+	res := hooks.Run(ctx, env, req)
+	closeEnv()
+	os.Exit(res.ExitCode)
+}

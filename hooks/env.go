@@ -1,0 +1,31 @@
+package hooks
+
+import (
+	"context"
+	"io"
+	"os"
+
+	"github.com/dkmsd/dkmsd/hooks/report"
+	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/tree"
+)
+
+// NewEnv is the lifecycle environment of a hook binary: the machine's
+// trees (or DKMSD_ROOT's, for tests), reporting to the terminal, the
+// journal and the system bus. close releases the bus.
+func NewEnv(ctx context.Context, hook string, stdout, stderr io.Writer) (env *lifecycle.Env, close func(), err error) {
+	sinks := &report.Sinks{
+		Terminal: report.NewTerminal(stdout, stderr, false),
+		Hook:     hook,
+		Log:      report.NewLogger(stderr),
+	}
+	if j := report.NewJournal(hook); j != nil {
+		sinks.Journal = j
+	}
+	env, err = lifecycle.NewEnv(ctx, tree.NewLayout(os.Getenv("DKMSD_ROOT")), sinks)
+	if err != nil {
+		sinks.Close()
+		return nil, nil, err
+	}
+	return env, sinks.Close, nil
+}

@@ -1,0 +1,330 @@
+// Package hooks is what package managers run when a kernel arrives or
+// leaves: each protocol's arguments (kernel-install, Debian's
+// /etc/kernel/*.d and apt, dnf) become a Request, and Run does the work
+// once per kernel and tree state:
+//
+//	req, err := hooks.KernelInstall(os.Args[1:], os.Environ())
+//	res := hooks.Run(ctx, env, req)   // env: a lifecycle.Env for the machine
+//	os.Exit(res.ExitCode)
+//
+// Adding a kernel matches the modules installed for the running kernel
+// onto it and autoinstalls the rest, building in parallel; removing one
+// uninstalls and unbuilds every module for it.
+package hooks
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
+)
+
+// Action is what happened to the kernel.
+type Action string
+
+const (
+	Add    Action = "add"    // a kernel image or its headers arrived
+	Remove Action = "remove" // a kernel is being removed
+	// Flush ends a package-manager transaction (apt's Post-Invoke): catch
+	// up on kernels whose headers came late, report one summary.
+	Flush Action = "flush"
+)
+
+// Request is one hook invocation.
+type Request struct {
+	Action Action
+	Kernel string
+	Arch   string
+	// Hook names the protocol and phase, e.g. "kernel-install",
+	// "debian-postinst", "debian-header_postinst", "apt-post-invoke".
+	Hook string
+	// InitrdFollows: the distribution's initrd generator runs after this
+	// hook in the same transaction (Debian's image postinst.d, where
+	// initramfs-tools comes next), so regenerating it here would be done
+	// twice.
+	InitrdFollows bool
+	// DeferSummary: the hook runs inside a larger transaction (dpkg) that
+	// ends with a Flush; the summary waits for it.
+	DeferSummary bool
+}
+
+// Result is how a hook run ended.
+type Result struct {
+	ExitCode int
+	// Skipped says why nothing was done ("already done", "no headers").
+	Skipped string
+	Summary *lifecycle.Summary
+}
+
+// Run carries out req on env's trees, under the tree lock. It never fails
+// the package manager's transaction unless framework.conf says
+// hook_fail_on_error, except for errors in its own arguments.
+func Run(ctx context.Context, env *lifecycle.Env, req Request) Result {
+	if req.Arch == "" {
+		req.Arch = machineArch()
+	}
+	unlock, err := lifecycle.LockTree(ctx, env)
+	if err != nil {
+		warn(env, "dkmsd: %v", err)
+		return Result{ExitCode: 0, Skipped: "could not lock the tree"}
+	}
+	defer unlock()
+	switch req.Action {
+	case Remove:
+		return remove(ctx, env, req)
+	case Flush:
+		return flush(ctx, env, req)
+	default:
+		return add(ctx, env, req)
+	}
+}
+
+func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
+	st := newState(env)
+	mvs, err := env.Layout.ModuleVersions("", "")
+	if err != nil {
+		warn(env, "dkmsd: %v", err)
+		return Result{}
+	}
+	if len(mvs) == 0 {
+		return Result{Skipped: "no DKMS modules"}
+	}
+	k := env.Layout.Kernel(req.Kernel)
+	if !k.HasHeaders() {
+		info(env, "dkmsd: the headers of kernel %s are not installed yet: install %s and its DKMS modules will be built then.", req.Kernel, "linux-headers-"+req.Kernel)
+		st.markPending(req.Kernel)
+		return Result{Skipped: "no headers"}
+	}
+	fp := fingerprint(env, req.Kernel, req.Arch)
+	if st.done(req.Kernel) == fp {
+		st.clearPending(req.Kernel)
+		return Result{Skipped: "already done for this kernel and tree"}
+	}
+	sum := &lifecycle.Summary{}
+	template := runningKernel()
+	if template != req.Kernel && env.Layout.Kernel(template).Exists() {
+		m, err := lifecycle.Match(ctx, env, template, req.Kernel, req.Arch, "")
+		if err != nil {
+			return fail(env, req, err)
+		}
+		sum.Results = append(sum.Results, m.Results...)
+	}
+	a, err := lifecycle.Autoinstall(ctx, env, []string{req.Kernel}, req.Arch)
+	if err != nil {
+		return fail(env, req, err)
+	}
+	sum.Results = append(sum.Results, a.Results...)
+	if !req.InitrdFollows {
+		if _, err := lifecycle.RegenerateInitrd(ctx, env, req.Kernel, req.Arch, lifecycle.InitrdOptions{}); err != nil {
+			warn(env, "dkmsd: %v", err)
+		}
+	}
+	st.setDone(req.Kernel, fingerprint(env, req.Kernel, req.Arch))
+	st.clearPending(req.Kernel)
+	reportSummary(env, req, sum)
+	if sum.Failed() && failOnError(env) {
+		return Result{ExitCode: 1, Summary: sum}
+	}
+	return Result{Summary: sum}
+}
+
+func remove(ctx context.Context, env *lifecycle.Env, req Request) Result {
+	st := newState(env)
+	err := lifecycle.KernelPrerm(ctx, env, req.Kernel, req.Arch, false)
+	st.forget(req.Kernel)
+	if err != nil {
+		warn(env, "dkmsd: %v", err)
+		if failOnError(env) {
+			return Result{ExitCode: 1}
+		}
+	}
+	return Result{}
+}
+
+// flush builds for kernels whose headers arrived after the hook that
+// wanted them, then reports the transaction's summary once.
+func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
+	st := newState(env)
+	var sum lifecycle.Summary
+	for _, k := range st.pending() {
+		if !env.Layout.Kernel(k).HasHeaders() {
+			continue
+		}
+		r := add(ctx, env, Request{Action: Add, Kernel: k, Arch: req.Arch, Hook: req.Hook, DeferSummary: true})
+		if r.Summary != nil {
+			sum.Results = append(sum.Results, r.Summary.Results...)
+		}
+	}
+	deferred := st.takeDeferred()
+	sum.Results = append(deferred.Results, sum.Results...)
+	if len(sum.Results) > 0 {
+		lines := sum.Lines(func(error) int { return 1 })
+		if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, &sum, lines)); err != nil {
+			warn(env, "dkmsd: %v", err)
+		}
+	}
+	return Result{Summary: &sum}
+}
+
+// reportSummary prints the summary and reports it now, or leaves it for the
+// transaction's end.
+func reportSummary(env *lifecycle.Env, req Request, sum *lifecycle.Summary) {
+	lines := sum.Lines(func(error) int { return 1 })
+	for _, l := range lines {
+		info(env, "%s", l)
+	}
+	if req.DeferSummary {
+		newState(env).addDeferred(sum)
+		return
+	}
+	if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, sum, lines)); err != nil {
+		warn(env, "dkmsd: %v", err)
+	}
+}
+
+func fail(env *lifecycle.Env, req Request, err error) Result {
+	if lifecycle.KindOf(err) == lifecycle.KindNoHeaders {
+		info(env, "dkmsd: the headers of kernel %s are not installed yet: install %s and its DKMS modules will be built then.", req.Kernel, "linux-headers-"+req.Kernel)
+		newState(env).markPending(req.Kernel)
+		return Result{Skipped: "no headers"}
+	}
+	warn(env, "dkmsd: %v", err)
+	if failOnError(env) {
+		return Result{ExitCode: 1}
+	}
+	return Result{}
+}
+
+// failOnError: framework.conf's hook_fail_on_error="yes" makes a failed
+// module fail the package transaction.
+func failOnError(env *lifecycle.Env) bool {
+	return strings.EqualFold(env.Framework.HookFailOnError, "yes")
+}
+
+// fingerprint sums up what a hook run depends on for a kernel: the module
+// versions in the tree (and their dkms.conf), which is installed for the
+// kernel, and the kernel's headers. Equal fingerprints mean a second run
+// would do nothing; computing one reads no dkms.conf.
+func fingerprint(env *lifecycle.Env, kernel, arch string) string {
+	h := sha256.New()
+	mvs, _ := env.Layout.ModuleVersions("", "")
+	for _, mv := range mvs {
+		fmt.Fprintf(h, "%s/%s broken=%v installed=%s", mv.Name, mv.Version, mv.Broken, env.Layout.InstalledVersion(mv.Name, kernel, arch))
+		if fi, err := os.Stat(filepath.Join(env.Layout.VersionDir(mv.Name, mv.Version), "source", "dkms.conf")); err == nil {
+			fmt.Fprintf(h, " conf=%d/%d", fi.Size(), fi.ModTime().UnixNano())
+		}
+		fmt.Fprintln(h)
+	}
+	if fi, err := os.Stat(filepath.Join(env.Layout.Kernel(kernel).BuildDir, "include")); err == nil {
+		fmt.Fprintf(h, "headers=%d\n", fi.ModTime().UnixNano())
+	}
+	fmt.Fprintf(h, "template=%s\n", runningKernel())
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// state is what hooks remember between runs, under <dkms_tree>/.dkmsd.
+type state struct{ dir string }
+
+func newState(env *lifecycle.Env) state {
+	return state{dir: filepath.Join(env.Layout.DKMSTree, ".dkmsd", "hooks")}
+}
+
+func (s state) path(parts ...string) string {
+	return filepath.Join(append([]string{s.dir}, parts...)...)
+}
+
+func (s state) write(p string, data []byte) {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return
+	}
+	tmp := p + ".tmp"
+	if os.WriteFile(tmp, data, 0o644) == nil {
+		_ = os.Rename(tmp, p)
+	}
+}
+
+func (s state) done(kernel string) string {
+	b, _ := os.ReadFile(s.path("done", kernel))
+	return strings.TrimSpace(string(b))
+}
+
+func (s state) setDone(kernel, fp string) { s.write(s.path("done", kernel), []byte(fp+"\n")) }
+
+func (s state) markPending(kernel string) {
+	s.write(s.path("pending", kernel), []byte(time.Now().Format(time.RFC3339)+"\n"))
+}
+
+func (s state) clearPending(kernel string) { os.Remove(s.path("pending", kernel)) }
+
+func (s state) pending() []string {
+	entries, _ := os.ReadDir(s.path("pending"))
+	var out []string
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".tmp") {
+			out = append(out, e.Name())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s state) forget(kernel string) {
+	os.Remove(s.path("done", kernel))
+	os.Remove(s.path("pending", kernel))
+}
+
+// addDeferred keeps a hook's results for the transaction's summary.
+func (s state) addDeferred(sum *lifecycle.Summary) {
+	var all lifecycle.Summary
+	if b, err := os.ReadFile(s.path("deferred.json")); err == nil {
+		_ = json.Unmarshal(b, &all)
+	}
+	all.Results = append(all.Results, sum.Results...)
+	b, err := json.Marshal(all)
+	if err == nil {
+		s.write(s.path("deferred.json"), b)
+	}
+}
+
+func (s state) takeDeferred() lifecycle.Summary {
+	var all lifecycle.Summary
+	if b, err := os.ReadFile(s.path("deferred.json")); err == nil {
+		_ = json.Unmarshal(b, &all)
+	}
+	os.Remove(s.path("deferred.json"))
+	return all
+}
+
+func info(env *lifecycle.Env, format string, args ...any) {
+	env.Sink.Emit(lifecycle.Event{Type: lifecycle.Info, Text: fmt.Sprintf(format, args...)})
+}
+
+func warn(env *lifecycle.Env, format string, args ...any) {
+	env.Sink.Emit(lifecycle.Event{Type: lifecycle.Warning, Text: fmt.Sprintf(format, args...)})
+}
+
+func runningKernel() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func machineArch() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Machine[:])
+}
