@@ -54,6 +54,7 @@ install: build
 
 # The hook binaries and the files that make each package manager run them.
 install-hooks:
+	install -D -m 0755 $(BIN)/dkms $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkms
 	install -D -m 0755 $(BIN)/dkmsd-kernel-install $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-kernel-install
 	install -D -m 0755 $(BIN)/dkmsd-apt $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-apt
 	install -D -m 0755 $(BIN)/dkmsd-dnf $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-dnf

@@ -168,7 +168,7 @@ func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	deferred := st.takeDeferred()
 	sum.Results = append(deferred.Results, sum.Results...)
 	if len(sum.Results) > 0 {
-		lines := sum.Lines(func(error) int { return 1 })
+		lines := sum.Lines(lifecycle.ExitCode)
 		if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, &sum, lines)); err != nil {
 			warn(env, "dkmsd: %v", err)
 		}
@@ -179,7 +179,7 @@ func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 // reportSummary prints the summary and reports it now, or leaves it for the
 // transaction's end.
 func reportSummary(env *lifecycle.Env, req Request, sum *lifecycle.Summary) {
-	lines := sum.Lines(func(error) int { return 1 })
+	lines := sum.Lines(lifecycle.ExitCode)
 	for _, l := range lines {
 		info(env, "%s", l)
 	}
