@@ -2,8 +2,11 @@ package hooks
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/dkmsd/dkmsd/hooks/report"
 	"github.com/dkmsd/dkmsd/lifecycle"
@@ -28,4 +31,20 @@ func NewEnv(ctx context.Context, hook string, stdout, stderr io.Writer) (env *li
 		return nil, nil, err
 	}
 	return env, sinks.Close, nil
+}
+
+// Main runs req the way every hook binary does — on the machine's trees,
+// interruptible, reporting to every sink — and returns the exit status. A
+// failure to set up is reported and is not a failure of the package
+// transaction.
+func Main(req Request) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env, closeEnv, err := NewEnv(ctx, req.Hook, os.Stdout, os.Stderr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dkmsd:", err)
+		return 0
+	}
+	defer closeEnv()
+	return Run(ctx, env, req).ExitCode
 }

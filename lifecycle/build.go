@@ -266,7 +266,7 @@ func (e *Env) stageModules(ctx context.Context, t Target, conf *tree.Conf, build
 		if err != nil {
 			return err
 		}
-		packed, err := compressModule(data, suffix)
+		packed, err := tree.CompressModule(data, suffix)
 		if err != nil {
 			return fmt.Errorf("compress %s: %w", ko, err)
 		}

@@ -6,11 +6,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/dkmsd/dkmsd/hooks"
 )
@@ -20,10 +17,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: dkmsd-apt postinst|header_postinst|prerm KVER [IMAGE] | post-invoke")
 		os.Exit(2)
 	}
-	var req hooks.Request
-	if os.Args[1] == "post-invoke" {
-		req = hooks.Request{Action: hooks.Flush, Hook: "apt-post-invoke"}
-	} else {
+	req := hooks.Request{Action: hooks.Flush, Hook: "apt-post-invoke"}
+	if os.Args[1] != "post-invoke" {
 		r, ok, err := hooks.DebianKernelHook(os.Args[1], os.Args[2:], os.Getenv)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -34,14 +29,5 @@ func main() {
 		}
 		req = r
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	env, closeEnv, err := hooks.NewEnv(ctx, req.Hook, os.Stdout, os.Stderr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "dkmsd:", err)
-		return // a kernel package must not fail over dkmsd's own setup
-	}
-	res := hooks.Run(ctx, env, req)
-	closeEnv()
-	os.Exit(res.ExitCode)
+	os.Exit(hooks.Main(req))
 }

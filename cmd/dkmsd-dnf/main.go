@@ -5,11 +5,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/dkmsd/dkmsd/hooks"
 )
@@ -20,14 +17,5 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	env, closeEnv, err := hooks.NewEnv(ctx, req.Hook, os.Stdout, os.Stderr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "dkmsd:", err)
-		return
-	}
-	res := hooks.Run(ctx, env, req)
-	closeEnv()
-	os.Exit(res.ExitCode)
+	os.Exit(hooks.Main(req))
 }

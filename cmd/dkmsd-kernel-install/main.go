@@ -5,11 +5,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/dkmsd/dkmsd/hooks"
 )
@@ -26,14 +23,5 @@ func main() {
 	if !ok {
 		return // a command this plugin has nothing to do for
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	env, closeEnv, err := hooks.NewEnv(ctx, req.Hook, os.Stdout, os.Stderr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "dkmsd:", err)
-		return // never fail a kernel installation over dkmsd's own setup
-	}
-	res := hooks.Run(ctx, env, req)
-	closeEnv()
-	os.Exit(res.ExitCode)
+	os.Exit(hooks.Main(req))
 }

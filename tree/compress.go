@@ -1,4 +1,4 @@
-package lifecycle
+package tree
 
 import (
 	"bytes"
@@ -9,10 +9,10 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-// compressModule compresses a module for a kernel whose modules end in
-// suffix, with settings the kernel's in-kernel decompressors accept (xz
-// needs CRC32 and a 1 MiB dictionary).
-func compressModule(data []byte, suffix string) ([]byte, error) {
+// CompressModule compresses a module for a kernel whose modules end in
+// suffix (ReadModuleFile reads it back), with settings the kernel's
+// in-kernel decompressors accept (xz needs CRC32 and a 1 MiB dictionary).
+func CompressModule(data []byte, suffix string) ([]byte, error) {
 	var buf bytes.Buffer
 	switch suffix {
 	case ".ko":
