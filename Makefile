@@ -2,6 +2,7 @@
 PREFIX ?= /usr
 DESTDIR ?=
 SBINDIR ?= $(PREFIX)/sbin
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd
 GO ?= go
 BIN := bin
 VERSION ?= 0.1.0
@@ -48,10 +49,15 @@ install: build
 	install -D -m 0644 dist/framework.conf $(DESTDIR)/etc/dkms/framework.conf
 	install -D -m 0644 dist/dbus/org.dkmsd.Manager1.conf $(DESTDIR)$(PREFIX)/share/dbus-1/system.d/org.dkmsd.Manager1.conf
 	install -D -m 0644 dist/dbus/org.dkmsd.Manager1.service $(DESTDIR)$(PREFIX)/share/dbus-1/system-services/org.dkmsd.Manager1.service
-	install -D -m 0644 dist/systemd/dkmsd-dbus.service $(DESTDIR)$(PREFIX)/lib/systemd/system/dkmsd-dbus.service
+	install -D -m 0644 dist/systemd/dkmsd-dbus.service $(DESTDIR)$(SYSTEMDDIR)/system/dkmsd-dbus.service
+	install -D -m 0644 dist/systemd/dkmsd.service $(DESTDIR)$(SYSTEMDDIR)/system/dkmsd.service
 	install -D -m 0644 dist/systemd/user/dkmsd-notify.service $(DESTDIR)$(PREFIX)/lib/systemd/user/dkmsd-notify.service
 	install -D -m 0644 dist/xdg/dkmsd-notify.desktop $(DESTDIR)/etc/xdg/autostart/dkmsd-notify.desktop
 	install -D -m 0644 dist/journal/dkmsd.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/dkmsd.catalog
+	install -D -m 0755 dist/dkms/common.postinst $(DESTDIR)$(PREFIX)/lib/dkms/common.postinst
+	install -D -m 0644 dist/man/dkms.8 $(DESTDIR)$(PREFIX)/share/man/man8/dkms.8
+	install -D -m 0644 dist/completion/dkms.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/dkms
+	install -D -m 0644 dist/completion/_dkms $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_dkms
 	$(MAKE) install-hooks
 
 # The hook binaries and the files that make each package manager run them.
