@@ -7,7 +7,7 @@ GO ?= go
 BIN := bin
 VERSION ?= 0.1.0
 
-.PHONY: all build test demo install install-hooks bench prereqs vet clean
+.PHONY: all build test demo install install-files install-hooks bench prereqs vet clean deb rpm
 
 all: build
 
@@ -42,7 +42,10 @@ demo: prereqs build
 bench: prereqs
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 
-install: build
+install: build install-files
+
+# Lays out what `build` made, without building (the RPM spec uses it).
+install-files:
 	install -D -m 0755 $(BIN)/dkms $(DESTDIR)$(SBINDIR)/dkms
 	install -D -m 0755 $(BIN)/dkmsd-notify $(DESTDIR)$(PREFIX)/bin/dkmsd-notify
 	install -d -m 0755 $(DESTDIR)/var/lib/dkms $(DESTDIR)/etc/dkms/framework.conf.d
@@ -74,6 +77,23 @@ install-hooks:
 	install -D -m 0644 dist/dnf/dkmsd.action $(DESTDIR)/etc/dnf/plugins/post-transaction-actions.d/dkmsd.action
 	install -D -m 0644 dist/dnf5/dkmsd.actions $(DESTDIR)/etc/dnf/libdnf5-plugins/actions.d/dkmsd.actions
 	install -D -m 0755 dist/initramfs-tools/hooks/dkmsd $(DESTDIR)$(PREFIX)/share/initramfs-tools/hooks/dkmsd
+
+# The Debian package (debian/, built with dpkg-buildpackage in a copy of the
+# tree), into $(BIN)/.
+deb:
+	rm -rf $(BIN)/debbuild && mkdir -p $(BIN)/debbuild/dkmsd-$(VERSION)
+	tar --exclude=./bin --exclude=./.git -cf - . | tar -C $(BIN)/debbuild/dkmsd-$(VERSION) -xf -
+	cd $(BIN)/debbuild/dkmsd-$(VERSION) && dpkg-buildpackage -b -us -uc -d
+	cp $(BIN)/debbuild/dkmsd_$(VERSION)_amd64.deb $(BIN)/
+	@echo "built $(BIN)/dkmsd_$(VERSION)_amd64.deb"
+
+# The RPM (dist/rpm/dkmsd.spec) for Fedora-style systems, into $(BIN)/.
+rpm:
+	rm -rf $(BIN)/rpmbuild && mkdir -p $(BIN)/rpmbuild/SOURCES
+	tar --exclude=./bin --exclude=./.git --transform 's,^\.,dkmsd-$(VERSION),' -czf $(BIN)/rpmbuild/SOURCES/dkmsd-$(VERSION).tar.gz .
+	rpmbuild -bb --define "_topdir $(CURDIR)/$(BIN)/rpmbuild" --define "version $(VERSION)" --nodeps dist/rpm/dkmsd.spec
+	cp $(BIN)/rpmbuild/RPMS/x86_64/dkmsd-$(VERSION)-*.rpm $(BIN)/
+	@echo "built $$(ls $(BIN)/dkmsd-$(VERSION)-*.rpm)"
 
 clean:
 	rm -rf $(BIN)
