@@ -59,6 +59,7 @@ install-files:
 	install -D -m 0644 dist/journal/dkmsd.catalog $(DESTDIR)$(PREFIX)/lib/systemd/catalog/dkmsd.catalog
 	install -D -m 0755 dist/dkms/common.postinst $(DESTDIR)$(PREFIX)/lib/dkms/common.postinst
 	install -D -m 0644 dist/man/dkms.8 $(DESTDIR)$(PREFIX)/share/man/man8/dkms.8
+	install -D -m 0644 dist/man/dkmsd-notify.1 $(DESTDIR)$(PREFIX)/share/man/man1/dkmsd-notify.1
 	install -D -m 0644 dist/completion/dkms.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/dkms
 	install -D -m 0644 dist/completion/_dkms $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_dkms
 	$(MAKE) install-hooks
