@@ -3,7 +3,7 @@
 # root; otherwise lists what is missing and fails.
 set -eu
 
-PACKAGES="linux-headers-amd64 linux-headers-cloud-amd64 linux-image-cloud-amd64 qemu-system-x86 kmod openssl patch make gcc binutils bash dkms xorriso cpio dbus dunst xvfb xauth imagemagick"
+PACKAGES="linux-headers-amd64 linux-headers-cloud-amd64 linux-image-cloud-amd64 qemu-system-x86 kmod openssl patch make gcc binutils bash dkms xorriso cpio dbus dunst xvfb xauth imagemagick debhelper dpkg-dev lintian rpm fakeroot"
 
 missing() {
 	out=""
