@@ -151,7 +151,7 @@ func Build(ctx context.Context, img *Image, plan Plan, strategy Strategy) ([]byt
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := verify(out, plan, rep); err != nil {
+	if err := verify(base, out, plan, rep); err != nil {
 		return nil, nil, fmt.Errorf("the new image does not read back right: %w", err)
 	}
 	rep.Size = len(out)
@@ -411,10 +411,32 @@ func archive(recs []cpio.Record, firstIno uint64) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// readBack parses the new image. An appended compressed segment is read
+// on its own over the base's view: the base was just read, and reading it
+// again would double the cost.
+func readBack(base *Image, out []byte, rep *Report) (*Image, error) {
+	n := len(base.Data)
+	if rep.Strategy != Append || rep.Compression == None || len(out) <= n || !bytes.Equal(out[:n], base.Data) {
+		return Parse(out)
+	}
+	seg, err := Parse(out[n:])
+	if err != nil {
+		return nil, err
+	}
+	view := make(map[string]cpio.Record, len(base.view)+len(seg.view))
+	for k, v := range base.view {
+		view[k] = v
+	}
+	for k, v := range seg.view {
+		view[k] = v
+	}
+	return &Image{Data: out, view: view}, nil
+}
+
 // verify reads the new image back: every added module is there with its
 // bytes, modules.dep lists it, and the boot list names what must load.
-func verify(out []byte, plan Plan, rep *Report) error {
-	img, err := Parse(out)
+func verify(base *Image, out []byte, plan Plan, rep *Report) error {
+	img, err := readBack(base, out, rep)
 	if err != nil {
 		return err
 	}

@@ -71,13 +71,15 @@ func (c *countingReader) ReadByte() (byte, error) {
 	return b, err
 }
 
-// maxDecompressed bounds what one segment may expand to: a corrupt or
-// hostile image must not exhaust memory.
-const maxDecompressed = 2 << 30
+// maxDecompressed bounds what a whole image may expand to: a corrupt or
+// hostile image must not exhaust memory (real ones are well under 1 GiB).
+const maxDecompressed = 1 << 30
 
 // decompress decodes the compressed segment at the start of data and
-// returns its contents and how many bytes of data it occupied.
-func decompress(c Compression, data []byte) ([]byte, int, error) {
+// returns its contents and how many bytes of data it occupied; it fails
+// when the contents would exceed limit bytes.
+func decompress(c Compression, data []byte, limit int) ([]byte, int, error) {
+	readAllLimited := func(r io.Reader) ([]byte, error) { return readLimited(r, limit) }
 	switch c {
 	case Gzip:
 		cr := &countingReader{r: bytes.NewReader(data)}
@@ -93,7 +95,7 @@ func decompress(c Compression, data []byte) ([]byte, int, error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		d, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxDecompressed))
+		d, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(uint64(max(limit, 1))))
 		if err != nil {
 			return nil, 0, err
 		}
@@ -142,10 +144,10 @@ func decompress(c Compression, data []byte) ([]byte, int, error) {
 	return nil, 0, fmt.Errorf("cannot decompress %s", c)
 }
 
-func readAllLimited(r io.Reader) ([]byte, error) {
-	out, err := io.ReadAll(io.LimitReader(r, maxDecompressed+1))
-	if len(out) > maxDecompressed {
-		return nil, fmt.Errorf("expands to more than %d bytes", maxDecompressed)
+func readLimited(r io.Reader, limit int) ([]byte, error) {
+	out, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	if len(out) > limit {
+		return nil, fmt.Errorf("the image expands to more than %d bytes", maxDecompressed)
 	}
 	return out, err
 }
@@ -232,9 +234,11 @@ func zstdFrameLen(data []byte) (int, error) {
 
 // lz4LegacyLen is the length of a legacy lz4 stream (the kernel's lz4 -l
 // format): the magic, then blocks of a 4-byte size and data, ending at a
-// zero size, at the end of the data, or where a size is not plausible.
+// zero size, at the end of the data, or where a size cannot be a block's
+// (larger than LZ4_compressBound of the 8 MiB block: the next segment).
 func lz4LegacyLen(data []byte) (int, error) {
 	const magic = 0x184c2102
+	const maxBlock = 8<<20 + (8<<20)/255 + 16
 	pos := 4
 	for pos+4 <= len(data) {
 		size := int(binary.LittleEndian.Uint32(data[pos:]))
@@ -244,8 +248,10 @@ func lz4LegacyLen(data []byte) (int, error) {
 			continue
 		case size == 0:
 			return pos + 4, nil
-		case size > 8<<20 || pos+4+size > len(data):
+		case size > maxBlock:
 			return pos, nil
+		case pos+4+size > len(data):
+			return 0, fmt.Errorf("lz4 block at offset %d runs past the end (truncated)", pos)
 		}
 		pos += 4 + size
 	}
@@ -265,13 +271,13 @@ func compress(c Compression, data []byte, small bool) ([]byte, error) {
 	case Gzip:
 		level := gzip.BestSpeed
 		if small {
-			level = gzip.DefaultCompression
+			level = gzip.BestCompression
 		}
 		w, err = gzip.NewWriterLevel(&buf, level)
 	case Zstd:
 		level := zstd.SpeedDefault
 		if small {
-			level = zstd.SpeedBetterCompression
+			level = zstd.SpeedBestCompression
 		}
 		w, err = zstd.NewWriter(&buf, zstd.WithEncoderLevel(level), zstd.WithWindowSize(8<<20))
 	case Xz:

@@ -43,6 +43,9 @@ type Image struct {
 	// segment).
 	Main Compression
 	view map[string]cpio.Record
+	// expanded counts decompressed bytes against one budget for the
+	// whole image: a tiny hostile image must not expand without bound.
+	expanded int
 }
 
 // Read reads and parses the initrd at path.
@@ -90,13 +93,21 @@ func Parse(data []byte) (*Image, error) {
 			if err != nil {
 				return nil, fmt.Errorf("cpio archive at offset %d: %w", pos, err)
 			}
+			// Leading plain archives are early (microcode, ACPI tables)
+			// only while they hold nothing else: an uncompressed main
+			// archive (dracut --no-compress) is not.
+			early = early && earlyOnly(recs)
 			seg.Length, seg.Records, seg.Early = end-pos, recs, early
+			if !early && img.Main == "" {
+				img.Main = None
+			}
 		default:
 			early = false
-			out, n, err := decompress(c, data[pos:])
+			out, n, err := decompress(c, data[pos:], maxDecompressed-img.expanded)
 			if err != nil {
 				return nil, fmt.Errorf("%s segment at offset %d: %w", c, pos, err)
 			}
+			img.expanded += len(out)
 			recs, err := readArchives(out)
 			if err != nil {
 				return nil, fmt.Errorf("%s segment at offset %d: %w", c, pos, err)
@@ -115,10 +126,24 @@ func Parse(data []byte) (*Image, error) {
 	if len(img.Segments) == 0 {
 		return nil, errors.New("empty image")
 	}
+	if budget := maxDecompressed; img.expanded > budget {
+		return nil, fmt.Errorf("expands to more than %d bytes", budget)
+	}
 	if img.Main == "" {
 		img.Main = None
 	}
 	return img, nil
+}
+
+// earlyOnly reports whether an archive holds only what the kernel's early
+// loaders read from the leading uncompressed archives.
+func earlyOnly(recs []cpio.Record) bool {
+	for _, r := range recs {
+		if r.Name != "." && r.Name != "kernel" && r.Name != "early_cpio" && !strings.HasPrefix(r.Name, "kernel/") {
+			return false
+		}
+	}
+	return true
 }
 
 // readArchives reads the archives a decompressed segment holds, one after
