@@ -30,6 +30,11 @@ vet:
 # prerequisite is missing.
 test: prereqs vet
 	$(GO) test -count=1 -timeout 45m ./...
+	$(GO) test -count=1 -p 1 -timeout 45m -tags systemtest -run '$(SYSTEM_TESTS)' ./...
+
+# Tests that install kernel packages or dkmsd's own package on this machine
+# (and put everything back): after the others, one at a time.
+SYSTEM_TESTS := RealApt|RealKernelInstall|RealHooksDoubleFiring|RealHeadersAptPendingFlush|SystemDebianPackage
 
 # The main job end to end on a sandboxed root: add, build and install the
 # test modules for every kernel with headers, show status, uninstall, remove.

@@ -155,18 +155,13 @@ func remove(ctx context.Context, env *lifecycle.Env, req Request) Result {
 // wanted them, then reports the transaction's summary once.
 func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	st := newState(env)
-	var sum lifecycle.Summary
 	for _, k := range st.pending() {
-		if !env.Layout.Kernel(k).HasHeaders() {
-			continue
-		}
-		r := add(ctx, env, Request{Action: Add, Kernel: k, Arch: req.Arch, Hook: req.Hook, DeferSummary: true})
-		if r.Summary != nil {
-			sum.Results = append(sum.Results, r.Summary.Results...)
+		if env.Layout.Kernel(k).HasHeaders() {
+			// Its results join the deferred ones taken below.
+			add(ctx, env, Request{Action: Add, Kernel: k, Arch: req.Arch, Hook: req.Hook, DeferSummary: true})
 		}
 	}
-	deferred := st.takeDeferred()
-	sum.Results = append(deferred.Results, sum.Results...)
+	sum := st.takeDeferred()
 	if len(sum.Results) > 0 {
 		lines := sum.Lines(lifecycle.ExitCode)
 		if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, &sum, lines)); err != nil {

@@ -19,6 +19,9 @@ func (e *UsageError) Error() string { return e.Msg }
 // new ones); the plugin then exits 0 — never 77, which would make
 // kernel-install skip the initrd and boot-entry plugins after it.
 func KernelInstall(args []string, getenv func(string) string) (req Request, ok bool, err error) {
+	if len(args) > 0 && args[0] != "add" && args[0] != "remove" {
+		return Request{}, false, nil
+	}
 	if len(args) < 2 {
 		return Request{}, false, &UsageError{"usage: 40-dkmsd.install add|remove KERNEL-VERSION [ENTRY-DIR [KERNEL-IMAGE [INITRD…]]]"}
 	}
@@ -80,7 +83,7 @@ func DebianKernelHook(phase string, args []string, getenv func(string) string) (
 
 // Dnf reads dkmsd-dnf's arguments, as the dnf 4 post-transaction-actions
 // and dnf 5 actions lines pass them: --kernel VERSION-RELEASE.ARCH
-// [--remove] [--headers].
+// [--remove].
 func Dnf(args []string, stderr io.Writer) (Request, error) {
 	fs := flag.NewFlagSet("dkmsd-dnf", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -481,7 +481,11 @@ func (e *Env) depmodAfter(ctx context.Context, jobs []*job, results []*JobResult
 		}
 	}
 	for _, k := range kernels {
-		if err := e.depmod(ctx, k); err != nil {
+		err := e.depmod(ctx, k)
+		if err == nil {
+			e.commitKernel(k)
+		}
+		if err != nil {
 			e.warn("Error! depmod for %s failed: %v\nThe modules installed for it in this run are rolled back.", k, err)
 			je := *e
 			je.DeferDepmod = true
@@ -494,6 +498,8 @@ func (e *Env) depmodAfter(ctx context.Context, jobs []*job, results []*JobResult
 				_ = je.uninstall(ctx, jobs[i].Target)
 				results[i].Outcome, results[i].Err, results[i].Reason = OutcomeFailed, err, "depmod failed"
 			}
+			_ = e.depmod(ctx, k)
+			e.commitKernel(k)
 		}
 	}
 }

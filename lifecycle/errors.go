@@ -51,6 +51,7 @@ const (
 	KindBadTarball                  // ldtarball: a hostile or broken archive
 	KindNoConfInTarball             // ldtarball: no dkms.conf in it
 	KindTarballAdded                // ldtarball: module already added
+	KindVermagic                    // install: a module built for another kernel
 )
 
 // Error is a failure with the lines dkms would print after "Error! ".

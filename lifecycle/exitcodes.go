@@ -45,6 +45,7 @@ var exitCodes = map[Kind]int{
 	KindBadTarball:      7,
 	KindNoConfInTarball: 3,
 	KindTarballAdded:    8,
+	KindVermagic:        6,
 }
 
 // ExitCode is dkms's exit status for err (0 for nil): a failing script's

@@ -64,10 +64,21 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		built string
 	}
 	var plan []planned
+	release := k.Release()
 	for _, m := range conf.Modules {
 		f := tree.FindModuleFile(builtDir, m.DestName)
 		if f == "" {
 			return fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, builtDir))
+		}
+		// A module built for another kernel would not load: refuse it
+		// before anything is written.
+		info, err := tree.ReadModInfo(f)
+		if err != nil {
+			return fail(KindVermagic, fmt.Sprintf("%s is not a kernel module: %v", f, err))
+		}
+		if got, _, _ := strings.Cut(info.Get("vermagic"), " "); got != release {
+			return fail(KindVermagic, fmt.Sprintf("%s was built for kernel %q (vermagic %q), not for %s.", f, got, info.Get("vermagic"), release),
+				"Refusing to install it; rebuild it with: dkms build --force "+t.Module+"/"+t.Version+" -k "+t.Kernel)
 		}
 		plan = append(plan, planned{m, f})
 	}
@@ -84,6 +95,13 @@ func (e *Env) install(ctx context.Context, t Target) error {
 	}
 
 	hadLink := exists(e.Layout.KernelLink(t.Module, t.Kernel, t.Arch))
+	var dests []string
+	for _, p := range plan {
+		dests = append(dests, filepath.Join(k.Dir, p.spec.DestLocation, filepath.Base(p.built)))
+	}
+	if err := e.begin("install", t, dests); err != nil {
+		return err
+	}
 	var done []string
 	for _, p := range plan {
 		name := filepath.Base(p.built)
@@ -118,11 +136,14 @@ func (e *Env) install(ctx context.Context, t Target) error {
 				os.Remove(d)
 			}
 			e.restoreOriginals(t)
+			e.commit(t)
 			return err
 		}
 		done = append(done, dest)
 	}
 	if len(plan) > 0 && len(done) == 0 {
+		e.restoreOriginals(t)
+		e.commit(t)
 		return fail(KindInstallAborted, "Installation aborted.")
 	}
 	if err := symlinkAtomic(filepath.Join(t.Version, t.Kernel, t.Arch), e.Layout.KernelLink(t.Module, t.Kernel, t.Arch)); err != nil {
@@ -136,6 +157,8 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		out.Flush()
 	}
 	if e.DeferDepmod {
+		// The batch runs depmod for the kernel and then drops the
+		// intent (commitKernel): a kill before that is rolled forward.
 		e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 			Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
 		return nil
@@ -144,8 +167,10 @@ func (e *Env) install(ctx context.Context, t Target) error {
 	if err := e.depmod(ctx, t.Kernel); err != nil {
 		e.warn("%v", err)
 		_ = e.uninstall(ctx, t)
+		e.commit(t)
 		return &Error{Kind: KindDepmod, Err: err, Lines: []string{"Problems with depmod detected. Automatically uninstalling this module.", "Install Failed (depmod problems). Module rolled back to built state."}}
 	}
+	e.commit(t)
 	e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 		Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
 	return nil

@@ -47,6 +47,9 @@ func LockTree(ctx context.Context, e *Env) (func(), error) {
 	// Record who holds it, for the next process's message.
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	// A process killed while holding the lock may have left an install or
+	// uninstall half-done: finish or undo it first.
+	Recover(ctx, e)
 	return func() {
 		_ = f.Truncate(0)
 		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)

@@ -105,6 +105,7 @@ func KernelPrerm(ctx context.Context, e *Env, kernel, arch string, onlyAutoinsta
 			e.warn("Warning: %v", err)
 		}
 	}
+	e.commitKernel(kernel)
 	removeEmptyDirs(kdir)
 	if len(failed) > 0 {
 		return fail(KindPrerm, fmt.Sprintf("dkms kernel_prerm for kernel %s (%s) failed for module(s) %s.", kernel, arch, joinSpace(failed)))

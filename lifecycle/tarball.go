@@ -280,6 +280,7 @@ func CheckTarball(r *tar.Reader, limit int64) error {
 	var total int64
 	names := map[string]bool{}
 	links := map[string]bool{}
+	targets := map[string]string{}
 	var order []string
 	for {
 		hdr, err := r.Next()
@@ -291,6 +292,13 @@ func CheckTarball(r *tar.Reader, limit int64) error {
 					if links[d] {
 						return fmt.Errorf("entry %q: its path goes through the symlink %q", n, d)
 					}
+				}
+			}
+			// Nor may a symlink's target pass through another symlink:
+			// only the link's own words were checked to stay inside.
+			for name, target := range targets {
+				if via := throughLink(name, target, links); via != "" {
+					return fmt.Errorf("entry %q: a symlink to %q, which goes through the symlink %q", name, target, via)
 				}
 			}
 			return nil
@@ -334,6 +342,7 @@ func CheckTarball(r *tar.Reader, limit int64) error {
 		order = append(order, clean)
 		if hdr.Typeflag == tar.TypeSymlink {
 			links[clean] = true
+			targets[clean] = hdr.Linkname
 		}
 		if total += hdr.Size; total > limit || hdr.Size < 0 {
 			return fmt.Errorf("entry %q: the archive expands to more than %d bytes", name, limit)
@@ -347,6 +356,33 @@ func CheckTarball(r *tar.Reader, limit int64) error {
 			return fmt.Errorf("entry %q: %d bytes, header says %d", name, n, hdr.Size)
 		}
 	}
+}
+
+// throughLink returns the first symlink of the archive that the target of
+// link name passes through before its last component, or "".
+func throughLink(name, target string, links map[string]bool) string {
+	var cur []string
+	if d := path.Dir(name); d != "." {
+		cur = strings.Split(d, "/")
+	}
+	parts := strings.Split(target, "/")
+	for i, part := range parts {
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			if len(cur) > 0 {
+				cur = cur[:len(cur)-1]
+			}
+			continue
+		}
+		cur = append(cur, part)
+		p := strings.Join(cur, "/")
+		if i < len(parts)-1 && links[p] {
+			return p
+		}
+	}
+	return ""
 }
 
 func hasDotDot(p string) bool {

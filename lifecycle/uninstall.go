@@ -36,6 +36,15 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 		e.info("Before uninstall, this module version was ACTIVE on this kernel.")
 		builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
 		kdir := e.Layout.KernelDir(t.Kernel)
+		var files []string
+		for _, m := range conf.Modules {
+			if f := e.installedCopy(t, m, builtDir); f != "" {
+				files = append(files, f)
+			}
+		}
+		if err := e.begin("uninstall", t, files); err != nil {
+			return err
+		}
 		for _, m := range conf.Modules {
 			f := e.installedCopy(t, m, builtDir)
 			if f == "" {
@@ -70,6 +79,9 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 		if err := e.depmod(ctx, t.Kernel); err != nil {
 			e.warn("Warning: %v", err)
 		}
+	}
+	if !e.DeferDepmod {
+		e.commit(t)
 	}
 	if active {
 		orig := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)

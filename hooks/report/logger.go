@@ -3,6 +3,7 @@ package report
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/journal"
@@ -15,7 +16,7 @@ import (
 func NewLogger(stderr io.Writer) *logrus.Logger {
 	l := logrus.New()
 	l.SetOutput(stderr)
-	l.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
+	l.SetFormatter(plainFormatter{})
 	if journal.Enabled() {
 		l.AddHook(journalHook{})
 		if under, _ := journal.StderrIsJournalStream(); under {
@@ -24,6 +25,29 @@ func NewLogger(stderr io.Writer) *logrus.Logger {
 		}
 	}
 	return l
+}
+
+// plainFormatter writes "dkmsd: message: field=value …" lines, as a
+// command's diagnostics read on a terminal.
+type plainFormatter struct{}
+
+func (plainFormatter) Format(e *logrus.Entry) ([]byte, error) {
+	var b strings.Builder
+	b.WriteString("dkmsd: " + e.Message)
+	keys := make([]string, 0, len(e.Data))
+	for k := range e.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if k == logrus.ErrorKey {
+			fmt.Fprintf(&b, ": %v", e.Data[k])
+			continue
+		}
+		fmt.Fprintf(&b, " %s=%v", k, e.Data[k])
+	}
+	b.WriteString("\n")
+	return []byte(b.String()), nil
 }
 
 // journalHook sends logrus entries to the journal.

@@ -37,7 +37,7 @@ func (s *Sinks) Emit(e lifecycle.Event) {
 		bus, err := NewDBus(s.Hook)
 		if err != nil {
 			if s.Log != nil {
-				s.Log.WithError(err).Warn("D-Bus reporting is off")
+				s.Log.WithError(err).Info("D-Bus reporting is off")
 			}
 			return
 		}

@@ -1,0 +1,488 @@
+//go:build systemtest
+
+// These tests change the machine itself (kernel packages, /boot, the real
+// DKMS tree), so they run in a step of their own, one package at a time:
+// make test runs them with -tags systemtest -p 1.
+
+package hooks_test
+
+// End-to-end tests of the hooks through the real package managers, as
+// root, on the machine's own trees: apt and dpkg installing and removing
+// a real Debian kernel (linux-image/headers-6.1.0-55-cloud-amd64, from
+// Debian's mirror), systemd's kernel-install, and dnf 4 with
+// post-transaction-actions in an --installroot. Each test restores what
+// it changes: kernel packages it installed are purged, test modules are
+// removed from the real tree, hook files are removed and Debian's dkms
+// hooks put back. A missing prerequisite fails under CI=true and skips
+// otherwise. Run them alone:
+//
+//	go test -count=1 -run 'Real' -v -timeout 30m ./hooks
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+)
+
+// oldKernel is an older Debian 12 kernel ABI that the tests install and
+// remove with apt.
+const oldKernel = "6.1.0-55-cloud-amd64"
+
+var (
+	oldImage   = "linux-image-" + oldKernel
+	oldHeaders = "linux-headers-" + oldKernel
+)
+
+// aptCache keeps the downloaded .debs between runs: the docker-clean
+// Post-Invoke of Debian's container images empties
+// /var/cache/apt/archives after every dpkg run.
+const aptCache = "/var/cache/dkmsd-tests/apt/"
+
+// aptGet runs apt-get -y without recommends, with the tests' cache.
+func aptGet(t *testing.T, args ...string) runResult {
+	t.Helper()
+	if err := os.MkdirAll(aptCache+"partial", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{"apt-get", "-y", "-o", "Dir::Cache::Archives=" + aptCache,
+		"-o", "Dpkg::Use-Pty=0", "-o", "APT::Install-Recommends=false"}, args...)
+	return run(t, nil, argv...)
+}
+
+// dpkgStates maps each package dpkg knows to its status abbreviation
+// ("ii ", "rc ", "un "…).
+func dpkgStates(t *testing.T) map[string]string {
+	t.Helper()
+	out, err := exec.Command("dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\n").Output()
+	if err != nil {
+		t.Fatalf("dpkg-query: %v", err)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if name, st, ok := strings.Cut(l, "\t"); ok {
+			m[name] = st
+		}
+	}
+	return m
+}
+
+func present(status string) bool {
+	return status != "" && !strings.HasPrefix(status, "un") && !strings.HasPrefix(status, "pn")
+}
+
+// requireOldKernel checks that apt can install the old kernel and that
+// the machine does not have it already (the test removes it).
+func requireOldKernel(t *testing.T) {
+	t.Helper()
+	lifecycletest.RequireTool(t, "apt-get", "apt")
+	lifecycletest.RequireTool(t, "update-initramfs", "initramfs-tools")
+	for _, p := range []string{oldImage, oldHeaders} {
+		out, err := exec.Command("apt-cache", "policy", p).Output()
+		if err != nil || !strings.Contains(string(out), "Candidate:") || strings.Contains(string(out), "Candidate: (none)") {
+			lifecycletest.Missing(t, p+" in apt's package lists (apt-get update; Debian 12 with bookworm-security)")
+		}
+	}
+	states := dpkgStates(t)
+	for _, p := range []string{oldImage, oldHeaders} {
+		if present(states[p]) && !strings.HasPrefix(states[p], "rc") {
+			t.Fatalf("%s is installed (%q): this test installs and removes it, so it must not be on the machine", p, states[p])
+		}
+	}
+}
+
+// purgeNewPackages purges, at cleanup, every package the test installed
+// (present now, absent before). Register it after the hooks are installed
+// so the hooks see the kernel go.
+func purgeNewPackages(t *testing.T) {
+	t.Helper()
+	before := dpkgStates(t)
+	t.Cleanup(func() {
+		var purge []string
+		for name, st := range dpkgStates(t) {
+			if present(st) && !present(before[name]) {
+				purge = append(purge, name)
+			}
+		}
+		if len(purge) == 0 {
+			return
+		}
+		slices.Sort(purge)
+		if r := aptGet(t, append([]string{"purge"}, purge...)...); r.code != 0 {
+			t.Errorf("cleanup: apt-get purge %v: exit %d\n%s", purge, r.code, r.out)
+		}
+	})
+}
+
+// lastTransaction reads the summary the hooks recorded last.
+func lastTransaction(t *testing.T, dkmsTree string) lifecycle.Transaction {
+	t.Helper()
+	var tr lifecycle.Transaction
+	b, err := os.ReadFile(filepath.Join(dkmsTree, ".dkmsd", "last-transaction.json"))
+	if err != nil {
+		t.Fatalf("last transaction: %v", err)
+	}
+	if err := json.Unmarshal(b, &tr); err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// wantOneSummary checks the transaction the apt Post-Invoke reported:
+// each test module installed once, for kernel.
+func wantOneSummary(t *testing.T, dkmsTree, kernel string, mods []testModule) {
+	t.Helper()
+	tr := lastTransaction(t, dkmsTree)
+	if tr.Hook != "apt-post-invoke" || tr.Installed != len(mods) || tr.Failed != 0 {
+		t.Errorf("last transaction: hook %q, %s; want apt-post-invoke, %d installed, 0 failed (lines %q)", tr.Hook, tr.Summary, len(mods), tr.Lines)
+	}
+	for _, m := range mods {
+		if n := strings.Count(strings.Join(tr.Lines, "\n"), " "+m.name); n != 1 {
+			t.Errorf("last transaction names %s %d times, want once: %q", m.name, n, tr.Lines)
+		}
+	}
+	if len(tr.Lines) == 0 || !strings.HasPrefix(tr.Lines[0], "Autoinstall on "+kernel+" succeeded for module(s) ") {
+		t.Errorf("last transaction lines %q", tr.Lines)
+	}
+}
+
+func hookState(kind, kernel string) string {
+	return filepath.Join("/var/lib/dkms/.dkmsd/hooks", kind, kernel)
+}
+
+func wantFile(t *testing.T, path string, exists bool) {
+	t.Helper()
+	_, err := os.Stat(path)
+	if exists && err != nil {
+		t.Errorf("%s: %v", path, err)
+	}
+	if !exists && err == nil {
+		t.Errorf("%s exists", path)
+	}
+}
+
+// TestRealAptKernelImageAndHeaders installs a kernel's image and headers
+// in one apt run with dkmsd's hooks installed: dpkg fires
+// header_postinst.d, postinst.d and the apt Post-Invoke, and the test
+// modules are built once each, installed for the kernel (vermagic), the
+// REMAKE_INITRD one is in the initrd initramfs-tools made (through
+// dkmsd's initramfs-tools hook), and one summary is reported. A
+// reinstall fires the hooks again and builds nothing. Removing the
+// packages removes the modules from the tree.
+func TestRealAptKernelImageAndHeaders(t *testing.T) {
+	lifecycletest.RequireRoot(t)
+	requireOldKernel(t)
+	hooks := installRealHooks(t)
+	mods := addRealModules(t, hooks.dkms)
+	purgeNewPackages(t)
+	initrdImg := "/boot/initrd.img-" + oldKernel
+
+	r := aptGet(t, "install", oldImage, oldHeaders)
+	if r.code != 0 {
+		t.Fatalf("apt-get install %s %s: exit %d\n%s", oldImage, oldHeaders, r.code, r.out)
+	}
+	t.Logf("apt-get install output:\n%s", r.out)
+	wantInstalled(t, hooks.dkms, nil, "/lib/modules", oldKernel, oldKernel, realTestModules)
+	wantBuilds(t, mods.counter, oldKernel)
+	wantInitrdModule(t, initrdImg, oldKernel)
+	wantOneSummary(t, "/var/lib/dkms", oldKernel, realTestModules)
+	wantFile(t, hookState("done", oldKernel), true)
+	wantFile(t, hookState("pending", oldKernel), false)
+	if strings.Contains(r.out, "dkms_autoinstaller") || strings.Contains(r.out, "/etc/kernel/postinst.d/dkms:") {
+		t.Errorf("Debian's dkms hooks ran:\n%s", r.out)
+	}
+
+	t.Run("reinstall", func(t *testing.T) {
+		resetBuilds(t, mods.counter)
+		r := aptGet(t, "install", "--reinstall", oldImage, oldHeaders)
+		if r.code != 0 {
+			t.Fatalf("apt-get install --reinstall: exit %d\n%s", r.code, r.out)
+		}
+		wantBuilds(t, mods.counter)
+		wantInstalled(t, hooks.dkms, nil, "/lib/modules", oldKernel, oldKernel, realTestModules)
+		// update-initramfs made the initrd again: dkmsd's initramfs-tools
+		// hook kept the module in it.
+		wantInitrdModule(t, initrdImg, oldKernel)
+		if t.Failed() {
+			t.Logf("apt-get install --reinstall output:\n%s", r.out)
+		}
+	})
+
+	t.Run("remove", func(t *testing.T) {
+		r := aptGet(t, "remove", oldImage, oldHeaders)
+		if r.code != 0 {
+			t.Fatalf("apt-get remove: exit %d\n%s", r.code, r.out)
+		}
+		wantRemoved(t, hooks.dkms, nil, "/", oldKernel, realTestModules)
+		wantFile(t, hookState("done", oldKernel), false)
+		if t.Failed() {
+			t.Logf("apt-get remove output:\n%s", r.out)
+		}
+	})
+}
+
+// TestRealAptHeadersAfterImage installs the image alone (the hook says
+// the headers are missing, exits 0, apt succeeds, nothing is built), then
+// the headers: header_postinst builds the modules, and since
+// initramfs-tools made the initrd already, dkmsd adds the REMAKE_INITRD
+// module to it itself.
+func TestRealAptHeadersAfterImage(t *testing.T) {
+	lifecycletest.RequireRoot(t)
+	requireOldKernel(t)
+	hooks := installRealHooks(t)
+	mods := addRealModules(t, hooks.dkms)
+	purgeNewPackages(t)
+	initrdImg := "/boot/initrd.img-" + oldKernel
+
+	r := aptGet(t, "install", oldImage)
+	if r.code != 0 {
+		t.Fatalf("apt-get install %s: exit %d\n%s", oldImage, r.code, r.out)
+	}
+	t.Logf("apt-get install %s output:\n%s", oldImage, r.out)
+	if want := "the headers of kernel " + oldKernel + " are not installed yet"; !strings.Contains(r.out, want) {
+		t.Errorf("apt's output does not say %q", want)
+	}
+	wantBuilds(t, mods.counter)
+	for _, l := range statusLines(t, hooks.dkms) {
+		if strings.Contains(l, oldKernel) {
+			t.Errorf("status after the image alone: %q", l)
+		}
+	}
+	wantFile(t, hookState("pending", oldKernel), true)
+	if vm := initrdModule(t, initrdImg, oldKernel, probeModule.kos[0]); vm != "" {
+		t.Errorf("%s holds %s before the headers came", initrdImg, probeModule.kos[0])
+	}
+
+	r = aptGet(t, "install", oldHeaders)
+	if r.code != 0 {
+		t.Fatalf("apt-get install %s: exit %d\n%s", oldHeaders, r.code, r.out)
+	}
+	t.Logf("apt-get install %s output:\n%s", oldHeaders, r.out)
+	wantBuilds(t, mods.counter, oldKernel)
+	wantInstalled(t, hooks.dkms, nil, "/lib/modules", oldKernel, oldKernel, realTestModules)
+	if want := "Regenerated " + initrdImg; !strings.Contains(r.out, want) {
+		t.Errorf("apt's output does not say %q", want)
+	}
+	wantInitrdModule(t, initrdImg, oldKernel)
+	wantOneSummary(t, "/var/lib/dkms", oldKernel, realTestModules)
+	wantFile(t, hookState("pending", oldKernel), false)
+
+	r = aptGet(t, "remove", oldImage, oldHeaders)
+	if r.code != 0 {
+		t.Fatalf("apt-get remove: exit %d\n%s", r.code, r.out)
+	}
+	wantRemoved(t, hooks.dkms, nil, "/", oldKernel, realTestModules)
+}
+
+// installedKernel is a kernel of this machine with both its image in /boot
+// and its headers.
+func installedKernel(t *testing.T) string {
+	t.Helper()
+	heads, _ := filepath.Glob("/lib/modules/*/build/include")
+	slices.Sort(heads)
+	for _, h := range heads {
+		k := filepath.Base(filepath.Dir(filepath.Dir(h)))
+		if _, err := os.Stat("/boot/vmlinuz-" + k); err == nil {
+			return k
+		}
+	}
+	lifecycletest.Missing(t, "a kernel with both its image and headers (apt-get install -y linux-image-cloud-amd64 linux-headers-cloud-amd64)")
+	return ""
+}
+
+// realKernelFixture prepares a test on an installed kernel of the
+// machine: its initrd and depmod indexes are kept and put back, the hooks
+// installed, the test modules added to the real tree.
+func realKernelFixture(t *testing.T) (kernel string, hooks *realHooks, mods *realModules) {
+	t.Helper()
+	lifecycletest.RequireRoot(t)
+	kernel = installedKernel(t)
+	for _, l := range statusLinesOrNone(t) {
+		if strings.Contains(l, ", "+kernel+", ") {
+			t.Fatalf("a DKMS module is already built for %s (%q): the test removes every module for it", kernel, l)
+		}
+	}
+	if _, err := os.Stat("/boot/initrd.img-" + kernel); err == nil {
+		keepFile(t, "/boot/initrd.img-"+kernel)
+	}
+	keepDepmod(t, kernel)
+	wantUpdatesDirGone(t, kernel)
+	hooks = installRealHooks(t)
+	mods = addRealModules(t, hooks.dkms)
+	return kernel, hooks, mods
+}
+
+// statusLinesOrNone is Debian's dkms status before dkmsd is installed
+// (none when dkms is absent).
+func statusLinesOrNone(t *testing.T) []string {
+	out, err := exec.Command("dkms", "status").Output()
+	if err != nil {
+		return nil
+	}
+	return strings.Split(strings.TrimSpace(string(out)), "\n")
+}
+
+// kernelInstallPlugin is where make install-hooks puts the plugin.
+const kernelInstallPlugin = "/usr/lib/kernel/install.d/40-dkmsd.install"
+
+// kernelInstall runs systemd's kernel-install with only dkmsd's plugin.
+func kernelInstall(t *testing.T, args ...string) runResult {
+	t.Helper()
+	return run(t, []string{"KERNEL_INSTALL_PLUGINS=" + kernelInstallPlugin}, append([]string{"kernel-install", "--verbose"}, args...)...)
+}
+
+// TestRealKernelInstallAddRemove runs systemd's kernel-install add and
+// remove with 40-dkmsd.install as the only plugin, on a kernel of the
+// machine: add builds and installs the test modules for it and puts the
+// REMAKE_INITRD one into its initrd (no initrd generator is configured on
+// Debian, so the image in /boot is the one to update); a second add does
+// nothing; remove uninstalls and unbuilds them. Both exit 0.
+func TestRealKernelInstallAddRemove(t *testing.T) {
+	lifecycletest.RequireTool(t, "kernel-install", "systemd")
+	kernel, hooks, mods := realKernelFixture(t)
+
+	r := kernelInstall(t, "add", kernel, "/boot/vmlinuz-"+kernel)
+	t.Logf("kernel-install add:\n%s", r.out)
+	if r.code != 0 {
+		t.Fatalf("kernel-install add: exit %d", r.code)
+	}
+	if want := "+" + kernelInstallPlugin + " add " + kernel; !strings.Contains(r.out, want) {
+		t.Errorf("kernel-install did not run the plugin (%q)", want)
+	}
+	wantInstalled(t, hooks.dkms, nil, "/lib/modules", kernel, kernel, realTestModules)
+	wantBuilds(t, mods.counter, kernel)
+	if _, err := os.Stat("/boot/initrd.img-" + kernel); err == nil {
+		wantInitrdModule(t, "/boot/initrd.img-"+kernel, kernel)
+	}
+
+	r = kernelInstall(t, "add", kernel, "/boot/vmlinuz-"+kernel)
+	if r.code != 0 {
+		t.Fatalf("second kernel-install add: exit %d\n%s", r.code, r.out)
+	}
+	wantBuilds(t, mods.counter, kernel)
+
+	r = kernelInstall(t, "remove", kernel)
+	t.Logf("kernel-install remove:\n%s", r.out)
+	if r.code != 0 {
+		t.Fatalf("kernel-install remove: exit %d", r.code)
+	}
+	wantRemoved(t, hooks.dkms, nil, "/", kernel, realTestModules)
+}
+
+// postInvokeCommand is the shell command of dist/apt/95dkmsd's
+// DPkg::Post-Invoke, as installed.
+func postInvokeCommand(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/etc/apt/apt.conf.d/95dkmsd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "DPkg::Post-Invoke {")
+	if !ok {
+		t.Fatalf("no DPkg::Post-Invoke in 95dkmsd:\n%s", b)
+	}
+	start := strings.Index(rest, `"`)
+	end := strings.LastIndex(rest, `";`)
+	if start < 0 || end <= start {
+		t.Fatalf("cannot read the Post-Invoke command:\n%s", b)
+	}
+	return rest[start+1 : end]
+}
+
+// TestRealHooksDoubleFiring runs, for one kernel of the machine, every
+// hook a kernel installation may fire, each installed file called with its
+// protocol's arguments and environment: the image's postinst.d (as dpkg,
+// DEB_MAINT_PARAMS="configure "), the headers' header_postinst.d, the
+// kernel-install plugin, and apt's Post-Invoke. Each module is built
+// exactly once, every hook exits 0, and the Post-Invoke reports one
+// summary with each module once.
+func TestRealHooksDoubleFiring(t *testing.T) {
+	lifecycletest.RequireTool(t, "kernel-install", "systemd")
+	kernel, hooks, mods := realKernelFixture(t)
+	image := "/boot/vmlinuz-" + kernel
+	dpkg := func(pkg string, more ...string) []string {
+		return append([]string{"DPKG_MAINTSCRIPT_PACKAGE=" + pkg, "DPKG_MAINTSCRIPT_NAME=postinst"}, more...)
+	}
+	var all strings.Builder
+	for _, step := range []struct {
+		name string
+		env  []string
+		argv []string
+	}{
+		{"postinst.d", dpkg("linux-image-"+kernel, "DEB_MAINT_PARAMS=configure "), []string{"/etc/kernel/postinst.d/dkmsd", kernel, image}},
+		{"header_postinst.d", dpkg("linux-headers-" + kernel), []string{"/etc/kernel/header_postinst.d/dkmsd", kernel}},
+		{"kernel-install", []string{"KERNEL_INSTALL_PLUGINS=" + kernelInstallPlugin}, []string{"kernel-install", "add", kernel, image}},
+		{"apt Post-Invoke", nil, []string{"/bin/sh", "-c", postInvokeCommand(t)}},
+		// And once more, as a reconfigure would.
+		{"postinst.d again", dpkg("linux-image-"+kernel, "DEB_MAINT_PARAMS=configure 6.1.0"), []string{"/etc/kernel/postinst.d/dkmsd", kernel, image}},
+	} {
+		r := run(t, step.env, step.argv...)
+		all.WriteString("=== " + step.name + "\n" + r.out)
+		if r.code != 0 {
+			t.Errorf("%s: exit %d\n%s", step.name, r.code, r.out)
+		}
+	}
+	t.Logf("hook outputs:\n%s", all.String())
+	wantBuilds(t, mods.counter, kernel)
+	if n, want := strings.Count(all.String(), ", x86_64: installed in "), len(realTestModules); n != want {
+		t.Errorf(`"<module>/<version>, <kernel>, x86_64: installed in …" printed %d times, want %d (one build per module)`, n, want)
+	}
+	wantInstalled(t, hooks.dkms, nil, "/lib/modules", kernel, kernel, realTestModules)
+	tr := lastTransaction(t, "/var/lib/dkms")
+	if tr.Hook != "apt-post-invoke" || tr.Installed != len(realTestModules) {
+		t.Errorf("last transaction: hook %q, %s; want apt-post-invoke, %d installed (lines %q)", tr.Hook, tr.Summary, len(realTestModules), tr.Lines)
+	}
+}
+
+// TestRealHeadersAptPendingFlush runs the Debian hooks as processes on a
+// relocated root (DKMSD_ROOT) over the real headers: the image's
+// postinst.d finds no headers and marks the kernel pending; the headers
+// then appear without their header_postinst.d running (as with a headers
+// package that has no hook), and the apt Post-Invoke builds the module
+// and reports it once.
+func TestRealHeadersAptPendingFlush(t *testing.T) {
+	lifecycletest.RequireRoot(t)
+	lifecycletest.RequireTool(t, "make", "make")
+	kernel := lifecycletest.Kernels(t, 1)[0]
+	bin := hookBinaries(t)
+	root := lifecycletest.NewRoot(t) // no kernel: no headers yet
+	if err := os.MkdirAll(filepath.Join(root, "lib/modules", kernel), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	counter := filepath.Join(t.TempDir(), "builds")
+	writeProbeModule(t, filepath.Join(root, "usr/src"), counter)
+	mustRun(t, nil, filepath.Join(bin, "dkms"), "--root", root, "add", "-m", probeModule.name, "-v", probeModule.version)
+	hookEnv := []string{"DKMSD_ROOT=" + root, "DPKG_MAINTSCRIPT_PACKAGE=linux-image-" + kernel, "DEB_MAINT_PARAMS=configure "}
+
+	r := run(t, hookEnv, filepath.Join(bin, "dkmsd-apt"), "postinst", kernel, "/boot/vmlinuz-"+kernel)
+	if r.code != 0 || !strings.Contains(r.out, "are not installed yet") {
+		t.Fatalf("postinst without headers: exit %d\n%s", r.code, r.out)
+	}
+	pending := filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/pending", kernel)
+	wantFile(t, pending, true)
+
+	target, err := filepath.EvalSymlinks("/lib/modules/" + kernel + "/build")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(root, "lib/modules", kernel, "build")); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, []string{"DKMSD_ROOT=" + root}, filepath.Join(bin, "dkmsd-apt"), "post-invoke")
+	if r.code != 0 {
+		t.Fatalf("post-invoke: exit %d\n%s", r.code, r.out)
+	}
+	wantBuilds(t, counter, kernel)
+	wantInstalled(t, filepath.Join(bin, "dkms"), []string{"--root", root}, filepath.Join(root, "lib/modules"), kernel, headersRelease(t, target), []testModule{probeModule})
+	wantFile(t, pending, false)
+	wantOneSummary(t, filepath.Join(root, "var/lib/dkms"), kernel, []testModule{probeModule})
+	if t.Failed() {
+		t.Logf("post-invoke output:\n%s", r.out)
+	}
+}
