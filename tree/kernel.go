@@ -115,3 +115,18 @@ func (c KernelConfig) ModuleSuffix() string {
 	}
 	return ".ko"
 }
+
+// Release is the kernel release the headers build modules for (UTS_RELEASE
+// in include/generated/utsrelease.h), which a module's vermagic starts
+// with; without headers it is the version the directory is named after.
+func (k Kernel) Release() string {
+	data, err := os.ReadFile(filepath.Join(k.BuildDir, "include", "generated", "utsrelease.h"))
+	if err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "#define UTS_RELEASE "); ok {
+				return strings.Trim(strings.TrimSpace(rest), `"`)
+			}
+		}
+	}
+	return k.Version
+}
