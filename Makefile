@@ -7,7 +7,7 @@ GO ?= go
 BIN := bin
 VERSION ?= 0.1.0
 
-.PHONY: all build test demo install install-files install-hooks bench prereqs vet clean deb rpm
+.PHONY: fuzz all build test demo install install-files install-hooks bench prereqs vet clean deb rpm
 
 all: build
 
@@ -31,6 +31,14 @@ vet:
 test: prereqs vet
 	$(GO) test -count=1 -timeout 45m ./...
 	$(GO) test -count=1 -p 1 -timeout 45m -tags systemtest -run '$(SYSTEM_TESTS)' ./...
+	$(MAKE) fuzz FUZZTIME=20s
+
+# The fuzz targets (the initrd reader, the tarball checker, the dkms.conf
+# evaluator), each for a bounded time; their seed corpora are in testdata/.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./initrd
+	$(GO) test -run '^$$' -fuzz '^FuzzCheckTarball$$' -fuzztime $(FUZZTIME) ./lifecycle
 
 # Tests that install kernel packages or dkmsd's own package on this machine
 # (and put everything back): after the others, one at a time.
