@@ -75,6 +75,10 @@ func AddSourceDir(ctx context.Context, e *Env, dir, kernel, arch string) (module
 	if err != nil {
 		return "", "", confFailure(filepath.Join(from, "dkms.conf"), err)
 	}
+	if mv, ok := e.Layout.Lookup(module, version); ok && !mv.Broken {
+		return "", "", fail(KindAlreadyAdded, fmt.Sprintf("DKMS tree already contains: %s-%s", module, version),
+			"You cannot add the same module/version combo more than once.")
+	}
 	// Validate the whole dkms.conf before anything is copied.
 	if _, err := e.readConf(ctx, filepath.Join(from, "dkms.conf"), Target{Module: module, Version: version, Kernel: kernel, Arch: arch}, false); err != nil {
 		return "", "", err

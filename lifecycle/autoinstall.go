@@ -135,7 +135,12 @@ func Autoinstall(ctx context.Context, e *Env, kernels []string, arch string) (*S
 		return nil, err
 	}
 	var jobs []*job
+	seen := map[string]bool{}
 	for _, k := range kernels {
+		if seen[k] {
+			continue // -k K -k K is one kernel
+		}
+		seen[k] = true
 		ks, err := e.autoinstallPlan(ctx, mvs, k, arch, skip)
 		if err != nil {
 			return nil, err

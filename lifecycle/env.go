@@ -66,7 +66,13 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 	}
 	e.Framework = fw
 	e.Layout = fw.Apply(layout)
+	// The CPU budget: parallel_jobs, else a -jN in the caller's MAKEFLAGS
+	// (dkms ignored it), else the number of CPUs. -j on the command line
+	// overrides all of them.
 	e.Jobs = fw.ParallelJobs
+	if e.Jobs == 0 {
+		e.Jobs = JobsFromMakeflags(os.Getenv("MAKEFLAGS"))
+	}
 	if e.Jobs == 0 {
 		e.Jobs = runtime.NumCPU()
 	}

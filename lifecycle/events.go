@@ -3,7 +3,6 @@ package lifecycle
 import (
 	"bytes"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 )
@@ -157,7 +156,7 @@ func TransactionOf(hook string, s *Summary, lines []string) Transaction {
 
 // Event is the TransactionSummary event carrying t.
 func (t Transaction) Event() Event {
-	e := Event{Type: TransactionSummary, Text: t.Summary, Log: strings.Join(t.Lines, "\n"), Duration: 0}
+	e := Event{Type: TransactionSummary, Text: t.Summary}
 	e.Transaction = &t
 	if t.Failed > 0 {
 		e.Err = fmt.Errorf("%d module(s) failed", t.Failed)

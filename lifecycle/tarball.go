@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -58,6 +59,10 @@ func MakeTarball(ctx context.Context, e *Env, module, version string, targets []
 		})
 	}
 	kernelList := ""
+	files = append(files, tarEntry{name: "dkms_main_tree", dir: true})
+	if !opts.SourceOnly && len(targets) == 0 {
+		return "", fail(KindNotBuilt, fmt.Sprintf("%s/%s is not built for any kernel.", module, version), "Modules must already be in the built state before using mktarball.")
+	}
 	if opts.SourceOnly {
 		kernelList = "source-only"
 	} else {
@@ -137,6 +142,7 @@ func writeTar(entries []tarEntry, name string) ([]byte, error) {
 	sort.SliceStable(entries, func(i, j int) bool { return entries[i].name < entries[j].name })
 	var raw bytes.Buffer
 	tw := tar.NewWriter(&raw)
+	now := time.Now().Truncate(time.Second)
 	seen := map[string]bool{}
 	mkdirs := func(name string) error {
 		var parents []string
@@ -145,7 +151,7 @@ func writeTar(entries []tarEntry, name string) ([]byte, error) {
 		}
 		for _, d := range parents {
 			seen[d] = true
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "./" + d + "/", Mode: 0o755, ModTime: time.Now()}); err != nil {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "./" + d + "/", Mode: 0o755, ModTime: now}); err != nil {
 				return err
 			}
 		}
@@ -159,7 +165,7 @@ func writeTar(entries []tarEntry, name string) ([]byte, error) {
 			continue
 		}
 		seen[en.name] = true
-		hdr := &tar.Header{Name: "./" + en.name, Mode: 0o644, ModTime: time.Now()}
+		hdr := &tar.Header{Name: "./" + en.name, Mode: 0o644, ModTime: now}
 		var body []byte
 		switch {
 		case en.dir:
@@ -169,7 +175,9 @@ func writeTar(entries []tarEntry, name string) ([]byte, error) {
 			if err != nil {
 				return nil, err
 			}
-			hdr.Mode, hdr.ModTime = int64(fi.Mode().Perm()), fi.ModTime()
+			// Whole seconds, rounded down: tar's default rounding dates
+			// members up to half a second in the future.
+			hdr.Mode, hdr.ModTime = int64(fi.Mode().Perm()), fi.ModTime().Truncate(time.Second)
 			switch {
 			case fi.IsDir():
 				hdr.Typeflag, hdr.Name = tar.TypeDir, hdr.Name+"/"
@@ -279,6 +287,7 @@ func openTar(file string) (*tar.Reader, io.Closer, error) {
 func CheckTarball(r *tar.Reader, limit int64) error {
 	var total int64
 	names := map[string]bool{}
+	regular := map[string]bool{}
 	links := map[string]bool{}
 	targets := map[string]string{}
 	var order []string
@@ -327,9 +336,11 @@ func CheckTarball(r *tar.Reader, limit int64) error {
 				return fmt.Errorf("entry %q: a symlink to %q, outside the archive", name, target)
 			}
 		case tar.TypeLink:
+			// Only to an earlier regular file: a hard link to a symlink
+			// would move the symlink where its target means something else.
 			target := path.Clean(strings.TrimPrefix(hdr.Linkname, "./"))
-			if path.IsAbs(hdr.Linkname) || hasDotDot(hdr.Linkname) || !names[target] {
-				return fmt.Errorf("entry %q: a hard link to %q, which is not an earlier file of the archive", name, hdr.Linkname)
+			if path.IsAbs(hdr.Linkname) || hasDotDot(hdr.Linkname) || !regular[target] {
+				return fmt.Errorf("entry %q: a hard link to %q, which is not an earlier regular file of the archive", name, hdr.Linkname)
 			}
 		case tar.TypeChar, tar.TypeBlock:
 			return fmt.Errorf("entry %q: a device node", name)
@@ -338,7 +349,16 @@ func CheckTarball(r *tar.Reader, limit int64) error {
 		default:
 			return fmt.Errorf("entry %q: unsupported type %q", name, hdr.Typeflag)
 		}
+		if links[clean] {
+			return fmt.Errorf("entry %q: replaces an earlier symlink of the same name", name)
+		}
+		if names[clean] && hdr.Typeflag == tar.TypeSymlink {
+			return fmt.Errorf("entry %q: a symlink replacing an earlier entry of the same name", name)
+		}
 		names[clean] = true
+		if hdr.Typeflag == tar.TypeReg {
+			regular[clean] = true
+		}
 		order = append(order, clean)
 		if hdr.Typeflag == tar.TypeSymlink {
 			links[clean] = true
@@ -440,7 +460,8 @@ func extractTar(r *tar.Reader, dir string) error {
 				return err
 			}
 		case tar.TypeReg:
-			f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode|0o600)
+			// Never write through a symlink, whatever the checks let pass.
+			f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, mode|0o600)
 			if err != nil {
 				return err
 			}
@@ -498,7 +519,7 @@ func LoadTarball(ctx context.Context, e *Env, archive string, limit int64) (modu
 	if err != nil {
 		return "", "", fmt.Errorf("unpack %s: %w", archive, err)
 	}
-	if !isDir(filepath.Join(tmp, "dkms_main_tree")) {
+	if !isDir(filepath.Join(tmp, "dkms_main_tree")) && !exists(filepath.Join(tmp, "dkms_source_tree", "dkms.conf")) && !exists(filepath.Join(tmp, "dkms_binaries_only", "dkms.conf")) {
 		// A plain source tarball: the first dkms.conf in it is the module.
 		conf := firstConf(tmp)
 		if conf == "" {
@@ -604,6 +625,9 @@ func LoadTarball(ctx context.Context, e *Env, archive string, limit int64) (modu
 // tarballBuilds lists the <kernel>/<arch> dirs under dkms_main_tree.
 func tarballBuilds(dir string) ([]string, error) {
 	kernels, err := os.ReadDir(filepath.Join(dir, "dkms_main_tree"))
+	if os.IsNotExist(err) {
+		return nil, nil // a source-only tarball
+	}
 	if err != nil {
 		return nil, err
 	}

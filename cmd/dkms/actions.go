@@ -39,6 +39,9 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return mkdriverdisk(ctx, a, env)
 	}
 
+	if a.archive != "" && a.module == "" && a.sourceDir == "" {
+		return ldtarball(ctx, a, env) // add FILE.tar.gz: it takes the lock itself
+	}
 	if a.action == "install" || a.action == "uninstall" {
 		if err := requireRoot(env); err != nil {
 			return err
@@ -59,9 +62,6 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if a.action == "add" && a.sourceDir != "" && a.module == "" {
 		_, _, err := lifecycle.AddSourceDir(ctx, env, a.sourceDir, ts[0].Kernel, ts[0].Arch)
 		return err
-	}
-	if a.archive != "" && a.module == "" {
-		return ldtarball(ctx, a, env)
 	}
 	if a.sourceDir != "" && a.module == "" {
 		m, v, err := lifecycle.AddSourceDir(ctx, env, a.sourceDir, ts[0].Kernel, ts[0].Arch)

@@ -27,6 +27,7 @@ type args struct {
 	root                                               string
 	initrdStrategy                                     string
 	distro, media                                      string
+	firstWord                                          string // the first bare word that is not the action
 
 	force, forceVersionOverride, all, verbose, quiet bool
 	binariesOnly, sourceOnly, noDepmod               bool
@@ -179,6 +180,9 @@ func parseArgs(argv []string) (*args, error) {
 		}
 		if strings.HasPrefix(w, "-") {
 			return nil, &usageError{code: 2, lines: []string{" Unknown option: " + w}, showUsage: true}
+		}
+		if a.firstWord == "" && !actionRE.MatchString(w) {
+			a.firstWord = w
 		}
 		switch {
 		case actionRE.MatchString(w):

@@ -35,6 +35,7 @@ func TestParseArgsForms(t *testing.T) {
 			t.Errorf("%q: %v", tc.argv, err)
 			continue
 		}
+		got.firstWord = "" // recorded for ldtarball's message, not compared here
 		if !reflect.DeepEqual(*got, tc.want) {
 			t.Errorf("%q:\n got %+v\nwant %+v", tc.argv, *got, tc.want)
 		}

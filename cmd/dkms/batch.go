@@ -75,8 +75,10 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 		printError(initrdErr)
 	}
 	lines := sum.Lines(exitCode)
-	for _, l := range lines {
-		fmt.Println(l)
+	if a.action != "match" { // dkms's match prints no autoinstall summary
+		for _, l := range lines {
+			fmt.Println(l)
+		}
 	}
 	if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf("dkms "+a.action, sum, lines)); err != nil {
 		env.Sink.Emit(lifecycle.Event{Type: lifecycle.Warning, Text: "Warning: could not record the transaction: " + err.Error()})

@@ -41,6 +41,9 @@ func ldtarball(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if archive == "" && a.action == "ldtarball" {
 		archive = a.kernelConfig
 	}
+	if archive == "" && a.action == "ldtarball" && a.firstWord != "" {
+		archive = a.firstWord // a file that does not exist: LoadTarball says so
+	}
 	if archive == "" {
 		return &usageError{code: 2, lines: []string{"ldtarball needs an archive: dkms ldtarball FILE"}}
 	}

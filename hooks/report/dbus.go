@@ -110,14 +110,17 @@ type StatusSource interface {
 
 type manager struct{ src StatusSource }
 
-func (m manager) GetStatus() ([][]any, *dbus.Error) {
+// statusRow is one (sssss) row of GetStatus.
+type statusRow struct{ Module, Version, Kernel, Arch, State string }
+
+func (m manager) GetStatus() ([]statusRow, *dbus.Error) {
 	rows, err := m.src.StatusRows(context.Background())
 	if err != nil {
 		return nil, dbus.MakeFailedError(err)
 	}
-	out := make([][]any, 0, len(rows))
+	out := make([]statusRow, 0, len(rows))
 	for _, r := range rows {
-		out = append(out, []any{r[0], r[1], r[2], r[3], r[4]})
+		out = append(out, statusRow{r[0], r[1], r[2], r[3], r[4]})
 	}
 	return out, nil
 }
@@ -148,7 +151,7 @@ func Serve(ctx context.Context, conn *dbus.Conn, src StatusSource, idle time.Dur
 	calls := make(chan struct{}, 1)
 	m := manager{src: src}
 	methods := map[string]any{
-		"GetStatus": func() ([][]any, *dbus.Error) {
+		"GetStatus": func() ([]statusRow, *dbus.Error) {
 			notify(calls)
 			return m.GetStatus()
 		},

@@ -47,7 +47,7 @@ func (j *Journal) Emit(e lifecycle.Event) {
 	if _, ok := MessageIDs[e.Type]; !ok {
 		return
 	}
-	_ = journal.Send(journalMessage(e), journalPriority(e.Type), JournalFields(e, j.Hook))
+	_ = journal.Send(journalMessage(e), journalPriority(e), JournalFields(e, j.Hook))
 }
 
 // JournalFields are the structured fields of an event's entry.
@@ -109,10 +109,14 @@ func Result(e lifecycle.Event) string {
 	return e.Type.String()
 }
 
-func journalPriority(t lifecycle.EventType) journal.Priority {
-	switch t {
+func journalPriority(e lifecycle.Event) journal.Priority {
+	switch e.Type {
 	case lifecycle.BuildFailed:
 		return journal.PriErr
+	case lifecycle.TransactionSummary:
+		if e.Err != nil {
+			return journal.PriErr
+		}
 	case lifecycle.BuildSkipped:
 		return journal.PriNotice
 	case lifecycle.BuildStarted:

@@ -158,7 +158,7 @@ func TestJournalPriorities(t *testing.T) {
 		lifecycle.TransactionSummary: journal.PriInfo,
 	}
 	for typ, p := range want {
-		if got := journalPriority(typ); got != p {
+		if got := journalPriority(lifecycle.Event{Type: typ}); got != p {
 			t.Errorf("priority of %v = %d, want %d", typ, got, p)
 		}
 	}

@@ -2,6 +2,7 @@ package report
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -106,8 +107,7 @@ func RunNotifier(ctx context.Context, system, session *dbus.Conn, onError func(e
 			if !ok {
 				continue
 			}
-			var uid uint32
-			if err := system.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixUser", 0, sig.Sender).Store(&uid); err != nil || uid != 0 {
+			if !fromRoot(system, sig.Sender) {
 				continue
 			}
 			if err := Notify(session, n); err != nil && onError != nil {
@@ -115,4 +115,22 @@ func RunNotifier(ctx context.Context, system, session *dbus.Conn, onError func(e
 			}
 		}
 	}
+}
+
+// fromRoot reports whether a signal's sender is root. A dkms command emits
+// its last signal and exits within milliseconds, so the sender is often
+// gone before it can be asked: a sender that has left is accepted, because
+// the bus policy dkmsd installs (dist/dbus/org.dkmsd.Manager1.conf) lets
+// only root emit these signals; one still connected must be uid 0.
+func fromRoot(system *dbus.Conn, sender string) bool {
+	var uid uint32
+	err := system.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixUser", 0, sender).Store(&uid)
+	if err != nil {
+		var de dbus.Error
+		if errors.As(err, &de) && de.Name == "org.freedesktop.DBus.Error.NameHasNoOwner" {
+			return true
+		}
+		return false
+	}
+	return uid == 0
 }
