@@ -39,6 +39,7 @@ FUZZTIME ?= 60s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./initrd
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckTarball$$' -fuzztime $(FUZZTIME) ./lifecycle
+	$(GO) test -run '^$$' -fuzz '^FuzzReadConf$$' -fuzztime $(FUZZTIME) ./tree
 
 # Tests that install kernel packages or dkmsd's own package on this machine
 # (and put everything back): after the others, one at a time.

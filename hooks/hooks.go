@@ -124,10 +124,10 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		return fail(env, req, err)
 	}
 	sum.Results = append(sum.Results, a.Results...)
-	if !req.InitrdFollows {
-		if _, err := lifecycle.RegenerateInitrd(ctx, env, req.Kernel, req.Arch, lifecycle.InitrdOptions{}); err != nil {
-			warn(env, "dkmsd: %v", err)
-		}
+	if req.InitrdFollows {
+		env.InitrdHandled(req.Kernel)
+	} else if _, err := lifecycle.RegenerateInitrd(ctx, env, req.Kernel, req.Arch, lifecycle.InitrdOptions{}); err != nil {
+		warn(env, "dkmsd: %v", err)
 	}
 	st.setDone(req.Kernel, fingerprint(env, req.Kernel, req.Arch))
 	st.clearPending(req.Kernel)

@@ -46,6 +46,8 @@ type Env struct {
 	// DeferDepmod leaves depmod to the caller, which runs it once per
 	// kernel after a batch of installs.
 	DeferDepmod bool
+	// NoInitrd: the command will not regenerate initrds (--no-initrd).
+	NoInitrd bool
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
 	confs *tree.ConfCache

@@ -41,7 +41,12 @@ type InitrdOptions struct {
 // modules replacing one the initrd already has, and modules named in the
 // initrd tool's configuration (those also load early), each with the
 // modules it depends on. It returns nil, nil when nothing had to change.
-func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts InitrdOptions) (*initrd.Report, error) {
+func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts InitrdOptions) (rep *initrd.Report, err error) {
+	defer func() {
+		if err == nil {
+			os.Remove(e.initrdPendingPath(kernel))
+		}
+	}()
 	switch tool := e.Framework.InitrdTool; tool {
 	case "none":
 		return nil, nil

@@ -109,19 +109,19 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		e.info("%s:", name)
 		ok, err := e.sanityCheck(t, conf, p.spec, p.built)
 		if err != nil {
-			return err
+			return e.rollbackInstall(t, done, err)
 		}
 		if !ok {
 			continue
 		}
 		if !hadLink {
 			if err := e.archiveOriginal(t, p.spec, p.built); err != nil {
-				return err
+				return e.rollbackInstall(t, done, err)
 			}
 		}
 		destDir := filepath.Join(k.Dir, p.spec.DestLocation)
 		if err := os.MkdirAll(destDir, 0o755); err != nil {
-			return diskError(destDir, err)
+			return e.rollbackInstall(t, done, diskError(destDir, err))
 		}
 		dest := filepath.Join(destDir, name)
 		e.info("Installing %s", dest)
@@ -131,23 +131,15 @@ func (e *Env) install(ctx context.Context, t Target) error {
 			err = copyFileAtomic(p.built, dest)
 		}
 		if err != nil {
-			// Leave nothing half-installed: take back what this run put in.
-			for _, d := range done {
-				os.Remove(d)
-			}
-			e.restoreOriginals(t)
-			e.commit(t)
-			return err
+			return e.rollbackInstall(t, done, err)
 		}
 		done = append(done, dest)
 	}
 	if len(plan) > 0 && len(done) == 0 {
-		e.restoreOriginals(t)
-		e.commit(t)
-		return fail(KindInstallAborted, "Installation aborted.")
+		return e.rollbackInstall(t, done, fail(KindInstallAborted, "Installation aborted."))
 	}
 	if err := symlinkAtomic(filepath.Join(t.Version, t.Kernel, t.Arch), e.Layout.KernelLink(t.Module, t.Kernel, t.Arch)); err != nil {
-		return err
+		return e.rollbackInstall(t, done, err)
 	}
 	if conf.PostInstall != "" {
 		e.info("")
@@ -174,6 +166,21 @@ func (e *Env) install(ctx context.Context, t Target) error {
 	e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 		Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
 	return nil
+}
+
+// rollbackInstall takes back what an install put in before it failed —
+// its files, the originals it archived — and drops its intent. If that
+// cannot be done either, the intent stays for the next command's recovery.
+func (e *Env) rollbackInstall(t Target, done []string, cause error) error {
+	for _, d := range done {
+		os.Remove(d)
+	}
+	if err := e.restoreOriginals(t); err != nil {
+		e.warn("%v", err)
+		return cause
+	}
+	e.commit(t)
+	return cause
 }
 
 func (e *Env) sourceDir(t Target) string {
@@ -300,10 +307,15 @@ func (e *Env) archiveOriginal(t Target, m tree.ModuleSpec, built string) error {
 			return err
 		}
 		if err := copyFileAtomic(orig, saved); err != nil {
+			os.Remove(saved + ".origin")
 			return err
 		}
 		if err := os.Remove(orig); err != nil {
-			return fmt.Errorf("archive %s: %w", orig, err)
+			// The original stays where it is: drop the archive copy.
+			os.Remove(saved)
+			os.Remove(saved + ".origin")
+			removeEmptyParents(dir, e.Layout.ModuleDir(t.Module))
+			return diskError(orig, err)
 		}
 		return nil
 	}
@@ -311,10 +323,13 @@ func (e *Env) archiveOriginal(t Target, m tree.ModuleSpec, built string) error {
 }
 
 // restoreOriginals moves archived originals back where they came from.
-func (e *Env) restoreOriginals(t Target) {
+// It fails, keeping the archive, when one cannot be put back: an archived
+// original is never deleted before it is in place again.
+func (e *Env) restoreOriginals(t Target) error {
 	dir := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)
 	origins, _ := filepath.Glob(filepath.Join(dir, "*.origin"))
 	kdir := e.Layout.KernelDir(t.Kernel) + "/"
+	var failed error
 	for _, o := range origins {
 		data, err := os.ReadFile(o)
 		if err != nil {
@@ -327,19 +342,28 @@ func (e *Env) restoreOriginals(t Target) {
 			continue
 		}
 		if !exists(saved) {
+			// A kill between writing the record and copying the original:
+			// the original never left its place.
+			os.Remove(o)
 			continue
 		}
 		e.info("Restoring archived original module %s", dest)
 		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
-			e.warn("%v", diskError(dest, err))
+			failed = diskError(dest, err)
 			continue
 		}
 		if err := copyFileAtomic(saved, dest); err != nil {
-			e.warn("%v", err)
+			failed = err
 			continue
 		}
 		os.Remove(saved)
 		os.Remove(o)
 	}
 	removeEmptyParents(dir, e.Layout.ModuleDir(t.Module))
+	if failed != nil {
+		return &Error{Kind: KindInternal, Err: failed, Lines: []string{
+			fmt.Sprintf("Could not put back the original module(s) saved in %s: %v", dir, failed),
+			"They stay there; run the command again once the problem is fixed."}}
+	}
+	return nil
 }

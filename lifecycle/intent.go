@@ -29,6 +29,7 @@ func (e *Env) intentPath(t Target) string {
 
 // begin records an intent before the first change.
 func (e *Env) begin(op string, t Target, files []string) error {
+	e.MarkInitrdPending(t.Kernel, t.Arch)
 	if err := os.MkdirAll(e.intentDir(), 0o755); err != nil {
 		return diskError(e.intentDir(), err)
 	}
@@ -59,6 +60,8 @@ func (e *Env) commitKernel(kernel string) {
 // Recover finishes or undoes the installs and uninstalls that a killed
 // process left half-done. LockTree runs it; it must run under the lock.
 func Recover(ctx context.Context, e *Env) {
+	e.sweepTemps()
+	e.initrdPending(ctx)
 	entries, err := os.ReadDir(e.intentDir())
 	if err != nil {
 		return
@@ -90,16 +93,30 @@ func Recover(ctx context.Context, e *Env) {
 					os.Remove(f)
 				}
 			}
-			e.restoreOriginals(t)
+			if err := e.restoreOriginals(t); err != nil {
+				e.warn("%v", err)
+				continue // keep the intent: try again next time
+			}
 			if err := e.depmod(ctx, t.Kernel); err != nil {
 				e.warn("Warning: %v", err)
 			}
 		default: // uninstall: finish it
 			e.warn("Completing the interrupted uninstall of %s.", t)
+			left := false
 			for _, f := range in.Files {
-				os.Remove(f)
+				if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+					left = true
+				}
 			}
-			e.restoreOriginals(t)
+			if left {
+				e.warn("Warning: could not delete the files of %s; it stays installed.", t)
+				os.Remove(p)
+				continue
+			}
+			if err := e.restoreOriginals(t); err != nil {
+				e.warn("%v", err)
+				continue
+			}
 			if linked {
 				os.Remove(e.Layout.KernelLink(t.Module, t.Kernel, t.Arch))
 			}
@@ -108,5 +125,89 @@ func Recover(ctx context.Context, e *Env) {
 			}
 		}
 		os.Remove(p)
+	}
+}
+
+// sweepTemps deletes the temporary files and directories a killed process
+// left beside its targets (never a finished file: every name here is one
+// dkmsd only uses before a rename).
+func (e *Env) sweepTemps() {
+	t := e.Layout.DKMSTree
+	patterns := []string{
+		filepath.Join(t, "*", "*", "*", ".tmp_*"),           // build stages
+		filepath.Join(t, "*", "*", "*", ".tmp_load_*"),      // ldtarball stages
+		filepath.Join(t, "*", "*", "*", ".dkmsd-unbuild-*"), // unbuild renames
+		filepath.Join(t, "*", "*", "*", "*.dkmsd-old-*"),    // forced rebuilds
+		filepath.Join(t, "*", ".dkmsd-remove-*"),            // remove renames
+		filepath.Join(t, "*", ".dkmsd-link-*"),              // kernel links
+		filepath.Join(t, "*", "original_module", "*", "*", ".dkmsd-*"),
+		filepath.Join(t, ".dkmsd", "*", ".dkmsd-*"),
+		filepath.Join(t, ".dkmsd", ".dkmsd-*"),
+		filepath.Join(e.Layout.InstallTree, "*", "updates", "dkms", ".dkmsd-*"),
+		filepath.Join(e.Layout.BootDir, ".initrd.img-*.dkmsd-*"),
+		filepath.Join(e.Layout.BootDir, ".initramfs-*.dkmsd-*"),
+	}
+	if entries, err := os.ReadDir(e.intentDir()); err == nil {
+		for _, en := range entries {
+			var in intent
+			if b, err := os.ReadFile(filepath.Join(e.intentDir(), en.Name())); err == nil && json.Unmarshal(b, &in) == nil {
+				for _, f := range in.Files {
+					patterns = append(patterns, filepath.Join(filepath.Dir(f), ".dkmsd-*"))
+				}
+			}
+		}
+	}
+	for _, p := range patterns {
+		matches, _ := filepath.Glob(p)
+		for _, m := range matches {
+			os.RemoveAll(m)
+		}
+	}
+	// A version dir whose last kernel dir held only a swept stage.
+	kdirs, _ := filepath.Glob(filepath.Join(t, "*", "*", "[0-9]*"))
+	for _, k := range kdirs {
+		if entries, err := os.ReadDir(k); err == nil && len(entries) == 0 {
+			os.Remove(k)
+		}
+	}
+}
+
+// initrdPendingPath marks a kernel whose modules changed and whose initrd
+// has not been brought up to date yet.
+func (e *Env) initrdPendingPath(kernel string) string {
+	return filepath.Join(e.Layout.DKMSTree, ".dkmsd", "initrd", kernel+".pending")
+}
+
+// MarkInitrdPending records that kernel's initrd needs regenerating; the
+// initrd step clears it, and a process killed before that step leaves it
+// for the next one.
+func (e *Env) MarkInitrdPending(kernel, arch string) {
+	if e.NoInitrd || e.InitrdPath(kernel) == "" {
+		return
+	}
+	p := e.initrdPendingPath(kernel)
+	if os.MkdirAll(filepath.Dir(p), 0o755) == nil {
+		_ = writeFileAtomic(p, []byte(arch+"\n"), 0o644)
+	}
+}
+
+// InitrdHandled says the kernel's initrd is taken care of by someone else
+// (the distribution's generator runs next): nothing is pending for it.
+func (e *Env) InitrdHandled(kernel string) { os.Remove(e.initrdPendingPath(kernel)) }
+
+// initrdPending regenerates the initrds a killed process left stale.
+func (e *Env) initrdPending(ctx context.Context) {
+	matches, _ := filepath.Glob(filepath.Join(e.Layout.DKMSTree, ".dkmsd", "initrd", "*.pending"))
+	for _, m := range matches {
+		kernel := strings.TrimSuffix(filepath.Base(m), ".pending")
+		b, _ := os.ReadFile(m)
+		arch := strings.TrimSpace(string(b))
+		if arch == "" {
+			continue
+		}
+		e.warn("Bringing the initrd of %s up to date after an interrupted command.", kernel)
+		if _, err := RegenerateInitrd(ctx, e, kernel, arch, InitrdOptions{}); err != nil {
+			e.warn("%v", err)
+		}
 	}
 }

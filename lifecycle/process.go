@@ -36,9 +36,10 @@ func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Wri
 	cmd.Env = env
 	cmd.ExtraFiles = extra
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// Kill the whole process group (make and its compilers) on cancel.
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	// make stays in dkms's process group, so killing the group (a kill of
+	// a hook run, a service stop) never leaves a build writing into the
+	// tree. On cancel make gets SIGTERM and stops its own jobs.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	return cmd.Run()
 }

@@ -53,11 +53,16 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 			}
 			e.info("Deleting %s", f)
 			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
-				return fmt.Errorf("uninstall %s: %w", f, err)
+				if f == files[0] {
+					e.commit(t) // nothing changed yet
+				}
+				return diskError(f, err)
 			}
 			removeEmptyParents(filepath.Dir(f), kdir)
 		}
-		e.restoreOriginals(t)
+		if err := e.restoreOriginals(t); err != nil {
+			return err // the link and the archive stay; the intent finishes it later
+		}
 		if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
 			return fmt.Errorf("uninstall %s: %w", link, err)
 		}

@@ -459,18 +459,19 @@ func (c *Conf) fill(vals map[string]Value, ctx ConfContext) []string {
 	// MAKE_MATCH wins. An unmatched MAKE_MATCH falls back to the default
 	// (upstream intent; dkms reused a stale command, quirk 21).
 	mk, mm := vals["MAKE"], vals["MAKE_MATCH"]
+	// A blank MAKE is no MAKE: bash would run nothing for it.
 	if mm.Get(0) == "" {
-		c.MakeCommand = mk.Get(0)
+		c.MakeCommand = strings.TrimSpace(mk.Get(0))
 	}
 	for _, i := range mk.Indexes() {
-		if mk.Get(i) == "" || mm.Get(i) == "" {
+		if strings.TrimSpace(mk.Get(i)) == "" || mm.Get(i) == "" {
 			continue
 		}
 		ok, err := matchERE(mm.Get(i), ctx.Kernel)
 		if err != nil {
 			bad("'MAKE_MATCH[%d]' is not a valid regular expression: %v%s.", i, err, at("MAKE_MATCH"))
 		} else if ok {
-			c.MakeCommand = mk.Get(i)
+			c.MakeCommand = strings.TrimSpace(mk.Get(i))
 		}
 	}
 	pt, pm := vals["PATCH"], vals["PATCH_MATCH"]

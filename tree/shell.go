@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"mvdan.cc/sh/v3/expand"
@@ -210,11 +212,11 @@ func (s shellEval) exec(ctx context.Context, file string, p *parsedShell, names 
 		if err != nil {
 			return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
 		}
-		if err := runner.Run(ctx, pre); err != nil {
+		if err := safeRun(ctx, runner, pre); err != nil {
 			return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
 		}
 	}
-	runErr := runner.Run(ctx, prog)
+	runErr := safeRun(ctx, runner, prog)
 	if ctx.Err() != nil {
 		return evalResult{}, &EvalError{File: file, Err: fmt.Errorf("gave up after %v (an endless loop or a command that does not return?)", timeout)}
 	}
@@ -267,11 +269,102 @@ func harvest(vr expand.Variable) (Value, bool) {
 	return v, len(v.Elems) > 0
 }
 
+// safeRun runs prog, turning a panic of the interpreter (a file it
+// cannot handle) into an error, and giving up when ctx ends even if a
+// command's output pipe is still held open.
+func safeRun(ctx context.Context, runner *interp.Runner, prog *syntax.File) (err error) {
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- fmt.Errorf("the shell interpreter failed on this file: %v", r)
+			}
+		}()
+		done <- runner.Run(ctx, prog)
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(2 * time.Second):
+			return ctx.Err()
+		}
+	}
+}
+
+// maxSubstOutput caps what one command in a dkms.conf may print into a
+// command substitution: $(yes) must not eat the machine's memory.
+const maxSubstOutput = 1 << 20
+
 // killOnCancel runs external commands (command substitutions such as
-// $(uname -r) are common in dkms.conf) and kills them when the evaluation
-// times out.
+// $(uname -r) are common in dkms.conf) in a process group of their own,
+// killed whole when the evaluation times out or prints too much.
 func killOnCancel(next interp.ExecHandlerFunc) interp.ExecHandlerFunc {
-	return interp.DefaultExecHandler(0)
+	return func(ctx context.Context, args []string) error {
+		hc := interp.HandlerCtx(ctx)
+		path, err := interp.LookPathDir(hc.Dir, hc.Env, args[0])
+		if err != nil {
+			fmt.Fprintln(hc.Stderr, err)
+			return interp.ExitStatus(127)
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, path)
+		cmd.Args = args
+		hc.Env.Each(func(name string, vr expand.Variable) bool {
+			if vr.Exported && vr.Kind == expand.String {
+				cmd.Env = append(cmd.Env, name+"="+vr.Str)
+			}
+			return true
+		})
+		cmd.Dir = hc.Dir
+		cmd.Stdin = hc.Stdin
+		capped := &cappedWriter{w: hc.Stdout, left: maxSubstOutput, over: cancel}
+		cmd.Stdout = capped
+		cmd.Stderr = hc.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = time.Second
+		err = cmd.Run()
+		if capped.exceeded {
+			return fmt.Errorf("%s printed more than %d bytes", args[0], maxSubstOutput)
+		}
+		if errors.Is(err, exec.ErrWaitDelay) {
+			return fmt.Errorf("%s left a background process holding its output open", args[0])
+		}
+		if err == nil {
+			return nil
+		}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() >= 0 {
+			return interp.ExitStatus(uint8(ee.ExitCode()))
+		}
+		if ctx.Err() != nil {
+			return interp.ExitStatus(1)
+		}
+		return err
+	}
+}
+
+// cappedWriter passes at most left bytes on, then calls over.
+type cappedWriter struct {
+	w        io.Writer
+	left     int
+	over     func()
+	exceeded bool
+}
+
+func (c *cappedWriter) Write(p []byte) (int, error) {
+	if len(p) > c.left {
+		c.exceeded = true
+		c.over()
+		return 0, errors.New("too much output")
+	}
+	c.left -= len(p)
+	return c.w.Write(p)
 }
 
 // preludeSource writes values back as bash assignments, quoted so that they

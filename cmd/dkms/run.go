@@ -45,6 +45,7 @@ func newEnv(ctx context.Context, a *args, sink lifecycle.Sink) (*lifecycle.Env, 
 	}
 	l.KernelSourceDir = a.kernelSourceDir
 	env.Force, env.ForceVersionOverride, env.NoDepmod = a.force, a.forceVersionOverride, a.noDepmod
+	env.NoInitrd = a.noInitrd
 	env.Verbose = env.Verbose || a.verbose
 	env.SymlinkModules = env.SymlinkModules || a.symlinkModules
 	env.ConfFile, env.Directives, env.KernelConfig = a.conf, a.directives, a.kernelConfig
