@@ -25,13 +25,30 @@ done
 run() { echo; echo "\$ dkms $*"; "$DKMS" --root "$ROOT" "$@"; }
 kargs=""
 for k in $kernels; do kargs="$kargs -k $k"; done
+first=$(echo $kernels | cut -d' ' -f1)
+last=$(echo $kernels | awk '{print $NF}')
 
 echo "sandbox root: $ROOT"
 echo "kernels with headers:$kernels"
+
+# The main job: a kernel arrives and the package manager's hook builds every
+# DKMS module for it, in parallel, and puts the ones that belong into its
+# initrd. dkmsd_hello is named in the sandbox's /etc/initramfs-tools/modules,
+# so it goes into the initrd and loads early.
+mkdir -p "$ROOT/etc/initramfs-tools" "$ROOT/boot"
+echo dkmsd_hello > "$ROOT/etc/initramfs-tools/modules"
+[ -f "/boot/initrd.img-$last" ] && cp "/boot/initrd.img-$last" "$ROOT/boot/"
 run add dkmsd_hello/1.0
+run add dkmsd_twomods/2.1
+run add dkmsd_patched/1.0
+echo
+echo "\$ /etc/kernel/header_postinst.d/dkmsd $last    # a kernel's headers arrive"
+DKMSD_ROOT="$ROOT" "$(dirname "$DKMS")/dkmsd-apt" header_postinst "$last"
+echo
+echo "\$ (the same hook again: it finds nothing left to do)"
+DKMSD_ROOT="$ROOT" "$(dirname "$DKMS")/dkmsd-apt" header_postinst "$last"
 run install dkmsd_hello/1.0 $kargs
 run install dkmsd_twomods/2.1 $kargs
-run install dkmsd_patched/1.0 $kargs
 set +e
 run build dkmsd_failbuild/1.0 $kargs
 echo "(exit status $? — the build log is kept under $ROOT/var/lib/dkms/dkmsd_failbuild/1.0/build/make.log)"
@@ -45,7 +62,6 @@ for k in $kernels; do
 	done
 	sed 's/^/  modules.dep: /' "$ROOT/lib/modules/$k/modules.dep"
 done
-first=$(echo $kernels | cut -d' ' -f1)
 run uninstall dkmsd_twomods/2.1 -k "$first"
 run status dkmsd_twomods
 run remove dkmsd_hello/1.0 --all
