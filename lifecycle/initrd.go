@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/dkmsd/dkmsd/initrd"
+	"github.com/dkmsd/dkmsd/tree"
 )
 
 // InitrdPath is the kernel's initrd in the boot dir (Debian's
@@ -161,35 +162,24 @@ func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch st
 	kdir := e.Layout.KernelDir(kernel)
 	add := map[string]string{} // rel → src
 	var load []string
-	mvs, err := e.Layout.ModuleVersions("", "")
+	specs, err := e.installedSpecs(ctx, kernel, arch)
 	if err != nil {
 		return plan, err
 	}
-	for _, mv := range mvs {
-		if mv.Broken || e.Layout.InstalledVersion(mv.Name, kernel, arch) != mv.Version {
+	for _, is := range specs {
+		n := normalizeModName(is.spec.DestName)
+		if _, replaces := inImage[n]; !is.remakeInitrd && !replaces && !wanted[n] {
 			continue
 		}
-		t := Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch}
-		conf, err := e.readConf(ctx, e.confFile(mv.Name, mv.Version), t, false)
-		if err != nil {
-			return plan, err
+		builtDir := filepath.Join(e.Layout.BuiltDir(is.t.Module, is.t.Version, kernel, arch), "module")
+		src := e.installedCopy(is.t, is.spec, builtDir)
+		if src == "" {
+			continue
 		}
-		builtDir := filepath.Join(e.Layout.BuiltDir(mv.Name, mv.Version, kernel, arch), "module")
-		for _, m := range conf.Modules {
-			_, replaces := inImage[normalizeModName(m.DestName)]
-			named := wanted[normalizeModName(m.DestName)]
-			if !conf.RemakeInitrd && !replaces && !named {
-				continue
-			}
-			src := e.installedCopy(t, m, builtDir)
-			if src == "" {
-				continue
-			}
-			rel, _ := filepath.Rel(kdir, src)
-			add[filepath.ToSlash(rel)] = src
-			if early[normalizeModName(m.DestName)] {
-				load = append(load, m.DestName)
-			}
+		rel, _ := filepath.Rel(kdir, src)
+		add[filepath.ToSlash(rel)] = src
+		if early[n] {
+			load = append(load, is.spec.DestName)
 		}
 	}
 	// The modules they depend on, from the install tree's modules.dep,
@@ -240,24 +230,46 @@ type InitrdModule struct {
 // keeps them when it regenerates the image.
 func InitrdModules(ctx context.Context, e *Env, kernel, arch string) ([]InitrdModule, error) {
 	wanted, early := e.initrdToolModules()
-	mvs, err := e.Layout.ModuleVersions("", "")
+	specs, err := e.installedSpecs(ctx, kernel, arch)
 	if err != nil {
 		return nil, err
 	}
 	var out []InitrdModule
+	for _, is := range specs {
+		if n := normalizeModName(is.spec.DestName); is.remakeInitrd || wanted[n] {
+			out = append(out, InitrdModule{Name: is.spec.DestName, Early: early[n]})
+		}
+	}
+	return out, nil
+}
+
+// installedSpec is one module file of a module version installed for a
+// kernel, as its dkms.conf describes it.
+type installedSpec struct {
+	t            Target
+	spec         tree.ModuleSpec
+	remakeInitrd bool
+}
+
+// installedSpecs lists the module files of every module version installed
+// for kernel/arch.
+func (e *Env) installedSpecs(ctx context.Context, kernel, arch string) ([]installedSpec, error) {
+	mvs, err := e.Layout.ModuleVersions("", "")
+	if err != nil {
+		return nil, err
+	}
+	var out []installedSpec
 	for _, mv := range mvs {
 		if mv.Broken || e.Layout.InstalledVersion(mv.Name, kernel, arch) != mv.Version {
 			continue
 		}
-		conf, err := e.readConf(ctx, e.confFile(mv.Name, mv.Version), Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch}, false)
+		t := Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch}
+		conf, err := e.readConf(ctx, e.confFile(mv.Name, mv.Version), t, false)
 		if err != nil {
 			return nil, err
 		}
 		for _, m := range conf.Modules {
-			n := normalizeModName(m.DestName)
-			if conf.RemakeInitrd || wanted[n] {
-				out = append(out, InitrdModule{Name: m.DestName, Early: early[n]})
-			}
+			out = append(out, installedSpec{t: t, spec: m, remakeInitrd: conf.RemakeInitrd})
 		}
 	}
 	return out, nil
