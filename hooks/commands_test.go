@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // TestHookCommandsExitCodes runs the hook commands as processes on a
@@ -50,7 +50,7 @@ func TestHookCommandsExitCodes(t *testing.T) {
 			t.Errorf("%s: exit %d, want %d\n%s", tc.name, r.code, tc.code, r.out)
 		}
 		if tc.code == 0 && !tc.touches {
-			if left := lifecycletest.Tree(t, root); len(left) > 0 {
+			if left := testkit.Tree(t, root); len(left) > 0 {
 				t.Errorf("%s: an ignored call wrote %v", tc.name, left)
 			}
 			if out := strings.TrimSpace(r.out); out != "" {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // dnfKernel is the kernel version of the fake packages the dnf test
@@ -90,17 +90,17 @@ Empty.
 // pluginpath, so that dkmsd's action file and dkmsd-dnf are tested through
 // a real dnf transaction.
 func TestRealDnfPostTransactionActions(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	lifecycletest.RequireTool(t, "dnf", "dnf")
-	lifecycletest.RequireTool(t, "rpmbuild", "rpm")
-	lifecycletest.RequireTool(t, "createrepo_c", "createrepo-c")
-	lifecycletest.RequireTool(t, "make", "make")
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "dnf", "dnf")
+	testkit.RequireTool(t, "rpmbuild", "rpm")
+	testkit.RequireTool(t, "createrepo_c", "createrepo-c")
+	testkit.RequireTool(t, "make", "make")
 	stock, err := os.ReadFile(ptaPlugin)
 	if err != nil {
-		lifecycletest.Missing(t, "dnf's post-transaction-actions plugin "+ptaPlugin+" (apt-get install -y dnf-plugins-core)")
+		testkit.Missing(t, "dnf's post-transaction-actions plugin "+ptaPlugin+" (apt-get install -y dnf-plugins-core)")
 	}
 	bin := hookBinaries(t)
-	headers := lifecycletest.Kernels(t, 1)[0]
+	headers := testkit.Kernels(t, 1)[0]
 	build, err := filepath.EvalSymlinks("/lib/modules/" + headers + "/build")
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestRealDnfPostTransactionActions(t *testing.T) {
 // pluginPath "" means dnf's own plugins (all but post-transaction-actions
 // disabled). broken: the plugin is known not to run actions.
 func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, broken bool) {
-	root := lifecycletest.NewRoot(t)
+	root := testkit.NewRoot(t)
 	kdir := filepath.Join(root, "lib/modules", dnfKernel)
 	if err := os.MkdirAll(kdir, 0o755); err != nil {
 		t.Fatal(err)
@@ -139,7 +139,7 @@ func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, bro
 	}
 	counter := filepath.Join(t.TempDir(), "builds")
 	writeProbeModule(t, filepath.Join(root, "usr/src"), counter)
-	lifecycletest.CopyModule(t, root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
 	mods := []testModule{realTestModules[0], probeModule}
 	dkms := filepath.Join(bin, "dkms")
 	for _, m := range mods {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // debianDKMS is Debian 12's dkms 3.0.10.
@@ -34,20 +34,20 @@ var noopModules = []testModule{
 //
 //	go test -run '^$' -bench HookNoop -benchtime 20x ./hooks
 func BenchmarkHookNoop(b *testing.B) {
-	lifecycletest.RequireRoot(b)
-	lifecycletest.RequireTool(b, "make", "make")
+	testkit.RequireRoot(b)
+	testkit.RequireTool(b, "make", "make")
 	out, err := exec.Command(debianDKMS, "--version").Output()
 	if err != nil || strings.TrimSpace(string(out)) != "dkms-3.0.10" {
-		lifecycletest.Missing(b, "Debian's dkms 3.0.10 at "+debianDKMS+" (apt-get install -y dkms)")
+		testkit.Missing(b, "Debian's dkms 3.0.10 at "+debianDKMS+" (apt-get install -y dkms)")
 	}
-	kernel := lifecycletest.Kernels(b, 1)[0]
+	kernel := testkit.Kernels(b, 1)[0]
 	bin := hookBinaries(b)
 	dkmsd := filepath.Join(bin, "dkms")
 
 	// dkmsd's tree: added, then built and installed by a first hook run.
-	ours := lifecycletest.NewRoot(b, kernel)
+	ours := testkit.NewRoot(b, kernel)
 	for _, m := range noopModules {
-		lifecycletest.CopyModule(b, ours, m.name+"-"+m.version)
+		testkit.CopyModule(b, ours, m.name+"-"+m.version)
 		mustRun(b, nil, dkmsd, "--root", ours, "add", "-m", m.name, "-v", m.version)
 	}
 	hookEnv := []string{"DKMSD_ROOT=" + ours}
@@ -58,12 +58,12 @@ func BenchmarkHookNoop(b *testing.B) {
 	}
 
 	// dkms 3.0.10's tree, built by dkms 3.0.10.
-	theirs := lifecycletest.NewRoot(b, kernel)
+	theirs := testkit.NewRoot(b, kernel)
 	trees := []string{"--dkmstree", filepath.Join(theirs, "var/lib/dkms"),
 		"--sourcetree", filepath.Join(theirs, "usr/src"),
 		"--installtree", filepath.Join(theirs, "lib/modules")}
 	for _, m := range noopModules {
-		lifecycletest.CopyModule(b, theirs, m.name+"-"+m.version)
+		testkit.CopyModule(b, theirs, m.name+"-"+m.version)
 		mustRun(b, nil, append([]string{debianDKMS, "add", "-m", m.name, "-v", m.version}, trees...)...)
 	}
 	autoinstall := append([]string{debianDKMS, "autoinstall", "-k", kernel}, trees...)

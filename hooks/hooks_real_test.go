@@ -28,7 +28,7 @@ import (
 	"testing"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // oldKernel is an older Debian 12 kernel ABI that the tests install and
@@ -81,12 +81,12 @@ func present(status string) bool {
 // the machine does not have it already (the test removes it).
 func requireOldKernel(t *testing.T) {
 	t.Helper()
-	lifecycletest.RequireTool(t, "apt-get", "apt")
-	lifecycletest.RequireTool(t, "update-initramfs", "initramfs-tools")
+	testkit.RequireTool(t, "apt-get", "apt")
+	testkit.RequireTool(t, "update-initramfs", "initramfs-tools")
 	for _, p := range []string{oldImage, oldHeaders} {
 		out, err := exec.Command("apt-cache", "policy", p).Output()
 		if err != nil || !strings.Contains(string(out), "Candidate:") || strings.Contains(string(out), "Candidate: (none)") {
-			lifecycletest.Missing(t, p+" in apt's package lists (apt-get update; Debian 12 with bookworm-security)")
+			testkit.Missing(t, p+" in apt's package lists (apt-get update; Debian 12 with bookworm-security)")
 		}
 	}
 	states := dpkgStates(t)
@@ -176,7 +176,7 @@ func wantFile(t *testing.T, path string, exists bool) {
 // reinstall fires the hooks again and builds nothing. Removing the
 // packages removes the modules from the tree.
 func TestRealAptKernelImageAndHeaders(t *testing.T) {
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	requireOldKernel(t)
 	hooks := installRealHooks(t)
 	mods := addRealModules(t, hooks.dkms)
@@ -233,7 +233,7 @@ func TestRealAptKernelImageAndHeaders(t *testing.T) {
 // initramfs-tools made the initrd already, dkmsd adds the REMAKE_INITRD
 // module to it itself.
 func TestRealAptHeadersAfterImage(t *testing.T) {
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	requireOldKernel(t)
 	hooks := installRealHooks(t)
 	mods := addRealModules(t, hooks.dkms)
@@ -292,7 +292,7 @@ func installedKernel(t *testing.T) string {
 			return k
 		}
 	}
-	lifecycletest.Missing(t, "a kernel with both its image and headers (apt-get install -y linux-image-cloud-amd64 linux-headers-cloud-amd64)")
+	testkit.Missing(t, "a kernel with both its image and headers (apt-get install -y linux-image-cloud-amd64 linux-headers-cloud-amd64)")
 	return ""
 }
 
@@ -301,7 +301,7 @@ func installedKernel(t *testing.T) string {
 // installed, the test modules added to the real tree.
 func realKernelFixture(t *testing.T) (kernel string, hooks *realHooks, mods *realModules) {
 	t.Helper()
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	kernel = installedKernel(t)
 	for _, l := range statusLinesOrNone(t) {
 		if strings.Contains(l, ", "+kernel+", ") {
@@ -344,7 +344,7 @@ func kernelInstall(t *testing.T, args ...string) runResult {
 // Debian, so the image in /boot is the one to update); a second add does
 // nothing; remove uninstalls and unbuilds them. Both exit 0.
 func TestRealKernelInstallAddRemove(t *testing.T) {
-	lifecycletest.RequireTool(t, "kernel-install", "systemd")
+	testkit.RequireTool(t, "kernel-install", "systemd")
 	kernel, hooks, mods := realKernelFixture(t)
 
 	r := kernelInstall(t, "add", kernel, "/boot/vmlinuz-"+kernel)
@@ -403,7 +403,7 @@ func postInvokeCommand(t *testing.T) string {
 // exactly once, every hook exits 0, and the Post-Invoke reports one
 // summary with each module once.
 func TestRealHooksDoubleFiring(t *testing.T) {
-	lifecycletest.RequireTool(t, "kernel-install", "systemd")
+	testkit.RequireTool(t, "kernel-install", "systemd")
 	kernel, hooks, mods := realKernelFixture(t)
 	image := "/boot/vmlinuz-" + kernel
 	dpkg := func(pkg string, more ...string) []string {
@@ -447,11 +447,11 @@ func TestRealHooksDoubleFiring(t *testing.T) {
 // package that has no hook), and the apt Post-Invoke builds the module
 // and reports it once.
 func TestRealHeadersAptPendingFlush(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	lifecycletest.RequireTool(t, "make", "make")
-	kernel := lifecycletest.Kernels(t, 1)[0]
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "make", "make")
+	kernel := testkit.Kernels(t, 1)[0]
 	bin := hookBinaries(t)
-	root := lifecycletest.NewRoot(t) // no kernel: no headers yet
+	root := testkit.NewRoot(t) // no kernel: no headers yet
 	if err := os.MkdirAll(filepath.Join(root, "lib/modules", kernel), 0o755); err != nil {
 		t.Fatal(err)
 	}

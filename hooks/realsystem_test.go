@@ -20,8 +20,8 @@ import (
 	"testing"
 
 	"github.com/dkmsd/dkmsd/initrd"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // libexec is where `make install-hooks PREFIX=/usr` puts the commands.
@@ -140,10 +140,10 @@ type realHooks struct {
 // there.
 func installRealHooks(t *testing.T) *realHooks {
 	t.Helper()
-	lifecycletest.RequireRoot(t)
-	lifecycletest.RequireTool(t, "make", "make")
-	lifecycletest.RequireTool(t, "gcc", "gcc")
-	lifecycletest.RequireTool(t, "run-parts", "debianutils")
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "make", "make")
+	testkit.RequireTool(t, "gcc", "gcc")
+	testkit.RequireTool(t, "run-parts", "debianutils")
 	bin := hookBinaries(t)
 
 	// What was there before: files (restored byte for byte) and the
@@ -240,7 +240,7 @@ func writeProbeModule(t testing.TB, srcTree, counter string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	hello, err := os.ReadFile(filepath.Join(lifecycletest.ModulesDir(), "dkmsd_hello-1.0", "dkmsd_hello.c"))
+	hello, err := os.ReadFile(filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0", "dkmsd_hello.c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +332,7 @@ func addRealModules(t *testing.T, dkms string) *realModules {
 		if m.name == probeModule.name {
 			writeProbeModule(t, "/usr/src", rm.counter)
 		} else {
-			lifecycletest.CopyModule(t, "/", m.name+"-"+m.version)
+			testkit.CopyModule(t, "/", m.name+"-"+m.version)
 		}
 		mustRun(t, nil, dkms, "add", "-m", m.name, "-v", m.version)
 	}

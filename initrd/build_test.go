@@ -22,7 +22,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/dkmsd/dkmsd/initrd"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // realKernel is the kernel whose image and initrd the Real tests use.
@@ -96,7 +96,7 @@ func hostModules(t testing.TB, n int, skip func(hostModule) bool) []hostModule {
 		}
 	})
 	if hostModulesOnce.err != "" {
-		lifecycletest.Missing(t, hostModulesOnce.err)
+		testkit.Missing(t, hostModulesOnce.err)
 	}
 	var out []hostModule
 	for _, m := range hostModulesOnce.mods {
@@ -105,7 +105,7 @@ func hostModules(t testing.TB, n int, skip func(hostModule) bool) []hostModule {
 		}
 	}
 	if len(out) < n {
-		lifecycletest.Missing(t, "uncompressed kernel modules without dependencies in /lib/modules (apt-get install -y linux-image-cloud-amd64)")
+		testkit.Missing(t, "uncompressed kernel modules without dependencies in /lib/modules (apt-get install -y linux-image-cloud-amd64)")
 	}
 	return out
 }
@@ -152,8 +152,8 @@ func buildFixture(t testing.TB, c codec, s mainSpec) []byte {
 
 func requireBuildTools(t testing.TB) {
 	t.Helper()
-	lifecycletest.RequireTool(t, "depmod", "kmod")
-	lifecycletest.RequireTool(t, "modprobe", "kmod")
+	testkit.RequireTool(t, "depmod", "kmod")
+	testkit.RequireTool(t, "modprobe", "kmod")
 }
 
 func parse(t testing.TB, data []byte) *initrd.Image {
@@ -422,7 +422,7 @@ func TestBuildDebianCompressors(t *testing.T) {
 	src := writeModule(t, add)
 	for _, dc := range debianCodecs {
 		t.Run(dc.name, func(t *testing.T) {
-			lifecycletest.RequireTool(t, dc.argv[0], dc.pkg)
+			testkit.RequireTool(t, dc.argv[0], dc.pkg)
 			c := codec{name: dc.name, want: dc.want, pack: func(t testing.TB, b []byte) []byte { return runFilter(t, dc.argv, b) }}
 			before := parse(t, buildFixture(t, c, mainSpec{modules: map[string][]byte{mods[0].rel: mods[0].data}, initramfsTools: true}))
 			for _, strategy := range []initrd.Strategy{initrd.Append, initrd.Rewrite} {
@@ -676,7 +676,7 @@ func TestBuildErrors(t *testing.T) {
 func TestBuildRealInitrd(t *testing.T) {
 	requireBuildTools(t)
 	if _, err := os.Stat(realInitrd); err != nil {
-		lifecycletest.Missing(t, realInitrd+" (apt-get install -y linux-image-cloud-amd64)")
+		testkit.Missing(t, realInitrd+" (apt-get install -y linux-image-cloud-amd64)")
 	}
 	before, err := initrd.Read(realInitrd)
 	if err != nil {
@@ -774,7 +774,7 @@ func TestWriteAtomic(t *testing.T) {
 // mounts, so it needs root): too little space, no inode left, read-only.
 // The old image must stay whole.
 func TestWriteAtomicRootTmpfs(t *testing.T) {
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	old := bytes.Repeat([]byte("old initrd "), 20_000) // 220 kB
 	for _, tc := range []struct {
 		name, opts string
@@ -790,7 +790,7 @@ func TestWriteAtomicRootTmpfs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			boot := t.TempDir()
 			if err := syscall.Mount("tmpfs", boot, "tmpfs", 0, tc.opts); err != nil {
-				lifecycletest.Missing(t, "the right to mount a tmpfs (root outside a restricted container): "+err.Error())
+				testkit.Missing(t, "the right to mount a tmpfs (root outside a restricted container): "+err.Error())
 			}
 			t.Cleanup(func() { syscall.Unmount(boot, syscall.MNT_DETACH) })
 			p := filepath.Join(boot, "initrd.img-"+testKernel)

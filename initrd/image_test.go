@@ -29,7 +29,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/dkmsd/dkmsd/initrd"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // testKernel is the kernel the fixture images are made for.
@@ -516,7 +516,7 @@ func TestParseDebianCompressors(t *testing.T) {
 	spec := mainSpec{modules: fakeModules(), indexes: fakeIndexes(), initramfsTools: true}
 	for _, dc := range debianCodecs {
 		t.Run(dc.name, func(t *testing.T) {
-			lifecycletest.RequireTool(t, dc.argv[0], dc.pkg)
+			testkit.RequireTool(t, dc.argv[0], dc.pkg)
 			c := codec{name: dc.name, want: dc.want, pack: func(t testing.TB, b []byte) []byte { return runFilter(t, dc.argv, b) }}
 			data, want := assemble(t, part{recs: microcodeRecords(), codec: codecNamed(t, "none"), padTo: 512}, part{recs: mainRecords(spec), codec: c})
 			img, err := initrd.Parse(data)
@@ -680,7 +680,7 @@ func TestParseBadInput(t *testing.T) {
 // 070702, `cpio -H crc`), which the kernel accepts: Parse must either read
 // it or refuse it with an error naming the offset.
 func TestParseCRCNewc(t *testing.T) {
-	lifecycletest.RequireTool(t, "cpio", "cpio")
+	testkit.RequireTool(t, "cpio", "cpio")
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("hello\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 	"testing"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // cloneHello writes <root>/usr/src/<name>-<version>: testdata's
@@ -26,7 +26,7 @@ import (
 // AUTOINSTALL="yes".
 func cloneHello(t *testing.T, root, name, version string, edit func(conf string) string) {
 	t.Helper()
-	from := filepath.Join(lifecycletest.ModulesDir(), "dkmsd_hello-1.0")
+	from := filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0")
 	dst := filepath.Join(root, "usr/src", name+"-"+version)
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		t.Fatal(err)
@@ -125,8 +125,8 @@ func (r *realRoot) eventIndex(typ lifecycle.EventType, module, kernel, text stri
 // must install before user starts; orphan and the cycle are reported not
 // built, with the reason, and nothing of them is built; the rest install.
 func TestAutoinstallRealHeadersDependencies(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0", "dkmsd_failbuild-1.0")
 	shareMOK(t, r.root)
 	cloneHello(t, r.root, "dkmsd_dep_base", "1.0", nil)
@@ -222,7 +222,7 @@ func TestAutoinstallRealHeadersDependencies(t *testing.T) {
 					}
 				}
 				if p := r.path("var/lib/dkms", m, "1.0", k); pathExists(p) {
-					t.Errorf("%s: %s exists: %q", m, p, lifecycletest.Tree(t, p))
+					t.Errorf("%s: %s exists: %q", m, p, testkit.Tree(t, p))
 				}
 				if p := r.path("var/lib/dkms", m, "kernel-"+k+"-"+realArch); pathExists(p) {
 					t.Errorf("%s: kernel link %s exists", m, p)
@@ -290,8 +290,8 @@ func TestAutoinstallRealHeadersDependencies(t *testing.T) {
 // skips only that one. A module whose dkms.conf does not set AUTOINSTALL
 // is never autoinstalled.
 func TestAutoinstallRealHeadersNoAutoinstall(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0")
 	shareMOK(t, r.root)
 	cloneHello(t, r.root, "dkmsd_listed", "1.0", nil)
@@ -353,8 +353,8 @@ func TestAutoinstallRealHeadersNoAutoinstall(t *testing.T) {
 			if n := len(r.events(lifecycle.BuildStarted, m, "")); n != 0 {
 				t.Errorf("%s: %d BuildStarted events", m, n)
 			}
-			if p := r.path("var/lib/dkms", m, "1.0"); len(lifecycletest.Tree(t, p)) != 2 { // build/, source ->
-				t.Errorf("%s: %s holds %q, want only build/ and source", m, p, lifecycletest.Tree(t, p))
+			if p := r.path("var/lib/dkms", m, "1.0"); len(testkit.Tree(t, p)) != 2 { // build/, source ->
+				t.Errorf("%s: %s holds %q, want only build/ and source", m, p, testkit.Tree(t, p))
 			}
 		}
 		for _, k := range ks {

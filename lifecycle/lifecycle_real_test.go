@@ -2,7 +2,7 @@ package lifecycle_test
 
 // Integration tests that build real modules from testdata/modules against
 // the machine's real kernel headers (two kernels), in relocated roots made
-// by lifecycletest.NewRoot. They need root, the headers, kmod's depmod,
+// by testkit.NewRoot. They need root, the headers, kmod's depmod,
 // openssl and gcc; a missing prerequisite fails under CI=true and skips
 // otherwise.
 
@@ -26,8 +26,8 @@ import (
 	"time"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // realArch is the architecture the headers are for (Debian's amd64 kernels).
@@ -48,13 +48,13 @@ type realRoot struct {
 // in its source tree.
 func newRealRoot(t *testing.T, kernels []string, modules ...string) *realRoot {
 	t.Helper()
-	lifecycletest.RequireTool(t, "depmod", "kmod")
-	lifecycletest.RequireTool(t, "openssl", "openssl")
-	lifecycletest.RequireTool(t, "make", "make")
-	lifecycletest.RequireTool(t, "gcc", "gcc")
-	root := lifecycletest.NewRoot(t, kernels...)
+	testkit.RequireTool(t, "depmod", "kmod")
+	testkit.RequireTool(t, "openssl", "openssl")
+	testkit.RequireTool(t, "make", "make")
+	testkit.RequireTool(t, "gcc", "gcc")
+	root := testkit.NewRoot(t, kernels...)
 	for _, m := range modules {
-		lifecycletest.CopyModule(t, root, m)
+		testkit.CopyModule(t, root, m)
 	}
 	rec := &lifecycle.Recorder{}
 	env, err := lifecycle.NewEnv(t.Context(), tree.NewLayout(root), rec)
@@ -160,12 +160,12 @@ func mustOK(t *testing.T, what string, err error) {
 	}
 }
 
-// snapshotTree lists every path under dir (lifecycletest.Tree) with each
+// snapshotTree lists every path under dir (testkit.Tree) with each
 // regular file's mode and content hash, for byte-for-byte comparisons.
 func snapshotTree(t *testing.T, dir string) []string {
 	t.Helper()
 	var out []string
-	for _, p := range lifecycletest.Tree(t, dir) {
+	for _, p := range testkit.Tree(t, dir) {
 		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
 			out = append(out, p)
 			continue
@@ -349,8 +349,8 @@ func (r *realRoot) verifySignature(t *testing.T, ko string, data []byte) {
 // TestInstallRealHeadersHello runs the whole life of dkmsd_hello on two
 // kernels: add, install (build, sign, depmod), status, uninstall, remove.
 func TestInstallRealHeadersHello(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0")
 	ctx := t.Context()
 	srcBefore := snapshotTree(t, r.path("usr/src"))
@@ -456,7 +456,7 @@ func TestInstallRealHeadersHello(t *testing.T) {
 	mustOK(t, "remove", lifecycle.Remove(ctx, r.env, "dkmsd_hello", "1.0", all))
 	t.Run("removed", func(t *testing.T) {
 		if p := r.path("var/lib/dkms/dkmsd_hello"); pathExists(p) {
-			t.Errorf("%s still exists after removing the only version: %q", p, lifecycletest.Tree(t, p))
+			t.Errorf("%s still exists after removing the only version: %q", p, testkit.Tree(t, p))
 		}
 		r.wantStatus(t)
 		if n := len(r.events(lifecycle.Removed, "dkmsd_hello", "")); n != 1 {
@@ -474,8 +474,8 @@ func TestInstallRealHeadersHello(t *testing.T) {
 // TestInstallRealHeadersTwoModules installs a package of two modules, one
 // renamed by DEST_MODULE_NAME and depending on the other.
 func TestInstallRealHeadersTwoModules(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_twomods-2.1")
 	ctx := t.Context()
 	for _, k := range ks {
@@ -513,8 +513,8 @@ func TestInstallRealHeadersTwoModules(t *testing.T) {
 // TestInstallRealHeadersPatched applies PATCH[0] (without which the source
 // does not compile) and not PATCH[1], whose PATCH_MATCH never matches.
 func TestInstallRealHeadersPatched(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_patched-1.0")
 	ctx := t.Context()
 	srcBefore := snapshotTree(t, r.path("usr/src"))
@@ -543,8 +543,8 @@ func TestInstallRealHeadersPatched(t *testing.T) {
 // TestInstallRealHeadersScripted checks the PRE_/POST_ scripts run in
 // dkms's order and that MAKE[0] saw $kernelver.
 func TestInstallRealHeadersScripted(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_scripted-1.0")
 	ctx := t.Context()
 	marker := r.path("var/lib/dkms/dkmsd_scripted.marker")
@@ -602,8 +602,8 @@ func TestInstallRealHeadersScripted(t *testing.T) {
 // make.log kept for the user, the event naming it, and that nothing else
 // in the root moved.
 func TestBuildRealHeadersFailbuild(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	k := ks[0]
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0", "dkmsd_failbuild-1.0")
 	ctx := t.Context()
@@ -665,7 +665,7 @@ func TestBuildRealHeadersFailbuild(t *testing.T) {
 	vdir := r.path("var/lib/dkms/dkmsd_failbuild/1.0")
 	for _, p := range []string{filepath.Join(vdir, k), filepath.Join(vdir, k, realArch)} {
 		if pathExists(p) {
-			t.Errorf("half-built %s exists after a failed build: %q", p, lifecycletest.Tree(t, p))
+			t.Errorf("half-built %s exists after a failed build: %q", p, testkit.Tree(t, p))
 		}
 	}
 	if stale, _ := filepath.Glob(filepath.Join(vdir, "*", ".tmp_*")); len(stale) > 0 {
@@ -676,7 +676,7 @@ func TestBuildRealHeadersFailbuild(t *testing.T) {
 	// remove cleans up what the failed build left (dkms's remove --all).
 	mustOK(t, "remove failbuild", lifecycle.Remove(ctx, r.env, "dkmsd_failbuild", "1.0", lifecycle.BuiltTargets(r.env, "dkmsd_failbuild", "1.0")))
 	if p := r.path("var/lib/dkms/dkmsd_failbuild"); pathExists(p) {
-		t.Errorf("%s left after remove: %q", p, lifecycletest.Tree(t, p))
+		t.Errorf("%s left after remove: %q", p, testkit.Tree(t, p))
 	}
 	sameTree(t, "lib/modules after removing failbuild", before["lib/modules"], snapshotTree(t, r.path("lib/modules")))
 	r.wantStatus(t, fmt.Sprintf("dkmsd_hello/1.0, %s, x86_64: installed", k))
@@ -685,8 +685,8 @@ func TestBuildRealHeadersFailbuild(t *testing.T) {
 // TestBuildRealHeadersExclusive checks BUILD_EXCLUSIVE_ARCH=aarch64 on
 // x86_64: refused, nothing compiled or installed.
 func TestBuildRealHeadersExclusive(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_exclusive-1.0")
 	ctx := t.Context()
 	for _, k := range ks {
@@ -699,7 +699,7 @@ func TestBuildRealHeadersExclusive(t *testing.T) {
 			t.Errorf("%s: %d BuildSkipped events, want 2 (build, install)", k, n)
 		}
 		if p := r.path("var/lib/dkms/dkmsd_exclusive/1.0", k); pathExists(p) {
-			t.Errorf("%s exists: %q", p, lifecycletest.Tree(t, p))
+			t.Errorf("%s exists: %q", p, testkit.Tree(t, p))
 		}
 	}
 	if n := len(r.events(lifecycle.BuildStarted, "dkmsd_exclusive", "")); n != 0 {
@@ -708,7 +708,7 @@ func TestBuildRealHeadersExclusive(t *testing.T) {
 	if got := moduleFiles(t, r.root); len(got) != 0 {
 		t.Errorf("module files in the root: %q", got)
 	}
-	if got := lifecycletest.Tree(t, r.path("var/lib/dkms/dkmsd_exclusive/1.0/build")); len(got) != 0 {
+	if got := testkit.Tree(t, r.path("var/lib/dkms/dkmsd_exclusive/1.0/build")); len(got) != 0 {
 		t.Errorf("build dir not empty: %q", got)
 	}
 	r.wantStatus(t, "dkmsd_exclusive/1.0: added")
@@ -718,8 +718,8 @@ func TestBuildRealHeadersExclusive(t *testing.T) {
 // build link, for a kernel whose headers the machine does have: the
 // relocated root must not fall back to the machine's /lib/modules.
 func TestBuildRealHeadersMissingHeaders(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	k := ks[0]
 	r := newRealRoot(t, nil, "dkmsd_hello-1.0")
 	if err := os.MkdirAll(r.path("lib/modules", k), 0o755); err != nil {
@@ -736,7 +736,7 @@ func TestBuildRealHeadersMissingHeaders(t *testing.T) {
 		}
 	}
 	if p := r.path("var/lib/dkms/dkmsd_hello/1.0", k); pathExists(p) {
-		t.Errorf("%s exists: %q", p, lifecycletest.Tree(t, p))
+		t.Errorf("%s exists: %q", p, testkit.Tree(t, p))
 	}
 	if n := len(r.events(lifecycle.BuildStarted, "dkmsd_hello", "")); n != 0 {
 		t.Errorf("%d BuildStarted events without headers", n)
@@ -744,7 +744,7 @@ func TestBuildRealHeadersMissingHeaders(t *testing.T) {
 	if got := moduleFiles(t, r.root); len(got) != 0 {
 		t.Errorf("module files in the root: %q", got)
 	}
-	if got := lifecycletest.Tree(t, r.path("lib/modules", k)); len(got) != 0 {
+	if got := testkit.Tree(t, r.path("lib/modules", k)); len(got) != 0 {
 		t.Errorf("lib/modules/%s changed: %q", k, got)
 	}
 	r.wantStatus(t, "dkmsd_hello/1.0: added")
@@ -755,8 +755,8 @@ func TestBuildRealHeadersMissingHeaders(t *testing.T) {
 // with KindBadConf before anything is written, even though real headers
 // would let the module build.
 func TestAddRealHeadersHostileConf(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	const head = "PACKAGE_NAME=\"dkmsd_hostile\"\nPACKAGE_VERSION=\"1.0\"\n"
 	cases := []struct {
 		name, conf string
@@ -787,7 +787,7 @@ func TestAddRealHeadersHostileConf(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, f := range []string{"Makefile", "dkmsd_hello.c"} {
-				if err := os.WriteFile(filepath.Join(src, f), mustRead(t, filepath.Join(lifecycletest.ModulesDir(), "dkmsd_hello-1.0", f)), 0o644); err != nil {
+				if err := os.WriteFile(filepath.Join(src, f), mustRead(t, filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0", f)), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -827,8 +827,8 @@ func TestAddRealHeadersHostileConf(t *testing.T) {
 // name (an older version) that the kernel already has: it is archived,
 // reported by status, and put back byte for byte by uninstall.
 func TestInstallRealHeadersOriginalModule(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
 	k, other := ks[0], ks[1]
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0")
 	ctx := t.Context()
@@ -882,7 +882,7 @@ func TestInstallRealHeadersOriginalModule(t *testing.T) {
 		t.Errorf("%s left after uninstall", p)
 	}
 	if p := r.path("var/lib/dkms/dkmsd_hello/original_module"); pathExists(p) {
-		t.Errorf("%s left after the original was restored: %q", p, lifecycletest.Tree(t, p))
+		t.Errorf("%s left after the original was restored: %q", p, testkit.Tree(t, p))
 	}
 	deps = r.modulesDep(t, k)
 	if _, ok := deps["updates/dkmsd_hello.ko"]; !ok {
@@ -919,12 +919,12 @@ func (b *syncBuffer) String() string {
 // binary runs `dkms --root R add`: it must wait, say so on stderr, and
 // finish once the lock is released.
 func TestAddRealHeadersWaitsForLock(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	ks := lifecycletest.Kernels(t, 2)
-	goTool := lifecycletest.RequireTool(t, "go", "golang-go")
+	testkit.RequireRoot(t)
+	ks := testkit.Kernels(t, 2)
+	goTool := testkit.RequireTool(t, "go", "golang-go")
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0")
 
-	repo, err := filepath.Abs(filepath.Join(lifecycletest.ModulesDir(), "..", ".."))
+	repo, err := filepath.Abs(filepath.Join(testkit.ModulesDir(), "..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -984,7 +984,7 @@ func TestAddRealHeadersWaitsForLock(t *testing.T) {
 	default:
 	}
 	if pathExists(r.path("var/lib/dkms/dkmsd_hello")) {
-		t.Errorf("dkms add changed the tree while the lock was held: %q", lifecycletest.Tree(t, r.path("var/lib/dkms")))
+		t.Errorf("dkms add changed the tree while the lock was held: %q", testkit.Tree(t, r.path("var/lib/dkms")))
 	}
 
 	unlock()

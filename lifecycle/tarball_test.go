@@ -24,8 +24,8 @@ import (
 	"testing"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // hostileLimit is the tarball_max_size the hostile-archive root's
@@ -207,8 +207,8 @@ func snapshotDiff(before, after []string) (gone, added []string) {
 // --force set: only the checks stand between an archive and the tree.
 func hostileRoot(t *testing.T) (string, *lifecycle.Env) {
 	t.Helper()
-	root := lifecycletest.NewRoot(t)
-	lifecycletest.CopyModule(t, root, "dkmsd_hello-1.0")
+	root := testkit.NewRoot(t)
+	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
 	if err := os.WriteFile(filepath.Join(root, "etc/dkms/framework.conf"), []byte("tarball_max_size="+strconv.Itoa(hostileLimit)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // BenchmarkAutoinstall times `dkms autoinstall` run as a process on a tree
@@ -33,10 +33,10 @@ import (
 //
 //	go test -run '^$' -bench Autoinstall -benchtime 1x -timeout 30m ./cmd/dkms
 func BenchmarkAutoinstall(b *testing.B) {
-	lifecycletest.RequireRoot(b)
+	testkit.RequireRoot(b)
 	requireDebianDKMS(b)
-	lifecycletest.RequireTool(b, "openssl", "openssl")
-	kernels := lifecycletest.Kernels(b, 2)
+	testkit.RequireTool(b, "openssl", "openssl")
+	kernels := testkit.Kernels(b, 2)
 	bench := &autoinstallBench{
 		bin:      dkmsdBinary(b),
 		env:      autoinstallEnviron(b),
@@ -236,7 +236,7 @@ func (ab *autoinstallBench) command(argv []string) *exec.Cmd {
 // (the source link dkms add makes) and built for no kernel.
 func (ab *autoinstallBench) newRoot(b *testing.B, sc autoinstallScenario) string {
 	b.Helper()
-	root, err := filepath.EvalSymlinks(lifecycletest.NewRoot(b, sc.kernels...))
+	root, err := filepath.EvalSymlinks(testkit.NewRoot(b, sc.kernels...))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -265,7 +265,7 @@ type moduleFile struct {
 // (dkms.conf, Makefile, <module>.c) so that replacing the name renames it.
 func moduleTemplate(b *testing.B, dir, module string) []moduleFile {
 	b.Helper()
-	full := filepath.Join(lifecycletest.ModulesDir(), dir)
+	full := filepath.Join(testkit.ModulesDir(), dir)
 	entries, err := os.ReadDir(full)
 	if err != nil {
 		b.Fatal(err)

@@ -22,8 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // batchRoot is a relocated root for the dkms binary, with the environment
@@ -39,12 +39,12 @@ type batchRoot struct {
 // parallel_jobs, signing with one MOK key pair made per test process.
 func newBatchRoot(t *testing.T) *batchRoot {
 	t.Helper()
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	for tool, pkg := range map[string]string{"depmod": "kmod", "openssl": "openssl", "make": "make", "gcc": "gcc"} {
-		lifecycletest.RequireTool(t, tool, pkg)
+		testkit.RequireTool(t, tool, pkg)
 	}
-	ks := lifecycletest.Kernels(t, 2)
-	root, err := filepath.EvalSymlinks(lifecycletest.NewRoot(t, ks...))
+	ks := testkit.Kernels(t, 2)
+	root, err := filepath.EvalSymlinks(testkit.NewRoot(t, ks...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func (b *batchRoot) writeModuleFiles(t *testing.T, name, version string, files m
 // the source tree, with extra dkms.conf lines and extra files.
 func (b *batchRoot) cloneHello(t *testing.T, name, version string, confExtra []string, extra map[string]string) {
 	t.Helper()
-	from := filepath.Join(lifecycletest.ModulesDir(), "dkmsd_hello-1.0")
+	from := filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0")
 	entries, err := os.ReadDir(from)
 	if err != nil {
 		t.Fatal(err)
@@ -227,7 +227,7 @@ func (b *batchRoot) cloneHello(t *testing.T, name, version string, confExtra []s
 func fileDigests(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	for _, p := range lifecycletest.Tree(t, dir) {
+	for _, p := range testkit.Tree(t, dir) {
 		full := filepath.Join(dir, p)
 		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
 			out[p] = ""
@@ -269,7 +269,7 @@ func diffDigests(before, after map[string]string) []string {
 func koFiles(t *testing.T, dir string) []string {
 	t.Helper()
 	var out []string
-	for _, p := range lifecycletest.Tree(t, dir) {
+	for _, p := range testkit.Tree(t, dir) {
 		if strings.Contains(p, ".ko") && !strings.Contains(p, " -> ") && !strings.HasSuffix(p, "/") {
 			out = append(out, p)
 		}
@@ -313,7 +313,7 @@ func TestAutoinstallRealHeadersFailbuildExit11(t *testing.T) {
 	b := newBatchRoot(t)
 	k1, k2 := b.kernels[0], b.kernels[1]
 	for _, m := range []string{"dkmsd_hello-1.0", "dkmsd_failbuild-1.0"} {
-		lifecycletest.CopyModule(t, b.root, m)
+		testkit.CopyModule(t, b.root, m)
 	}
 	b.mustRun(t, "add", "dkmsd_hello/1.0")
 	b.mustRun(t, "add", "dkmsd_failbuild/1.0")
@@ -374,7 +374,7 @@ func TestAutoinstallRealHeadersFailbuildExit11(t *testing.T) {
 func TestAutoinstallRealHeadersRepeatedKernel(t *testing.T) {
 	b := newBatchRoot(t)
 	k := b.kernels[0]
-	lifecycletest.CopyModule(t, b.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
 	b.mustRun(t, "add", "dkmsd_hello/1.0")
 
 	r := b.run(t, "autoinstall", "-k", k, "-k", k)
@@ -749,7 +749,7 @@ func TestMatchRealHeadersAndKernelPrerm(t *testing.T) {
 	b := newBatchRoot(t)
 	k1, k2 := b.kernels[0], b.kernels[1]
 	arch := machineArch()
-	lifecycletest.CopyModule(t, b.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
 	b.cloneHello(t, "dkmsd_multi", "1.0", nil, nil)
 	b.cloneHello(t, "dkmsd_multi", "2.0", nil, nil)
 	b.cloneHello(t, "dkmsd_spare", "1.0", nil, nil)
@@ -837,7 +837,7 @@ func TestMatchRealHeadersAndKernelPrerm(t *testing.T) {
 			t.Errorf("module files left in lib/modules/%s: %q", k1, got)
 		}
 		if p := b.path("lib/modules", k1, "updates"); pathPresent(p) {
-			t.Errorf("%s left: %q", p, lifecycletest.Tree(t, p))
+			t.Errorf("%s left: %q", p, testkit.Tree(t, p))
 		}
 		if !pathPresent(b.path("lib/modules", k1, "build")) {
 			t.Errorf("kernel_prerm removed the build link of %s", k1)

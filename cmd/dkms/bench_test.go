@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // debianDKMS is the dkms that dkmsd is measured and checked against.
@@ -24,9 +24,9 @@ const debianDKMS = "/usr/sbin/dkms"
 // is asserted on time. dkms 3.0.10 takes seconds per status, so run it with
 // a count: go test -run '^$' -bench Status -benchtime 3x ./cmd/dkms
 func BenchmarkStatus40Modules2Kernels(b *testing.B) {
-	lifecycletest.RequireRoot(b)
+	testkit.RequireRoot(b)
 	requireDebianDKMS(b)
-	kernels := lifecycletest.Kernels(b, 2)
+	kernels := testkit.Kernels(b, 2)
 	bin := dkmsdBinary(b)
 	root, want := statusBenchTree(b, bin, kernels)
 
@@ -96,10 +96,10 @@ func requireDebianDKMS(b *testing.B) {
 	const install = "Debian's dkms 3.0.10 at " + debianDKMS + " (apt-get install -y dkms)"
 	out, err := exec.Command(debianDKMS, "--version").Output()
 	if err != nil {
-		lifecycletest.Missing(b, install)
+		testkit.Missing(b, install)
 	}
 	if v := strings.TrimSpace(string(out)); v != "dkms-3.0.10" {
-		lifecycletest.Missing(b, install+"; found "+v)
+		testkit.Missing(b, install+"; found "+v)
 	}
 }
 
@@ -109,11 +109,11 @@ func requireDebianDKMS(b *testing.B) {
 // the status lines expected of it, in dkms's (byte) order.
 func statusBenchTree(b *testing.B, bin string, kernels []string) (string, []byte) {
 	b.Helper()
-	root, err := filepath.EvalSymlinks(lifecycletest.NewRoot(b, kernels...))
+	root, err := filepath.EvalSymlinks(testkit.NewRoot(b, kernels...))
 	if err != nil {
 		b.Fatal(err)
 	}
-	lifecycletest.CopyModule(b, root, "dkmsd_hello-1.0")
+	testkit.CopyModule(b, root, "dkmsd_hello-1.0")
 	for _, k := range kernels {
 		out, err := exec.Command(bin, "--root", root, "install", "dkmsd_hello/1.0", "-k", k).CombinedOutput()
 		if err != nil {

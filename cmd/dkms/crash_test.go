@@ -28,8 +28,8 @@ import (
 
 	"github.com/dkmsd/dkmsd/initrd"
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // crashRunsEnv sets the number of killed runs (default 200);
@@ -153,7 +153,7 @@ func TestCrashSafetyKillRealHeaders(t *testing.T) {
 		}
 	}
 	if h.initrdKernel == "" {
-		lifecycletest.Missing(t, "an initrd for "+strings.Join(b.kernels, " or ")+" in /boot (apt-get install -y linux-image-cloud-amd64)")
+		testkit.Missing(t, "an initrd for "+strings.Join(b.kernels, " or ")+" in /boot (apt-get install -y linux-image-cloud-amd64)")
 	}
 	runs := 200
 	if s := os.Getenv(crashRunsEnv); s != "" {
@@ -202,8 +202,8 @@ func (h *crashHarness) setup() {
 	if err := os.MkdirAll(b.path("tmp"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	lifecycletest.CopyModule(t, b.root, "dkmsd_hello-1.0")
-	lifecycletest.CopyModule(t, b.root, "dkmsd_twomods-2.1")
+	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, b.root, "dkmsd_twomods-2.1")
 	b.cloneHello(t, "dkmsd_crashinitrd", "1.0", []string{`REMAKE_INITRD="yes"`}, nil)
 	copyBootFile(t, "/boot/initrd.img-"+h.initrdKernel, b.path("boot", "initrd.img-"+h.initrdKernel))
 	h.initrdPath = b.path("boot", "initrd.img-"+h.initrdKernel)
@@ -600,7 +600,7 @@ func (h *crashHarness) checkRecovered(r *crashRun) {
 				h.violate(r, "(b) original not restored", "dkmsd_hello is not installed on %s but the original %s is not back in place", k, p)
 			}
 			if pathPresent(filepath.Dir(saved)) {
-				h.violate(r, "(b) original not restored", "dkmsd_hello is not installed on %s but %s still exists: %q", k, filepath.Dir(saved), lifecycletest.Tree(h.t, filepath.Dir(saved)))
+				h.violate(r, "(b) original not restored", "dkmsd_hello is not installed on %s but %s still exists: %q", k, filepath.Dir(saved), testkit.Tree(h.t, filepath.Dir(saved)))
 			}
 		}
 	}
@@ -711,7 +711,7 @@ func (h *crashHarness) checkOutcome(r *crashRun) {
 		}
 		if c.kernel == "" {
 			if p := h.b.path("var/lib/dkms", c.mod.name, c.mod.version); pathPresent(p) {
-				fail("%s is still in the tree after dkms %s: %q", p, strings.Join(c.args, " "), lifecycletest.Tree(h.t, p))
+				fail("%s is still in the tree after dkms %s: %q", p, strings.Join(c.args, " "), testkit.Tree(h.t, p))
 			}
 		}
 	}
@@ -810,7 +810,7 @@ func (h *crashHarness) violate(r *crashRun, category, format string, args ...any
 	if r.listing == "" {
 		var l []string
 		for _, tr := range []string{"var/lib/dkms", "lib/modules", "boot"} {
-			for _, p := range lifecycletest.Tree(h.t, h.b.path(tr)) {
+			for _, p := range testkit.Tree(h.t, h.b.path(tr)) {
 				// The build dirs' contents, the logs and depmod's
 				// indexes say nothing about the invariants.
 				if strings.Contains(p, "/build/") || strings.Contains(p, "/log/") || strings.HasPrefix(path.Base(p), "modules.") {
@@ -926,7 +926,7 @@ func TestCrashSafetyKillBeforeInitrdRealHeaders(t *testing.T) {
 		}
 	}
 	if k == "" {
-		lifecycletest.Missing(t, "an initrd for "+strings.Join(b.kernels, " or ")+" in /boot (apt-get install -y linux-image-cloud-amd64)")
+		testkit.Missing(t, "an initrd for "+strings.Join(b.kernels, " or ")+" in /boot (apt-get install -y linux-image-cloud-amd64)")
 	}
 	img := b.path("boot", "initrd.img-"+k)
 	copyBootFile(t, "/boot/initrd.img-"+k, img)

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // referenceDkms is Debian 12's dkms, the implementation dkmsd must match.
@@ -57,12 +57,12 @@ func (s side) run(t *testing.T, args ...string) result {
 // compared byte for byte.
 func differentialSetup(t *testing.T) (dkmsd, ref side, kernels []string) {
 	t.Helper()
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	if _, err := os.Stat(referenceDkms); err != nil {
-		lifecycletest.Missing(t, "Debian's dkms 3.0.10 at "+referenceDkms+" (apt-get install -y dkms)")
+		testkit.Missing(t, "Debian's dkms 3.0.10 at "+referenceDkms+" (apt-get install -y dkms)")
 	}
-	lifecycletest.RequireTool(t, "openssl", "openssl")
-	kernels = lifecycletest.Kernels(t, 2)
+	testkit.RequireTool(t, "openssl", "openssl")
+	kernels = testkit.Kernels(t, 2)
 	keys := t.TempDir()
 	key, cert := filepath.Join(keys, "mok.key"), filepath.Join(keys, "mok.pub")
 	if out, err := exec.Command("openssl", "req", "-new", "-x509", "-nodes", "-days", "365", "-subj", "/CN=dkmsd differential test",
@@ -70,8 +70,8 @@ func differentialSetup(t *testing.T) (dkmsd, ref side, kernels []string) {
 		t.Fatalf("openssl: %v: %s", err, out)
 	}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root", "mok_signing_key=" + key, "mok_certificate=" + cert, "parallel_jobs=2"}
-	dkmsd = side{name: "dkmsd", bin: dkmsdBinary(t), root: lifecycletest.NewRoot(t, kernels...), env: env}
-	ref = side{name: "dkms-3.0.10", bin: referenceDkms, root: lifecycletest.NewRoot(t, kernels...), env: env}
+	dkmsd = side{name: "dkmsd", bin: dkmsdBinary(t), root: testkit.NewRoot(t, kernels...), env: env}
+	ref = side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, kernels...), env: env}
 	return dkmsd, ref, kernels
 }
 
@@ -171,7 +171,7 @@ func TestDifferentialDkms3010RealHeaders(t *testing.T) {
 	k1, k2 := ks[0], ks[1]
 	for _, s := range []side{dkmsd, ref} {
 		for _, m := range []string{"dkmsd_hello-1.0", "dkmsd_twomods-2.1", "dkmsd_patched-1.0", "dkmsd_scripted-1.0", "dkmsd_failbuild-1.0", "dkmsd_exclusive-1.0"} {
-			lifecycletest.CopyModule(t, s.root, m)
+			testkit.CopyModule(t, s.root, m)
 		}
 	}
 	statuses := [][]string{
@@ -260,9 +260,9 @@ func TestDifferentialDkms3010RealHeaders(t *testing.T) {
 func TestDifferentialTreeInteropRealHeaders(t *testing.T) {
 	dkmsd, ref, ks := differentialSetup(t)
 	k1, k2 := ks[0], ks[1]
-	lifecycletest.CopyModule(t, ref.root, "dkmsd_twomods-2.1")
-	lifecycletest.CopyModule(t, ref.root, "dkmsd_hello-1.0")
-	lifecycletest.CopyModule(t, dkmsd.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, ref.root, "dkmsd_twomods-2.1")
+	testkit.CopyModule(t, ref.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, dkmsd.root, "dkmsd_hello-1.0")
 	if r := ref.run(t, "install", "dkmsd_twomods/2.1", "-k", k1, "-k", k2, "--no-depmod"); r.code != 0 {
 		t.Fatalf("dkms 3.0.10 install: %d %s", r.code, r.stderr)
 	}

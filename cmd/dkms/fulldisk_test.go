@@ -18,19 +18,19 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // mountTmpfs mounts a tmpfs of size (mount's size= option) on dir,
 // unmounted when the test ends.
 func mountTmpfs(t *testing.T, dir, size string) {
 	t.Helper()
-	lifecycletest.RequireTool(t, "mount", "mount")
+	testkit.RequireTool(t, "mount", "mount")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0755", "tmpfs", dir).CombinedOutput(); err != nil {
-		lifecycletest.Missing(t, "mounting a tmpfs (root with CAP_SYS_ADMIN): "+strings.TrimSpace(string(out)))
+		testkit.Missing(t, "mounting a tmpfs (root with CAP_SYS_ADMIN): "+strings.TrimSpace(string(out)))
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
@@ -118,7 +118,7 @@ type treeState struct {
 func contentDigests(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	for _, p := range lifecycletest.Tree(t, dir) {
+	for _, p := range testkit.Tree(t, dir) {
 		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
 			out[p] = ""
 			continue
@@ -229,7 +229,7 @@ func TestFullDiskInstallTreeRealHeaders(t *testing.T) {
 			k := b.kernels[0]
 			kdir := tmpfsKernelDir(t, b, k, "3m")
 			for _, m := range []string{"dkmsd_hello-1.0", "dkmsd_twomods-2.1"} {
-				lifecycletest.CopyModule(t, b.root, m)
+				testkit.CopyModule(t, b.root, m)
 			}
 			b.mustRun(t, "add", "dkmsd_hello/1.0")
 			b.mustRun(t, "add", "dkmsd_twomods/2.1")
@@ -267,7 +267,7 @@ func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	kdir := tmpfsKernelDir(t, b, k, "3m")
-	lifecycletest.CopyModule(t, b.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
 	b.mustRun(t, "add", "dkmsd_hello/1.0")
 	orig := filepath.Join(kdir, "updates", "dkmsd_hello.ko")
 	origBytes := bytes.Repeat([]byte("the distribution's own dkmsd_hello, bigger than dkmsd's\n"), 20000)
@@ -294,7 +294,7 @@ func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
 	case bytes.Equal(archived, origBytes) && strings.TrimSpace(string(origin)) == orig:
 	default:
 		t.Errorf("the original module is lost: not at %s (%d bytes there), not archived as %s (%d bytes, .origin %q)\ntrees: %q",
-			orig, len(inPlace), saved, len(archived), origin, lifecycletest.Tree(t, b.path("var/lib/dkms/dkmsd_hello")))
+			orig, len(inPlace), saved, len(archived), origin, testkit.Tree(t, b.path("var/lib/dkms/dkmsd_hello")))
 	}
 	if !bytes.Equal(inPlace, origBytes) {
 		wantFailure(t, "uninstall that could not restore the original", r, 0, orig, "No space left")
@@ -315,7 +315,7 @@ func TestFullDiskBootRealHeaders(t *testing.T) {
 		}
 	}
 	if k == "" {
-		lifecycletest.Missing(t, "an initrd in /boot for "+strings.Join(b.kernels, " or ")+" (apt-get install -y linux-image-cloud-amd64)")
+		testkit.Missing(t, "an initrd in /boot for "+strings.Join(b.kernels, " or ")+" (apt-get install -y linux-image-cloud-amd64)")
 	}
 	src := "/boot/initrd.img-" + k
 	fi, err := os.Stat(src)
@@ -365,7 +365,7 @@ func TestReadOnlyDKMSTreeRealHeaders(t *testing.T) {
 	tr := b.path("var/lib/dkms")
 	mountTmpfs(t, tr, "64m")
 	for _, m := range []string{"dkmsd_hello-1.0", "dkmsd_twomods-2.1"} {
-		lifecycletest.CopyModule(t, b.root, m)
+		testkit.CopyModule(t, b.root, m)
 	}
 	b.mustRun(t, "install", "dkmsd_hello/1.0", "-k", k)
 	b.mustRun(t, "add", "dkmsd_twomods/2.1")
@@ -418,7 +418,7 @@ func TestReadOnlyInstallTreeRealHeaders(t *testing.T) {
 	k := b.kernels[0]
 	kdir := tmpfsKernelDir(t, b, k, "16m")
 	for _, m := range []string{"dkmsd_hello-1.0", "dkmsd_twomods-2.1"} {
-		lifecycletest.CopyModule(t, b.root, m)
+		testkit.CopyModule(t, b.root, m)
 	}
 	orig := filepath.Join(kdir, "updates", "dkmsd_hello.ko")
 	if err := os.MkdirAll(filepath.Dir(orig), 0o755); err != nil {

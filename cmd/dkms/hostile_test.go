@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // hostileConfHead starts every hostile dkms.conf: a valid module whose
@@ -29,7 +29,7 @@ func hostileSource(t *testing.T, conf string) string {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	from := filepath.Join(lifecycletest.ModulesDir(), "dkmsd_hello-1.0")
+	from := filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0")
 	for _, f := range []string{"Makefile", "dkmsd_hello.c"} {
 		data, err := os.ReadFile(filepath.Join(from, f))
 		if err != nil {
@@ -161,7 +161,7 @@ func TestHostileInputRealHeaders(t *testing.T) {
 			k := b.kernels[1]
 			real, err := os.ReadFile("/boot/initrd.img-" + k)
 			if err != nil {
-				lifecycletest.Missing(t, "/boot/initrd.img-"+k+" (apt-get install -y linux-image-cloud-amd64)")
+				testkit.Missing(t, "/boot/initrd.img-"+k+" (apt-get install -y linux-image-cloud-amd64)")
 			}
 			if err := os.WriteFile(b.path("boot", "initrd.img-"+k), corrupt(real), 0o644); err != nil {
 				t.Fatal(err)
@@ -209,7 +209,7 @@ func TestHostileInputRealHeaders(t *testing.T) {
 			code: 7, want: []string{"Build of dkmsd_nothere.ko failed for: "}, mayChange: failedBuild},
 		{name: "module built for another kernel", setup: func(t *testing.T, b *batchRoot) []string {
 			k1, k2 := b.kernels[0], b.kernels[1]
-			lifecycletest.CopyModule(t, b.root, "dkmsd_hello-1.0")
+			testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
 			b.mustRun(t, "add", "dkmsd_hello/1.0")
 			b.mustRun(t, "build", "dkmsd_hello/1.0", "-k", k1)
 			// k1's build, by hand, where k2's would be.

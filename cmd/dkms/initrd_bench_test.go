@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/dkmsd/dkmsd/initrd"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // BenchmarkInitrdAddModule times putting one DKMS module into the cloud
@@ -28,7 +28,7 @@ import (
 //	go test -run '^$' -bench InitrdAddModule -benchtime 1x -timeout 30m ./cmd/dkms
 func BenchmarkInitrdAddModule(b *testing.B) {
 	requireBootKernel(b)
-	lifecycletest.RequireTool(b, "update-initramfs", "initramfs-tools")
+	testkit.RequireTool(b, "update-initramfs", "initramfs-tools")
 	bin := dkmsdBinary(b)
 	bootInitrd := "/boot/initrd.img-" + bootKernel
 	original, err := os.ReadFile(bootInitrd)

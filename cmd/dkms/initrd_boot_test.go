@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/dkmsd/dkmsd/initrd"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // bootKernel is the kernel the boot tests start under qemu: Debian's cloud
@@ -26,17 +26,17 @@ const helloLoaded = "dkmsd_hello: loaded 1.0"
 // headers, and for qemu.
 func requireBootKernel(tb testing.TB) {
 	tb.Helper()
-	lifecycletest.RequireRoot(tb)
+	testkit.RequireRoot(tb)
 	for _, f := range []string{"/boot/vmlinuz-" + bootKernel, "/boot/initrd.img-" + bootKernel} {
 		if _, err := os.Stat(f); err != nil {
-			lifecycletest.Missing(tb, f+" (apt-get install -y linux-image-cloud-amd64)")
+			testkit.Missing(tb, f+" (apt-get install -y linux-image-cloud-amd64)")
 		}
 	}
 	if _, err := os.Stat("/lib/modules/" + bootKernel + "/build/include"); err != nil {
-		lifecycletest.Missing(tb, "the headers of "+bootKernel+" (apt-get install -y linux-headers-cloud-amd64)")
+		testkit.Missing(tb, "the headers of "+bootKernel+" (apt-get install -y linux-headers-cloud-amd64)")
 	}
 	for _, tool := range [][2]string{{"depmod", "kmod"}, {"make", "make"}, {"gcc", "gcc"}, {"openssl", "openssl"}} {
-		lifecycletest.RequireTool(tb, tool[0], tool[1])
+		testkit.RequireTool(tb, tool[0], tool[1])
 	}
 }
 
@@ -46,11 +46,11 @@ func requireBootKernel(tb testing.TB) {
 // the initrd and has it loaded early).
 func bootRoot(tb testing.TB) string {
 	tb.Helper()
-	root, err := filepath.EvalSymlinks(lifecycletest.NewRoot(tb, bootKernel))
+	root, err := filepath.EvalSymlinks(testkit.NewRoot(tb, bootKernel))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lifecycletest.CopyModule(tb, root, "dkmsd_hello-1.0")
+	testkit.CopyModule(tb, root, "dkmsd_hello-1.0")
 	conf := filepath.Join(root, "etc/initramfs-tools/modules")
 	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
 		tb.Fatal(err)
@@ -207,7 +207,7 @@ func checkHelloInitrd(t *testing.T, root, initrdPath string) *initrd.Image {
 // bytes; after a rewrite, by rewriting it again.
 func TestBootQEMURealInitrdHello(t *testing.T) {
 	requireBootKernel(t)
-	lifecycletest.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	testkit.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	bin := dkmsdBinary(t)
 	original := "/boot/initrd.img-" + bootKernel
 

@@ -28,8 +28,8 @@ import (
 	"testing"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 const (
@@ -179,7 +179,7 @@ func pkgDebianPackage(t testing.TB) string {
 // /lib/modules/<k>/build/include), sorted.
 func pkgHeadersKernels(t testing.TB) []string {
 	t.Helper()
-	lifecycletest.Kernels(t, 2) // fails under CI=true, naming the packages
+	testkit.Kernels(t, 2) // fails under CI=true, naming the packages
 	heads, _ := filepath.Glob("/lib/modules/*/build/include")
 	var ks []string
 	for _, h := range heads {
@@ -300,7 +300,7 @@ type pkgStatus struct {
 type pkgView struct {
 	status map[string]pkgStatus
 	files  map[string]pkgModuleFile // "<kernel>/<path>"
-	tree   []string                 // lifecycletest.Tree of <dkms_tree>/<module>, build/ left out
+	tree   []string                 // testkit.Tree of <dkms_tree>/<module>, build/ left out
 }
 
 // pkgModuleFile is an installed module: its .modinfo, and a digest of its
@@ -362,7 +362,7 @@ func pkgViewOf(t *testing.T, setup pkgSetup, mods []*pkgModule, kernels []string
 			continue
 		}
 		v.tree = append(v.tree, m.name+"/")
-		for _, e := range lifecycletest.Tree(t, dir) {
+		for _, e := range testkit.Tree(t, dir) {
 			// <version>/build/…: the build area, whatever make left there;
 			// …/module/Module.symvers: dkmsd keeps it beside the modules
 			// (dkms 3.0.10 does not).
@@ -509,7 +509,7 @@ func pkgBuildReference(t *testing.T, mods []*pkgModule, kernels []string) *pkgRe
 	}
 	pkgMustRun(t, debs, args...)
 	unpacked := t.TempDir()
-	root := lifecycletest.NewRoot(t, kernels...)
+	root := testkit.NewRoot(t, kernels...)
 	for _, m := range mods {
 		files, _ := filepath.Glob(filepath.Join(debs, m.deb+"_*.deb"))
 		if len(files) != 1 {
@@ -727,13 +727,13 @@ func pkgIsDkms3010(t testing.TB) string {
 //
 //	go test -count=1 -tags systemtest -run SystemDebianPackage -v -timeout 40m ./cmd/dkms
 func TestSystemDebianPackageLifecycle(t *testing.T) {
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	for tool, pkg := range map[string]string{"apt-get": "apt", "dpkg-buildpackage": "dpkg-dev", "dh": "debhelper",
 		"lintian": "lintian", "make": "make", "gcc": "gcc", "openssl": "openssl", "update-initramfs": "initramfs-tools"} {
-		lifecycletest.RequireTool(t, tool, pkg)
+		testkit.RequireTool(t, tool, pkg)
 	}
 	if msg := pkgIsDkms3010(t); msg != "" {
-		lifecycletest.Missing(t, "Debian's dkms 3.0.10 as "+pkgDkms+" (apt-get install -y dkms): "+msg)
+		testkit.Missing(t, "Debian's dkms 3.0.10 as "+pkgDkms+" (apt-get install -y dkms): "+msg)
 	}
 	kernels := pkgHeadersKernels(t)
 	mods := pkgTestModules()
@@ -746,7 +746,7 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 	for _, p := range append([]string{"dkms", "v4l2loopback-dkms", "acpi-call-dkms"}, pkgOldKernelPackages...) {
 		out := pkgRun(t, "", "apt-cache", "policy", p).out
 		if !strings.Contains(out, "Candidate:") || strings.Contains(out, "Candidate: (none)") {
-			lifecycletest.Missing(t, p+" in apt's package lists (apt-get update; Debian 12 with bookworm-security)")
+			testkit.Missing(t, p+" in apt's package lists (apt-get update; Debian 12 with bookworm-security)")
 		}
 	}
 	for _, m := range mods {
@@ -1037,7 +1037,7 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 			}
 		}
 		if _, err := os.Lstat("/lib/modules/" + pkgOldKernel); err == nil {
-			t.Errorf("/lib/modules/%s is left after the kernel's removal: %q", pkgOldKernel, lifecycletest.Tree(t, "/lib/modules/"+pkgOldKernel))
+			t.Errorf("/lib/modules/%s is left after the kernel's removal: %q", pkgOldKernel, testkit.Tree(t, "/lib/modules/"+pkgOldKernel))
 		}
 		if left, _ := filepath.Glob("/boot/*" + pkgOldKernel + "*"); len(left) > 0 {
 			t.Errorf("left in /boot: %q", left)

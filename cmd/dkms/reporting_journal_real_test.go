@@ -16,7 +16,7 @@ import (
 
 	"github.com/dkmsd/dkmsd/hooks/report"
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // journalNamespaceScript runs "$@" in a private mount namespace (made by
@@ -51,11 +51,11 @@ const journald = "/lib/systemd/systemd-journald"
 
 func journalPrereqs(t *testing.T) {
 	t.Helper()
-	lifecycletest.RequireRoot(t)
-	lifecycletest.RequireTool(t, "unshare", "util-linux")
-	lifecycletest.RequireTool(t, "journalctl", "systemd")
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "unshare", "util-linux")
+	testkit.RequireTool(t, "journalctl", "systemd")
 	if _, err := os.Stat(journald); err != nil {
-		lifecycletest.Missing(t, journald+" (apt-get install -y systemd)")
+		testkit.Missing(t, journald+" (apt-get install -y systemd)")
 	}
 }
 
@@ -108,18 +108,18 @@ func journalEntries(t *testing.T, jdir string) []map[string]string {
 // catalog's explanation with journalctl -x.
 func TestJournalRealJournalRealHeaders(t *testing.T) {
 	journalPrereqs(t)
-	lifecycletest.RequireTool(t, "openssl", "openssl")
+	testkit.RequireTool(t, "openssl", "openssl")
 	t.Parallel()
-	k := lifecycletest.Kernels(t, 1)[0]
+	k := testkit.Kernels(t, 1)[0]
 	arch := machineArch()
 	tmp := t.TempDir()
 	jdir := filepath.Join(tmp, "journal")
 	if err := os.Mkdir(jdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	root := lifecycletest.NewRoot(t, k)
-	lifecycletest.CopyModule(t, root, "dkmsd_hello-1.0")
-	lifecycletest.CopyModule(t, root, "dkmsd_failbuild-1.0")
+	root := testkit.NewRoot(t, k)
+	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	// No system bus here: the logger's notice about it goes to the journal
 	// too.
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(tmp, "no-bus"))
@@ -284,8 +284,8 @@ until [ -S /run/systemd/journal/socket ]; do i=$((i+1)); [ $i -lt 200 ] || exit 
 [ -S /run/systemd/journal/socket ] || exit 125`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			root := lifecycletest.NewRoot(t)
-			lifecycletest.CopyModule(t, root, "dkmsd_hello-1.0")
+			root := testkit.NewRoot(t)
+			testkit.CopyModule(t, root, "dkmsd_hello-1.0")
 			for _, args := range [][]string{
 				{"--root", root, "add", "dkmsd_hello/1.0"},
 				{"--root", root, "status"},

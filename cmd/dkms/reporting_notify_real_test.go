@@ -21,7 +21,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/dkmsd/dkmsd/hooks/report"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // fakeNotifications is an org.freedesktop.Notifications server on a
@@ -338,13 +338,13 @@ type dunstNotification struct {
 // user's session bus, where Debian's dunst draws on an Xvfb display.
 func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	reportingPrereqs(t)
-	lifecycletest.RequireTool(t, "openssl", "openssl")
-	lifecycletest.RequireTool(t, "dunst", "dunst")
-	lifecycletest.RequireTool(t, "dunstctl", "dunst")
-	lifecycletest.RequireTool(t, "Xvfb", "xvfb")
-	lifecycletest.RequireTool(t, "import", "imagemagick")
+	testkit.RequireTool(t, "openssl", "openssl")
+	testkit.RequireTool(t, "dunst", "dunst")
+	testkit.RequireTool(t, "dunstctl", "dunst")
+	testkit.RequireTool(t, "Xvfb", "xvfb")
+	testkit.RequireTool(t, "import", "imagemagick")
 	t.Parallel()
-	k := lifecycletest.Kernels(t, 1)[0]
+	k := testkit.Kernels(t, 1)[0]
 	dir := sharedDir(t)
 	system := startSystemBus(t, dir, true)
 	session := startSessionBus(t, dir, nobody)
@@ -394,8 +394,8 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	rec := listen(t, system, report.Interface)
 	startNotifier(t, nobody, system, session, rec.conn)
 
-	root := lifecycletest.NewRoot(t, k)
-	lifecycletest.CopyModule(t, root, "dkmsd_failbuild-1.0")
+	root := testkit.NewRoot(t, k)
+	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + system)
 
 	// A success-only no-op transaction: nothing to show.

@@ -38,7 +38,7 @@ import (
 
 	"github.com/dkmsd/dkmsd/hooks/report"
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // nobody is the unprivileged uid the tests act as (Debian's nobody).
@@ -57,9 +57,9 @@ func repoDir() string {
 // reportingPrereqs checks what every test here needs.
 func reportingPrereqs(t *testing.T) {
 	t.Helper()
-	lifecycletest.RequireRoot(t)
-	lifecycletest.RequireTool(t, "dbus-daemon", "dbus")
-	lifecycletest.RequireTool(t, "setpriv", "util-linux")
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "dbus-daemon", "dbus")
+	testkit.RequireTool(t, "setpriv", "util-linux")
 }
 
 // sharedDir is a temporary directory every uid can read and search (a
@@ -629,16 +629,16 @@ func flattenRows(body []any) [][]string {
 // nobody calls its read-only methods.
 func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	reportingPrereqs(t)
-	lifecycletest.RequireTool(t, "openssl", "openssl")
+	testkit.RequireTool(t, "openssl", "openssl")
 	t.Parallel()
-	k := lifecycletest.Kernels(t, 1)[0]
+	k := testkit.Kernels(t, 1)[0]
 	arch := machineArch()
 	dir := sharedDir(t)
 	bus := startSystemBus(t, dir, true)
 	rec := listen(t, bus, report.Interface)
-	root := lifecycletest.NewRoot(t, k)
-	lifecycletest.CopyModule(t, root, "dkmsd_hello-1.0")
-	lifecycletest.CopyModule(t, root, "dkmsd_failbuild-1.0")
+	root := testkit.NewRoot(t, k)
+	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + bus)
 
 	// A successful install: BuildStarted, BuildFinished, Installed.

@@ -27,7 +27,7 @@ import (
 
 	"github.com/ulikunitz/xz"
 
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // tarballArch is the architecture of the machine's kernel headers.
@@ -40,7 +40,7 @@ var tarballEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOM
 // keeps everything it touches (framework.conf, MOK key, /boot) inside.
 func tarballDkmsd(t *testing.T, env []string, kernels ...string) side {
 	t.Helper()
-	root := lifecycletest.NewRoot(t, kernels...)
+	root := testkit.NewRoot(t, kernels...)
 	return side{name: "dkmsd", bin: dkmsdBinary(t), root: root, env: slices.Concat(env, []string{"DKMSD_ROOT=" + root})}
 }
 
@@ -351,7 +351,7 @@ func writeTarGz(t *testing.T, file string, members [][2]string) {
 // built: nothing here needs headers.
 func TestTarballExitCodes(t *testing.T) {
 	s := tarballDkmsd(t, tarballEnv)
-	lifecycletest.CopyModule(t, s.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, s.root, "dkmsd_hello-1.0")
 	mustSucceed(t, s, "add", "dkmsd_hello/1.0")
 	tarballDir := filepath.Join(s.root, "var/lib/dkms/dkmsd_hello/1.0/tarball")
 
@@ -387,7 +387,7 @@ func TestTarballExitCodes(t *testing.T) {
 
 	t.Run("hostile", func(t *testing.T) {
 		evil := filepath.Join(t.TempDir(), "evil.dkms.tar.gz")
-		conf := string(mustReadFile(t, filepath.Join(lifecycletest.ModulesDir(), "dkmsd_hello-1.0/dkms.conf")))
+		conf := string(mustReadFile(t, filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0/dkms.conf")))
 		writeTarGz(t, evil, [][2]string{{"dkms_source_tree/", ""}, {"dkms_source_tree/dkms.conf", conf}, {"dkms_source_tree/../../../../victim", "pwned\n"}})
 		before := rootState(t, s.root)
 		wantExit(t, s, 7, []string{`"dkms_source_tree/../../../../victim"`, "Nothing was written."}, "ldtarball", evil, "--force")
@@ -401,7 +401,7 @@ func TestTarballExitCodes(t *testing.T) {
 		}
 		defer os.Remove(fw)
 		big := filepath.Join(t.TempDir(), "big.dkms.tar.gz")
-		conf := strings.ReplaceAll(string(mustReadFile(t, filepath.Join(lifecycletest.ModulesDir(), "dkmsd_hello-1.0/dkms.conf"))), "dkmsd_hello", "dkmsd_big")
+		conf := strings.ReplaceAll(string(mustReadFile(t, filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0/dkms.conf"))), "dkmsd_hello", "dkmsd_big")
 		writeTarGz(t, big, [][2]string{{"dkms_source_tree/", ""}, {"dkms_source_tree/dkms.conf", conf}, {"dkms_source_tree/zeros", strings.Repeat("\x00", 64<<10)}})
 		before := rootState(t, s.root)
 		wantExit(t, s, 7, []string{`"dkms_source_tree/zeros"`, "4096", "Nothing was written."}, "ldtarball", big)
@@ -432,12 +432,12 @@ func TestTarballExitCodes(t *testing.T) {
 // original bytes (each root has its own MOK key and build dir, so a
 // rebuild could not produce them).
 func TestTarballRealHeadersRoundTrip(t *testing.T) {
-	lifecycletest.RequireRoot(t)
-	lifecycletest.RequireTool(t, "openssl", "openssl")
-	ks := lifecycletest.Kernels(t, 2)
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "openssl", "openssl")
+	ks := testkit.Kernels(t, 2)
 	k1, k2 := ks[0], ks[1]
 	a := tarballDkmsd(t, tarballEnv, ks...)
-	lifecycletest.CopyModule(t, a.root, "dkmsd_twomods-2.1")
+	testkit.CopyModule(t, a.root, "dkmsd_twomods-2.1")
 	start := time.Now()
 	mustSucceed(t, a, "build", "dkmsd_twomods/2.1", "-k", k1, "-k", k2)
 	t.Logf("built for two kernels in %v", time.Since(start).Round(time.Millisecond))
@@ -599,7 +599,7 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 	helloName := fmt.Sprintf("dkmsd_hello-1.0-kernel%s-%s.dkms.tar.gz", k1, tarballArch)
 
 	// dkms 3.0.10 builds for k1 and archives it.
-	lifecycletest.CopyModule(t, ref.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, ref.root, "dkmsd_hello-1.0")
 	mustSucceed(t, ref, "build", "dkmsd_hello/1.0", "-k", k1)
 	refBuilt := builtKo(ref.root, "dkmsd_hello", "1.0", k1, "dkmsd_hello")
 	mustSucceed(t, ref, "mktarball", "dkmsd_hello/1.0", "-k", k1, "--binaries-only")
@@ -611,7 +611,7 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 
 	// dkmsd builds for both kernels and archives them.
 	s := tarballDkmsd(t, env, ks...)
-	lifecycletest.CopyModule(t, s.root, "dkmsd_hello-1.0")
+	testkit.CopyModule(t, s.root, "dkmsd_hello-1.0")
 	mustSucceed(t, s, "build", "dkmsd_hello/1.0", "-k", k1, "-k", k2)
 	mustSucceed(t, s, "mktarball", "dkmsd_hello/1.0")
 	ourFull := filepath.Join(s.root, "var/lib/dkms/dkmsd_hello/1.0/tarball", fmt.Sprintf("dkmsd_hello-1.0-kernel%s-%s-kernel%s-%s.dkms.tar.gz", k1, tarballArch, k2, tarballArch))
@@ -650,7 +650,7 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 	})
 
 	t.Run("dkmsd to dkms 3.0.10", func(t *testing.T) {
-		r2 := side{name: "dkms-3.0.10", bin: referenceDkms, root: lifecycletest.NewRoot(t, ks...), env: ref.env}
+		r2 := side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, ks...), env: ref.env}
 		mustSucceed(t, r2, "ldtarball", ourFull)
 		st := tarballRun(t, r2, "status").stdout
 		if !strings.Contains(st, fmt.Sprintf("dkmsd_hello/1.0, %s, %s: built\n", k1, tarballArch)) {
@@ -667,9 +667,9 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 		// dkms 3.0.10 exits 1 after loading a binaries-only tarball it
 		// made itself (load_tarball's last test fails without a source
 		// tree); dkmsd's must fare the same.
-		r3 := side{name: "dkms-3.0.10", bin: referenceDkms, root: lifecycletest.NewRoot(t, ks...), env: ref.env}
+		r3 := side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, ks...), env: ref.env}
 		own := tarballRun(t, r3, "ldtarball", refBin)
-		r4 := side{name: "dkms-3.0.10", bin: referenceDkms, root: lifecycletest.NewRoot(t, ks...), env: ref.env}
+		r4 := side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, ks...), env: ref.env}
 		ours := tarballRun(t, r4, "ldtarball", ourK2Bin)
 		if ours.code != own.code {
 			t.Errorf("dkms 3.0.10 ldtarball of dkmsd's binaries-only tarball: exit %d, of its own: exit %d\n%s", ours.code, own.code, ours.stderr)
@@ -724,14 +724,14 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 // dkmsd_twomods for two kernels and reads it back with xorriso, gzip,
 // cpio and modinfo; then as a tarball; and checks -d suse is refused.
 func TestDriverDiskRealHeaders(t *testing.T) {
-	lifecycletest.RequireRoot(t)
+	testkit.RequireRoot(t)
 	for _, tool := range [][2]string{{"openssl", "openssl"}, {"xorriso", "xorriso"}, {"cpio", "cpio"}, {"modinfo", "kmod"}, {"gzip", "gzip"}, {"tar", "tar"}} {
-		lifecycletest.RequireTool(t, tool[0], tool[1])
+		testkit.RequireTool(t, tool[0], tool[1])
 	}
-	ks := lifecycletest.Kernels(t, 2)
+	ks := testkit.Kernels(t, 2)
 	k1, k2 := ks[0], ks[1]
 	s := tarballDkmsd(t, tarballEnv, ks...)
-	src := lifecycletest.CopyModule(t, s.root, "dkmsd_twomods-2.1")
+	src := testkit.CopyModule(t, s.root, "dkmsd_twomods-2.1")
 	// The packager's own files: a pcitable replacing the generated one,
 	// and a file of its own.
 	pcitable := "0x8086\t0x1234\t\"dkmsd_alpha\"\t\"dkmsd test: a packager's pcitable\"\n"

@@ -16,7 +16,7 @@ import (
 	"github.com/coreos/go-systemd/v22/journal"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
-	"github.com/dkmsd/dkmsd/lifecycle/lifecycletest"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // journaldField is journald's rule for a field name sent by a client:
@@ -280,7 +280,7 @@ func TestJournalCatalogCoversMessageIDs(t *testing.T) {
 // journalctl into a temporary root (nothing on the machine is touched) and
 // lists it back.
 func TestJournalCatalogRealJournalctl(t *testing.T) {
-	journalctl := lifecycletest.RequireTool(t, "journalctl", "systemd")
+	journalctl := testkit.RequireTool(t, "journalctl", "systemd")
 	root := t.TempDir()
 	dir := filepath.Join(root, "usr/lib/systemd/catalog")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

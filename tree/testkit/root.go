@@ -1,13 +1,13 @@
-// Package lifecycletest prepares relocated roots for tests that build real
+// Package testkit prepares relocated roots for tests that build real
 // modules against the machine's real kernel headers:
 //
-//	kernels := lifecycletest.Kernels(t, 2)          // fails under CI=true if missing
-//	root := lifecycletest.NewRoot(t, kernels...)     // <root>/lib/modules/<k>/build -> headers
-//	lifecycletest.CopyModule(t, root, "dkmsd_hello-1.0")
+//	kernels := testkit.Kernels(t, 2)          // fails under CI=true if missing
+//	root := testkit.NewRoot(t, kernels...)     // <root>/lib/modules/<k>/build -> headers
+//	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
 //
 // A prerequisite that is missing fails the test under CI=true, naming the
 // package to install; outside CI the test is skipped with the same text.
-package lifecycletest
+package testkit
 
 import (
 	"os"
