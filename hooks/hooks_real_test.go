@@ -8,12 +8,15 @@ package hooks_test
 
 // End-to-end tests of the hooks through the real package managers, as
 // root, on the machine's own trees: apt and dpkg installing and removing
-// a real Debian kernel (linux-image/headers-6.1.0-55-cloud-amd64, from
-// Debian's mirror), systemd's kernel-install, and dnf 4 with
+// a real Debian kernel (the linux-image and linux-headers of a cloud
+// kernel ABI that apt can install and the machine does not have, found at
+// run time: testkit.InstallableKernel), systemd's kernel-install, and dnf 4 with
 // post-transaction-actions in an --installroot. Each test restores what
 // it changes: kernel packages it installed are purged, test modules are
 // removed from the real tree, hook files are removed and Debian's dkms
-// hooks put back. A missing prerequisite fails under CI=true and skips
+// hooks put back; then testkit.GuardMachine puts back anything else under
+// testkit.MachinePaths (depmod indexes, initrds, a generated MOK) and
+// fails the test for what it cannot. A missing prerequisite fails under CI=true and skips
 // otherwise. Run them alone:
 //
 //	go test -count=1 -run 'Real' -v -timeout 30m ./hooks
@@ -31,29 +34,11 @@ import (
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
-// oldKernel is an older Debian 12 kernel ABI that the tests install and
-// remove with apt.
-const oldKernel = "6.1.0-55-cloud-amd64"
-
-var (
-	oldImage   = "linux-image-" + oldKernel
-	oldHeaders = "linux-headers-" + oldKernel
-)
-
-// aptCache keeps the downloaded .debs between runs: the docker-clean
-// Post-Invoke of Debian's container images empties
-// /var/cache/apt/archives after every dpkg run.
-const aptCache = "/var/cache/dkmsd-tests/apt/"
-
-// aptGet runs apt-get -y without recommends, with the tests' cache.
+// aptGet runs apt-get -y without recommends (testkit.AptGet).
 func aptGet(t *testing.T, args ...string) runResult {
 	t.Helper()
-	if err := os.MkdirAll(aptCache+"partial", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	argv := append([]string{"apt-get", "-y", "-o", "Dir::Cache::Archives=" + aptCache,
-		"-o", "Dpkg::Use-Pty=0", "-o", "APT::Install-Recommends=false"}, args...)
-	return run(t, nil, argv...)
+	r := testkit.AptGet(t, args...)
+	return runResult{r.Out, r.Code}
 }
 
 // dpkgStates maps each package dpkg knows to its status abbreviation
@@ -77,24 +62,16 @@ func present(status string) bool {
 	return status != "" && !strings.HasPrefix(status, "un") && !strings.HasPrefix(status, "pn")
 }
 
-// requireOldKernel checks that apt can install the old kernel and that
-// the machine does not have it already (the test removes it).
-func requireOldKernel(t *testing.T) {
+// requireOldKernel returns a kernel that apt can install and the machine
+// does not have (the test installs and removes it), with its image and
+// headers packages; and guards the machine.
+func requireOldKernel(t *testing.T) (kernel, image, headers string) {
 	t.Helper()
 	testkit.RequireTool(t, "apt-get", "apt")
 	testkit.RequireTool(t, "update-initramfs", "initramfs-tools")
-	for _, p := range []string{oldImage, oldHeaders} {
-		out, err := exec.Command("apt-cache", "policy", p).Output()
-		if err != nil || !strings.Contains(string(out), "Candidate:") || strings.Contains(string(out), "Candidate: (none)") {
-			testkit.Missing(t, p+" in apt's package lists (apt-get update; Debian 12 with bookworm-security)")
-		}
-	}
-	states := dpkgStates(t)
-	for _, p := range []string{oldImage, oldHeaders} {
-		if present(states[p]) && !strings.HasPrefix(states[p], "rc") {
-			t.Fatalf("%s is installed (%q): this test installs and removes it, so it must not be on the machine", p, states[p])
-		}
-	}
+	testkit.GuardMachine(t, testkit.MachinePaths...)
+	kernel = testkit.InstallableKernel(t)
+	return kernel, "linux-image-" + kernel, "linux-headers-" + kernel
 }
 
 // purgeNewPackages purges, at cleanup, every package the test installed
@@ -177,7 +154,7 @@ func wantFile(t *testing.T, path string, exists bool) {
 // packages removes the modules from the tree.
 func TestRealAptKernelImageAndHeaders(t *testing.T) {
 	testkit.RequireRoot(t)
-	requireOldKernel(t)
+	oldKernel, oldImage, oldHeaders := requireOldKernel(t)
 	hooks := installRealHooks(t)
 	mods := addRealModules(t, hooks.dkms)
 	purgeNewPackages(t)
@@ -234,7 +211,7 @@ func TestRealAptKernelImageAndHeaders(t *testing.T) {
 // module to it itself.
 func TestRealAptHeadersAfterImage(t *testing.T) {
 	testkit.RequireRoot(t)
-	requireOldKernel(t)
+	oldKernel, oldImage, oldHeaders := requireOldKernel(t)
 	hooks := installRealHooks(t)
 	mods := addRealModules(t, hooks.dkms)
 	purgeNewPackages(t)
@@ -297,21 +274,18 @@ func installedKernel(t *testing.T) string {
 }
 
 // realKernelFixture prepares a test on an installed kernel of the
-// machine: its initrd and depmod indexes are kept and put back, the hooks
-// installed, the test modules added to the real tree.
+// machine: the machine guarded (its initrd and depmod indexes are put
+// back), the hooks installed, the test modules added to the real tree.
 func realKernelFixture(t *testing.T) (kernel string, hooks *realHooks, mods *realModules) {
 	t.Helper()
 	testkit.RequireRoot(t)
+	testkit.GuardMachine(t, testkit.MachinePaths...)
 	kernel = installedKernel(t)
 	for _, l := range statusLinesOrNone(t) {
 		if strings.Contains(l, ", "+kernel+", ") {
 			t.Fatalf("a DKMS module is already built for %s (%q): the test removes every module for it", kernel, l)
 		}
 	}
-	if _, err := os.Stat("/boot/initrd.img-" + kernel); err == nil {
-		keepFile(t, "/boot/initrd.img-"+kernel)
-	}
-	keepDepmod(t, kernel)
 	wantUpdatesDirGone(t, kernel)
 	hooks = installRealHooks(t)
 	mods = addRealModules(t, hooks.dkms)

@@ -462,39 +462,6 @@ func headersRelease(t testing.TB, build string) string {
 	return rel
 }
 
-// keepFile saves a file's bytes and mode and puts them back at cleanup
-// (e.g. a real kernel's initrd that a hook may regenerate).
-func keepFile(t *testing.T, path string) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
-			return
-		}
-		if err := os.WriteFile(path, data, fi.Mode().Perm()); err != nil {
-			t.Errorf("restore %s: %v", path, err)
-		}
-	})
-}
-
-// keepDepmod saves a kernel's modules.* indexes, which depmod rewrites
-// when the test installs into or removes from that kernel, and puts them
-// back.
-func keepDepmod(t *testing.T, kernel string) {
-	t.Helper()
-	files, _ := filepath.Glob("/lib/modules/" + kernel + "/modules.*")
-	for _, f := range files {
-		keepFile(t, f)
-	}
-}
-
 // wantUpdatesDirGone checks that the test left no updates/dkms directory
 // in a real kernel's module dir that had none before.
 func wantUpdatesDirGone(t *testing.T, kernel string) {

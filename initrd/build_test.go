@@ -22,13 +22,9 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/dkmsd/dkmsd/initrd"
+	"github.com/dkmsd/dkmsd/tree"
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
-
-// realKernel is the kernel whose image and initrd the Real tests use.
-const realKernel = "6.1.0-56-cloud-amd64"
-
-const realInitrd = "/boot/initrd.img-" + realKernel
 
 // hostModule is a real kernel module of this machine.
 type hostModule struct {
@@ -51,11 +47,15 @@ func hostModules(t testing.TB, n int, skip func(hostModule) bool) []hostModule {
 	t.Helper()
 	hostModulesOnce.Do(func() {
 		dirs, _ := filepath.Glob("/lib/modules/*/modules.dep")
-		sort.Strings(dirs)
-		// Prefer the cloud kernel, the one the Real tests boot.
-		if i := slices.Index(dirs, "/lib/modules/"+realKernel+"/modules.dep"); i > 0 {
-			dirs[0], dirs[i] = dirs[i], dirs[0]
-		}
+		// Prefer the newest cloud kernel, the one the Real tests boot.
+		kernelOf := func(dep string) string { return filepath.Base(filepath.Dir(dep)) }
+		sort.Slice(dirs, func(i, j int) bool {
+			ci, cj := testkit.Flavour(kernelOf(dirs[i])) == testkit.CloudFlavour, testkit.Flavour(kernelOf(dirs[j])) == testkit.CloudFlavour
+			if ci != cj {
+				return ci
+			}
+			return tree.CompareVersions(kernelOf(dirs[i]), kernelOf(dirs[j])) > 0
+		})
 		if len(dirs) == 0 {
 			hostModulesOnce.err = "kernel modules in /lib/modules (apt-get install -y linux-image-cloud-amd64)"
 			return
@@ -675,9 +675,8 @@ func TestBuildErrors(t *testing.T) {
 // initramfs-tools), and checks that every record survives byte for byte.
 func TestBuildRealInitrd(t *testing.T) {
 	requireBuildTools(t)
-	if _, err := os.Stat(realInitrd); err != nil {
-		testkit.Missing(t, realInitrd+" (apt-get install -y linux-image-cloud-amd64)")
-	}
+	realKernel := testkit.BootKernel(t)
+	realInitrd := "/boot/initrd.img-" + realKernel
 	before, err := initrd.Read(realInitrd)
 	if err != nil {
 		t.Fatalf("Read: %v", err)

@@ -27,7 +27,7 @@ import (
 //
 //	go test -run '^$' -bench InitrdAddModule -benchtime 1x -timeout 30m ./cmd/dkms
 func BenchmarkInitrdAddModule(b *testing.B) {
-	requireBootKernel(b)
+	bootKernel := requireBootKernel(b)
 	testkit.RequireTool(b, "update-initramfs", "initramfs-tools")
 	bin := dkmsdBinary(b)
 	bootInitrd := "/boot/initrd.img-" + bootKernel
@@ -37,7 +37,7 @@ func BenchmarkInitrdAddModule(b *testing.B) {
 	}
 	protectBootInitrd(b, bootInitrd, original)
 
-	root := bootRoot(b)
+	root := bootRoot(b, bootKernel)
 	dkmsOK(b, bin, "--root", root, "install", "dkmsd_hello/1.0", "-k", bootKernel, "--no-initrd")
 	img := filepath.Join(root, "boot", "initrd.img-"+bootKernel)
 	state := filepath.Join(root, "var/lib/dkms/.dkmsd/initrd", bootKernel+".json")
@@ -56,7 +56,7 @@ func BenchmarkInitrdAddModule(b *testing.B) {
 			if err != nil {
 				b.Fatalf("dkms initrd: %v\n%s", err, out)
 			}
-			checkBenchInitrd(b, img, original)
+			checkBenchInitrd(b, bootKernel, img, original)
 			b.StartTimer()
 		}
 		perOp["dkmsd"] = b.Elapsed() / time.Duration(b.N)
@@ -97,7 +97,7 @@ func BenchmarkInitrdAddModule(b *testing.B) {
 
 // checkBenchInitrd checks that dkmsd appended dkmsd_hello to the
 // original image.
-func checkBenchInitrd(b *testing.B, path string, original []byte) {
+func checkBenchInitrd(b *testing.B, bootKernel, path string, original []byte) {
 	b.Helper()
 	got, err := initrd.Read(path)
 	if err != nil {

@@ -15,36 +15,28 @@ import (
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
-// bootKernel is the kernel the boot tests start under qemu: Debian's cloud
-// kernel, whose initrd is made by initramfs-tools.
-const bootKernel = "6.1.0-56-cloud-amd64"
-
 // helloLoaded is what dkmsd_hello prints when it loads.
 const helloLoaded = "dkmsd_hello: loaded 1.0"
 
-// requireBootKernel checks for the cloud kernel's image, initrd and
-// headers, and for qemu.
-func requireBootKernel(tb testing.TB) {
+// requireBootKernel returns the kernel the boot tests start under qemu:
+// the newest installed Debian cloud kernel (its initrd made by
+// initramfs-tools), with its image, initrd and headers; and checks for the
+// build tools.
+func requireBootKernel(tb testing.TB) string {
 	tb.Helper()
 	testkit.RequireRoot(tb)
-	for _, f := range []string{"/boot/vmlinuz-" + bootKernel, "/boot/initrd.img-" + bootKernel} {
-		if _, err := os.Stat(f); err != nil {
-			testkit.Missing(tb, f+" (apt-get install -y linux-image-cloud-amd64)")
-		}
-	}
-	if _, err := os.Stat("/lib/modules/" + bootKernel + "/build/include"); err != nil {
-		testkit.Missing(tb, "the headers of "+bootKernel+" (apt-get install -y linux-headers-cloud-amd64)")
-	}
+	bootKernel := testkit.BootKernel(tb)
 	for _, tool := range [][2]string{{"depmod", "kmod"}, {"make", "make"}, {"gcc", "gcc"}, {"openssl", "openssl"}} {
 		testkit.RequireTool(tb, tool[0], tool[1])
 	}
+	return bootKernel
 }
 
 // bootRoot is a relocated root for bootKernel holding dkmsd_hello's
 // source, a copy of the machine's initrd in its /boot, and an
 // /etc/initramfs-tools/modules that names dkmsd_hello (so dkmsd puts it in
 // the initrd and has it loaded early).
-func bootRoot(tb testing.TB) string {
+func bootRoot(tb testing.TB, bootKernel string) string {
 	tb.Helper()
 	root, err := filepath.EvalSymlinks(testkit.NewRoot(tb, bootKernel))
 	if err != nil {
@@ -95,7 +87,7 @@ type bootResult struct {
 // break=premount and panics; panic=-1 with -no-reboot ends qemu. The
 // result comes on the channel. qemu is killed after 120 s or when ctx
 // (the test's) ends.
-func startQEMU(ctx context.Context, initrdPath string) <-chan bootResult {
+func startQEMU(ctx context.Context, bootKernel, initrdPath string) <-chan bootResult {
 	done := make(chan bootResult, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, 120*time.Second)
@@ -152,7 +144,7 @@ func consoleLines(text, sub string) string {
 
 // helloInImage returns the path of dkmsd_hello's module in the initrd's
 // last-wins view, or "".
-func helloInImage(t *testing.T, img *initrd.Image) string {
+func helloInImage(t *testing.T, img *initrd.Image, bootKernel string) string {
 	t.Helper()
 	modDir, err := img.Resolve("lib/modules/" + bootKernel)
 	if err != nil {
@@ -169,13 +161,13 @@ func helloInImage(t *testing.T, img *initrd.Image) string {
 // checkHelloInitrd reads the initrd and checks it holds the installed
 // dkmsd_hello byte for byte, that modules.dep lists it and that
 // conf/modules loads it.
-func checkHelloInitrd(t *testing.T, root, initrdPath string) *initrd.Image {
+func checkHelloInitrd(t *testing.T, root, bootKernel, initrdPath string) *initrd.Image {
 	t.Helper()
 	img, err := initrd.Read(initrdPath)
 	if err != nil {
 		t.Fatalf("Read: %v", err)
 	}
-	n := helloInImage(t, img)
+	n := helloInImage(t, img, bootKernel)
 	if n == "" {
 		t.Fatalf("%s has no dkmsd_hello module", initrdPath)
 	}
@@ -206,14 +198,14 @@ func checkHelloInitrd(t *testing.T, root, initrdPath string) *initrd.Image {
 // initrd: after an append, by cutting the image back to its original
 // bytes; after a rewrite, by rewriting it again.
 func TestBootQEMURealInitrdHello(t *testing.T) {
-	requireBootKernel(t)
+	bootKernel := requireBootKernel(t)
 	testkit.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	bin := dkmsdBinary(t)
 	original := "/boot/initrd.img-" + bootKernel
 
 	// The original initrd boots meanwhile: without the module.
-	originalBoot := startQEMU(t.Context(), original)
-	root := bootRoot(t)
+	originalBoot := startQEMU(t.Context(), bootKernel, original)
+	root := bootRoot(t, bootKernel)
 	img := filepath.Join(root, "boot", "initrd.img-"+bootKernel)
 	copyBootFile(t, original, img)
 	origData, err := os.ReadFile(original)
@@ -225,11 +217,11 @@ func TestBootQEMURealInitrdHello(t *testing.T) {
 	if !strings.Contains(out, "Regenerated "+img+" (append") {
 		t.Errorf("dkms install did not say it regenerated the initrd by appending:\n%s", out)
 	}
-	appended := checkHelloInitrd(t, root, img)
+	appended := checkHelloInitrd(t, root, bootKernel, img)
 	if !bytes.HasPrefix(appended.Data, origData) || len(appended.Segments) != 2 {
 		t.Errorf("append: %d segments; want the original image and one segment", len(appended.Segments))
 	}
-	if log := bootLog(t, startQEMU(t.Context(), img)); !strings.Contains(log, helloLoaded) {
+	if log := bootLog(t, startQEMU(t.Context(), bootKernel, img)); !strings.Contains(log, helloLoaded) {
 		t.Errorf("appended initrd: no %q on the console:\n%s", helloLoaded, consoleLines(log, "dkmsd"))
 	}
 
@@ -248,11 +240,11 @@ func TestBootQEMURealInitrdHello(t *testing.T) {
 	if !strings.Contains(out, "(rewrite") {
 		t.Errorf("dkms initrd --initrd-strategy=rewrite:\n%s", out)
 	}
-	rewritten := checkHelloInitrd(t, root, img)
+	rewritten := checkHelloInitrd(t, root, bootKernel, img)
 	if len(rewritten.Segments) != 1 || bytes.HasPrefix(rewritten.Data, origData) {
 		t.Errorf("rewrite: %d segments; want one new main archive", len(rewritten.Segments))
 	}
-	if log := bootLog(t, startQEMU(t.Context(), img)); !strings.Contains(log, helloLoaded) {
+	if log := bootLog(t, startQEMU(t.Context(), bootKernel, img)); !strings.Contains(log, helloLoaded) {
 		t.Errorf("rewritten initrd: no %q on the console:\n%s", helloLoaded, consoleLines(log, "dkmsd"))
 	}
 
@@ -265,7 +257,7 @@ func TestBootQEMURealInitrdHello(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Read after uninstall: %v", err)
 	}
-	if n := helloInImage(t, after); n != "" {
+	if n := helloInImage(t, after, bootKernel); n != "" {
 		t.Errorf("after dkms uninstall, the initrd still holds %s", n)
 	}
 	if _, ok := after.Lookup("usr/lib/modules/" + bootKernel + "/updates/dkms/dkmsd_hello.ko"); ok {

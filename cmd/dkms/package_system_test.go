@@ -32,19 +32,8 @@ import (
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
-const (
-	// pkgOldKernel is an older Debian 12 kernel ABI the test installs and
-	// removes with apt (the hooks tests use it too).
-	pkgOldKernel = "6.1.0-55-cloud-amd64"
-	// pkgAptCache keeps downloaded .debs between runs: the docker-clean
-	// Post-Invoke of Debian's container images empties
-	// /var/cache/apt/archives after every dpkg run.
-	pkgAptCache = "/var/cache/dkmsd-tests/apt/"
-	// pkgDkms is the dkms command every *-dkms package calls.
-	pkgDkms = "/usr/sbin/dkms"
-)
-
-var pkgOldKernelPackages = []string{"linux-image-" + pkgOldKernel, "linux-headers-" + pkgOldKernel}
+// pkgDkms is the dkms command every *-dkms package calls.
+const pkgDkms = "/usr/sbin/dkms"
 
 // pkgModule is a Debian *-dkms package the test installs.
 type pkgModule struct {
@@ -97,16 +86,11 @@ func pkgMustRun(t testing.TB, dir string, argv ...string) string {
 	return r.out
 }
 
-// pkgApt runs apt-get -y without recommends, with the tests' cache, waiting
-// for the dpkg lock.
+// pkgApt runs apt-get -y without recommends (testkit.AptGet).
 func pkgApt(t testing.TB, args ...string) pkgResult {
 	t.Helper()
-	if err := os.MkdirAll(pkgAptCache+"partial", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	argv := append([]string{"apt-get", "-y", "-o", "Dir::Cache::Archives=" + pkgAptCache,
-		"-o", "Dpkg::Use-Pty=0", "-o", "APT::Install-Recommends=false", "-o", "DPkg::Lock::Timeout=300"}, args...)
-	return pkgRun(t, "", argv...)
+	r := testkit.AptGet(t, args...)
+	return pkgResult{r.Out, r.Code}
 }
 
 // pkgStates maps every package dpkg knows to "<status> <version>", e.g.
@@ -209,83 +193,6 @@ func pkgRecord(path string) string {
 	}
 	sum := sha256.Sum256(data)
 	return fmt.Sprintf("file %o %s", fi.Mode().Perm(), hex.EncodeToString(sum[:8]))
-}
-
-// pkgSnapshot records the paths the test may change: each of single, and
-// every path under each of trees (a kernel's own modules, kernel/ under
-// /lib/modules/<k>, left out).
-func pkgSnapshot(single, trees []string) map[string]string {
-	snap := map[string]string{}
-	for _, p := range single {
-		snap[p] = pkgRecord(p)
-	}
-	for _, root := range trees {
-		snap[root] = pkgRecord(root)
-		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-			if err != nil || p == root {
-				return nil
-			}
-			if d.IsDir() && d.Name() == "kernel" && filepath.Dir(filepath.Dir(p)) == "/lib/modules" {
-				return fs.SkipDir
-			}
-			snap[p] = pkgRecord(p)
-			return nil
-		})
-	}
-	return snap
-}
-
-// pkgSnapshotDiff lists what differs between two snapshots.
-func pkgSnapshotDiff(before, after map[string]string) []string {
-	var diffs []string
-	for p, b := range before {
-		a, ok := after[p]
-		if !ok {
-			a = pkgRecord(p)
-		}
-		if a != b {
-			diffs = append(diffs, fmt.Sprintf("%s: was %s, now %s", p, b, a))
-		}
-	}
-	for p, a := range after {
-		if _, ok := before[p]; !ok && a != "absent" {
-			diffs = append(diffs, fmt.Sprintf("%s: new, %s", p, a))
-		}
-	}
-	slices.Sort(diffs)
-	return diffs
-}
-
-// pkgKeep copies path (file, link or directory tree) aside and puts it
-// back at cleanup if it changed (a real kernel's initrd that
-// update-initramfs rewrites, the depmod indexes, the boot links).
-func pkgKeep(t *testing.T, path string) {
-	t.Helper()
-	if _, err := os.Lstat(path); err != nil {
-		return
-	}
-	aside := filepath.Join(t.TempDir(), "kept")
-	pkgMustRun(t, "", "cp", "-a", path, aside)
-	before := pkgSnapshot(nil, []string{aside})
-	t.Cleanup(func() {
-		now := pkgSnapshot(nil, []string{path})
-		same := len(now) == len(before)
-		for p, rec := range before {
-			if now[path+strings.TrimPrefix(p, aside)] != rec {
-				same = false
-			}
-		}
-		if same {
-			return
-		}
-		if err := os.RemoveAll(path); err != nil {
-			t.Errorf("restore %s: %v", path, err)
-			return
-		}
-		if r := pkgRun(t, "", "cp", "-a", aside, path); r.code != 0 {
-			t.Errorf("restore %s: %s", path, r.out)
-		}
-	})
 }
 
 // pkgStatus is the output of one dkms status query.
@@ -709,7 +616,8 @@ func pkgIsDkms3010(t testing.TB) string {
 //     needs CONFIG_VIDEO_DEV, which cloud kernels lack); dkms status, the
 //     installed files (.modinfo, bytes) and the tree entries are dkms
 //     3.0.10's;
-//   - linux-image/headers-6.1.0-55-cloud-amd64 installed with apt get
+//   - the image and headers of a cloud kernel the machine does not have
+//     (testkit.InstallableKernel) installed with apt get
 //     acpi-call through the package's kernel hooks (v4l2loopback skipped),
 //     and lose it when purged;
 //   - apt-get remove acpi-call-dkms removes its modules;
@@ -721,9 +629,9 @@ func pkgIsDkms3010(t testing.TB) string {
 //
 // Everything is put back in t.Cleanup, also on failure: the packages the
 // test installed are purged, Debian's dkms is installed again, the modules'
-// trees and files are removed, the initrds, depmod indexes and boot links
-// restored; a snapshot of the paths the test may touch, taken first, must
-// match at the end. Run it alone:
+// trees and files, the initrds, depmod indexes, boot links and anything
+// else under testkit.MachinePaths put back by testkit.GuardMachine, which
+// fails the test for what it cannot put back. Run it alone:
 //
 //	go test -count=1 -tags systemtest -run SystemDebianPackage -v -timeout 40m ./cmd/dkms
 func TestSystemDebianPackageLifecycle(t *testing.T) {
@@ -736,6 +644,9 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 		testkit.Missing(t, "Debian's dkms 3.0.10 as "+pkgDkms+" (apt-get install -y dkms): "+msg)
 	}
 	kernels := pkgHeadersKernels(t)
+	// A kernel apt can install and the machine does not have.
+	pkgOldKernel := testkit.InstallableKernel(t)
+	pkgOldKernelPackages := []string{"linux-image-" + pkgOldKernel, "linux-headers-" + pkgOldKernel}
 	mods := pkgTestModules()
 	before := pkgStates(t)
 	for _, p := range append([]string{"dkmsd", "v4l2loopback-dkms", "acpi-call-dkms"}, pkgOldKernelPackages...) {
@@ -778,32 +689,19 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 		}
 	})
 
-	// What the test may change, recorded before it changes anything.
+	// What the test may change: guarded before it changes anything, put
+	// back after the packages are purged (t.Cleanup runs last first).
 	dkmsConffiles := pkgConffiles(t, "dkms")
-	single := append(pkgListFiles(t, "dkms"), pkgDebFiles(t, deb)...)
-	single = append(single, "/vmlinuz", "/vmlinuz.old", "/initrd.img", "/initrd.img.old", "/lib/modules/"+pkgOldKernel)
-	trees := []string{"/var/lib/dkms", "/lib/modules", "/boot", "/etc/dkms", "/etc/kernel", "/etc/modprobe.d", "/usr/libexec/dkmsd",
-		"/etc/systemd/system", "/etc/systemd/user", "/var/lib/systemd/deb-systemd-helper-enabled",
-		"/var/lib/systemd/deb-systemd-user-helper-enabled", "/var/lib/initramfs-tools"}
-	srcDirs, _ := filepath.Glob("/usr/src/*")
-	single = append(single, srcDirs...)
-	snapshot := pkgSnapshot(single, trees)
-	updatesBefore := map[string]bool{}
-	for _, k := range kernels {
-		for _, d := range []string{"/lib/modules/" + k + "/updates", "/lib/modules/" + k + "/updates/dkms"} {
-			if _, err := os.Stat(d); err == nil {
-				updatesBefore[d] = true
-			}
+	guarded := slices.Clone(testkit.MachinePaths)
+	for _, p := range append(pkgListFiles(t, "dkms"), pkgDebFiles(t, deb)...) {
+		// The packages' files, not the directories they share (/usr).
+		if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
+			guarded = append(guarded, p)
 		}
 	}
-	_, err := os.Lstat("/var/lib/dkms/.dkmsd")
-	hadState := err == nil
-	_, err = os.Lstat("/var/lib/dkms/.dkmsd.lock")
-	hadLock := err == nil
 
-	// Cleanup, last registered first run: the packages, then what they
-	// left; then the kept files; then the check that the machine is as
-	// before.
+	// Cleanup, last registered first run: the packages, then the guard
+	// puts back the files; then the check that the packages are as before.
 	t.Cleanup(func() {
 		if msg := pkgIsDkms3010(t); msg != "" {
 			t.Errorf("after the test: %s", msg)
@@ -819,17 +717,8 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 				t.Errorf("after the test: package %s is %q, was not there", name, st)
 			}
 		}
-		srcNow, _ := filepath.Glob("/usr/src/*")
-		if d := pkgSnapshotDiff(snapshot, pkgSnapshot(append(slices.Clone(single), srcNow...), trees)); len(d) > 0 {
-			t.Errorf("after the test the machine differs from before it:\n%s", strings.Join(d, "\n"))
-		}
 	})
-	kept := []string{"/var/lib/dkms/.dkmsd", "/var/lib/dkms/.dkmsd.lock", "/vmlinuz", "/vmlinuz.old", "/initrd.img", "/initrd.img.old"}
-	initrds, _ := filepath.Glob("/boot/initrd.img-*")
-	depmods, _ := filepath.Glob("/lib/modules/*/modules.*")
-	for _, p := range append(append(kept, initrds...), depmods...) {
-		pkgKeep(t, p)
-	}
+	testkit.GuardMachine(t, guarded...)
 	t.Cleanup(func() {
 		var purge []string
 		for name, st := range pkgStates(t) {
@@ -856,33 +745,6 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 			if r := pkgApt(t, "purge", "dkmsd"); r.code != 0 {
 				t.Errorf("cleanup: apt-get purge dkmsd: exit %d\n%s", r.code, r.out)
 			}
-		}
-		for _, m := range mods {
-			os.RemoveAll("/var/lib/dkms/" + m.name)
-			srcs, _ := filepath.Glob("/usr/src/" + m.name + "-*")
-			for _, s := range srcs {
-				os.RemoveAll(s)
-			}
-			for _, ko := range m.kos {
-				left, _ := filepath.Glob("/lib/modules/*/updates/dkms/" + ko + ".ko*")
-				for _, f := range left {
-					os.Remove(f)
-				}
-			}
-		}
-		for _, k := range kernels {
-			for _, d := range []string{"/lib/modules/" + k + "/updates/dkms", "/lib/modules/" + k + "/updates"} {
-				if !updatesBefore[d] {
-					os.Remove(d) // only when empty
-				}
-			}
-		}
-		os.RemoveAll("/lib/modules/" + pkgOldKernel)
-		if !hadState {
-			os.RemoveAll("/var/lib/dkms/.dkmsd")
-		}
-		if !hadLock {
-			os.Remove("/var/lib/dkms/.dkmsd.lock")
 		}
 	})
 
