@@ -1,0 +1,81 @@
+package testkit
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Commands are the binaries under cmd/ that Binaries builds.
+var Commands = []string{"dkms", "dkmsd-apt", "dkmsd-dnf", "dkmsd-kernel-install", "dkmsd-notify"}
+
+// built holds the commands built once per test process.
+var built struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// Binaries builds every command of the repository once per test process
+// and returns the directory holding them (dkms, dkmsd-apt, …). The
+// directory is under os.TempDir, world-readable (tests run dkmsd-notify as
+// another user), and left in place when the process ends: a test's
+// TempDir would vanish under the other tests, and there is no TestMain to
+// remove it.
+func Binaries(tb testing.TB) string {
+	tb.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "dkmsd-testbin-")
+		if err == nil {
+			err = os.Chmod(dir, 0o755)
+		}
+		if err != nil {
+			built.err = err
+			return
+		}
+		args := []string{"build", "-trimpath", "-o", dir + "/"}
+		for _, c := range Commands {
+			args = append(args, "./cmd/"+c)
+		}
+		cmd := exec.Command("go", args...)
+		cmd.Dir = RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+			return
+		}
+		built.dir = dir
+	})
+	if built.err != nil {
+		tb.Fatal(built.err)
+	}
+	return built.dir
+}
+
+// Binary is the path of one command built by Binaries ("dkms",
+// "dkmsd-apt", …).
+func Binary(tb testing.TB, name string) string {
+	tb.Helper()
+	return filepath.Join(Binaries(tb), name)
+}
+
+// StatusLines runs `dkms status` with args (and env added to the
+// environment) and returns its lines; it fails the test unless dkms exits
+// 0.
+func StatusLines(tb testing.TB, dkms string, env []string, args ...string) []string {
+	tb.Helper()
+	out := Cmd{Argv: append([]string{dkms, "status"}, args...), Env: env}.Run(tb)
+	if out.Code != 0 {
+		tb.Fatalf("dkms status %s: exit %d\n%s", strings.Join(args, " "), out.Code, out.Out)
+	}
+	var lines []string
+	for _, l := range strings.Split(out.Stdout, "\n") {
+		if l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
