@@ -3,9 +3,13 @@
 // /etc/kernel/*.d and apt, dnf) become a Request, and Run does the work
 // once per kernel and tree state:
 //
-//	req, err := hooks.KernelInstall(os.Args[1:], os.Environ())
-//	res := hooks.Run(ctx, env, req)   // env: a lifecycle.Env for the machine
-//	os.Exit(res.ExitCode)
+//	req, ok, err := hooks.KernelInstall(os.Args[1:], os.Getenv)
+//	if err != nil {
+//		os.Exit(2) // the package manager called it wrongly
+//	}
+//	if ok { // false: a command this hook ignores
+//		os.Exit(hooks.Main(req)) // Main = NewEnv + Run on the machine's trees
+//	}
 //
 // Adding a kernel matches the modules installed for the running kernel
 // onto it and autoinstalls the rest, building in parallel; removing one
