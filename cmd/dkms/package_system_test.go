@@ -12,7 +12,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -21,7 +20,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -60,30 +58,14 @@ type pkgResult struct {
 // pkgRun runs argv in dir (the test's directory when "") with LC_ALL=C.
 func pkgRun(t testing.TB, dir string, argv ...string) pkgResult {
 	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return pkgResult{out.String(), ee.ExitCode()}
-	}
-	if err != nil {
-		t.Fatalf("%s: %v", strings.Join(argv, " "), err)
-	}
-	return pkgResult{out.String(), 0}
+	r := testkit.Cmd{Argv: argv, Dir: dir}.Run(t)
+	return pkgResult{r.Out, r.Code}
 }
 
 // pkgMustRun runs argv and fails the test unless it exits 0.
 func pkgMustRun(t testing.TB, dir string, argv ...string) string {
 	t.Helper()
-	r := pkgRun(t, dir, argv...)
-	if r.code != 0 {
-		t.Fatalf("%s: exit %d\n%s", strings.Join(argv, " "), r.code, r.out)
-	}
-	return r.out
+	return testkit.Cmd{Argv: argv, Dir: dir}.MustRun(t)
 }
 
 // pkgApt runs apt-get -y without recommends (testkit.AptGet).
@@ -116,12 +98,6 @@ func pkgPresent(state string) bool {
 // pkgInstalled says whether a package is installed ("ii").
 func pkgInstalled(state string) bool { return strings.HasPrefix(state, "ii") }
 
-// pkgRepoRoot is the repository's top directory.
-func pkgRepoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
-}
-
 var pkgDebBuild struct {
 	once sync.Once
 	path string
@@ -133,7 +109,7 @@ var pkgDebBuild struct {
 func pkgDebianPackage(t testing.TB) string {
 	t.Helper()
 	pkgDebBuild.once.Do(func() {
-		repo := pkgRepoRoot()
+		repo := testkit.RepoRoot()
 		changelog, err := os.ReadFile(filepath.Join(repo, "debian/changelog"))
 		if err != nil {
 			pkgDebBuild.err = err
@@ -380,19 +356,8 @@ func pkgCompareViews(t *testing.T, what string, got, want pkgView) {
 func pkgRealDkms(t *testing.T) pkgSetup {
 	return pkgSetup{dkms: func(args ...string) pkgStatus {
 		t.Helper()
-		cmd := exec.Command(pkgDkms, args...)
-		cmd.Env = append(os.Environ(), "LC_ALL=C")
-		var out bytes.Buffer
-		cmd.Stdout = &out
-		err := cmd.Run()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return pkgStatus{out.String(), ee.ExitCode()}
-		}
-		if err != nil {
-			t.Fatalf("dkms %v: %v", args, err)
-		}
-		return pkgStatus{out.String(), 0}
+		r := testkit.Cmd{Argv: append([]string{pkgDkms}, args...)}.Run(t)
+		return pkgStatus{r.Stdout, r.Code}
 	}}
 }
 
@@ -479,15 +444,6 @@ func pkgModuleNamed(mods []*pkgModule, name string) *pkgModule {
 		}
 	}
 	panic("no module " + name)
-}
-
-// pkgFlavour is a Debian kernel's flavour: "cloud-amd64" for
-// 6.1.0-56-cloud-amd64.
-func pkgFlavour(kernel string) string {
-	if m := regexp.MustCompile(`^\d+\.\d+\.\d+-\d+-(.+)$`).FindStringSubmatch(kernel); m != nil {
-		return m[1]
-	}
-	return kernel
 }
 
 // pkgDebFiles lists the paths a .deb installs ("/etc/…"), directories
@@ -634,7 +590,83 @@ func pkgIsDkms3010(t testing.TB) string {
 // fails the test for what it cannot put back. Run it alone:
 //
 //	go test -count=1 -tags systemtest -run SystemDebianPackage -v -timeout 40m ./cmd/dkms
+//
+// pkgLifecycle is what the steps of TestSystemDebianPackageLifecycle
+// share.
+type pkgLifecycle struct {
+	kernels       []string          // kernels with headers
+	oldKernel     string            // a kernel apt installs and purges
+	oldPackages   []string          // its image and headers
+	mods          []*pkgModule      // the *-dkms packages
+	before        map[string]string // dpkg's package states before the test
+	deb           string            // dkmsd's .deb
+	dkmsConffiles map[string]string // Debian's dkms's conffiles and their md5s
+	ref           *pkgReference     // what dkms 3.0.10 makes of the modules
+	dkmsdFiles    []string          // dpkg -L dkmsd
+}
+
+// TestSystemDebianPackageLifecycle is the Debian package's verification
+// list, on the machine's own trees, as root, in this order:
+//
+//   - make deb; lintian reports no error (E:);
+//   - Debian's dkms 3.0.10 (still /usr/sbin/dkms) builds the /usr/src trees
+//     of the v4l2loopback-dkms and acpi-call-dkms .debs on a relocated root,
+//     for every kernel with headers: the reference status lines and files;
+//   - apt-get install ./bin/dkmsd_<v>_amd64.deb swaps Debian's dkms out;
+//     /usr/sbin/dkms is dkmsd's;
+//   - apt-get install v4l2loopback-dkms acpi-call-dkms: their postinst
+//     (dkmsd's common.postinst) builds and installs them for every kernel
+//     with headers, except where BUILD_EXCLUSIVE says no (v4l2loopback
+//     needs CONFIG_VIDEO_DEV, which cloud kernels lack); dkms status, the
+//     installed files (.modinfo, bytes) and the tree entries are dkms
+//     3.0.10's;
+//   - the image and headers of a cloud kernel the machine does not have
+//     (testkit.InstallableKernel) installed with apt get
+//     acpi-call through the package's kernel hooks (v4l2loopback skipped),
+//     and lose it when purged;
+//   - apt-get remove acpi-call-dkms removes its modules;
+//   - apt-get install dkms swaps back (dkms 3.0.10 reads the tree dkmsd
+//     wrote), then apt-get purge dkmsd leaves no file of the package, keeps
+//     the DKMS tree with v4l2loopback and Debian's dkms intact. (Purging
+//     dkmsd while it is the only dkms would take v4l2loopback-dkms, which
+//     depends on dkms, and its tree entry with it.)
+//
+// Everything is put back in t.Cleanup, also on failure: the packages the
+// test installed are purged, Debian's dkms is installed again, the modules'
+// trees and files, the initrds, depmod indexes, boot links and anything
+// else under testkit.MachinePaths put back by testkit.GuardMachine, which
+// fails the test for what it cannot put back. Run it alone:
+//
+//	go test -count=1 -tags systemtest -run SystemDebianPackage -v -timeout 40m ./cmd/dkms
 func TestSystemDebianPackageLifecycle(t *testing.T) {
+	l := pkgPreconditions(t)
+	// 1. The package, and lintian on it. Neither changes the machine.
+	l.deb = pkgDebianPackage(t)
+	t.Run("lintian", l.lintian)
+	l.guard(t)
+
+	// must stops the test after a step the later ones need.
+	must := func(ok bool) {
+		if !ok {
+			t.FailNow()
+		}
+	}
+	// 6 (first, while /usr/sbin/dkms is Debian's): the reference.
+	must(t.Run("reference", func(t *testing.T) {
+		l.ref = pkgBuildReference(t, l.mods, l.kernels)
+	}))
+	must(t.Run("install-dkmsd", l.installDkmsd))
+	must(t.Run("install-dkms-packages", l.installDkmsPackages))
+	t.Run("kernel-install-remove", l.kernelInstallRemove)
+	t.Run("remove-acpi-call", l.removeAcpiCall)
+	t.Run("swap-back-purge", l.swapBackPurge)
+}
+
+// pkgPreconditions checks what the test needs and that the machine has
+// nothing the test installs and purges, and returns the shared state.
+func pkgPreconditions(t *testing.T) *pkgLifecycle {
+	t.Helper()
+	l := &pkgLifecycle{}
 	testkit.RequireRoot(t)
 	for tool, pkg := range map[string]string{"apt-get": "apt", "dpkg-buildpackage": "dpkg-dev", "dh": "debhelper",
 		"lintian": "lintian", "make": "make", "gcc": "gcc", "openssl": "openssl", "update-initramfs": "initramfs-tools"} {
@@ -643,24 +675,24 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 	if msg := pkgIsDkms3010(t); msg != "" {
 		testkit.Missing(t, "Debian's dkms 3.0.10 as "+pkgDkms+" (apt-get install -y dkms): "+msg)
 	}
-	kernels := pkgHeadersKernels(t)
+	l.kernels = pkgHeadersKernels(t)
 	// A kernel apt can install and the machine does not have.
-	pkgOldKernel := testkit.InstallableKernel(t)
-	pkgOldKernelPackages := []string{"linux-image-" + pkgOldKernel, "linux-headers-" + pkgOldKernel}
-	mods := pkgTestModules()
-	before := pkgStates(t)
-	for _, p := range append([]string{"dkmsd", "v4l2loopback-dkms", "acpi-call-dkms"}, pkgOldKernelPackages...) {
-		if pkgPresent(before[p]) {
-			t.Fatalf("%s is on the machine (%q): this test installs and purges it, so it must not be there (apt-get purge %s)", p, before[p], p)
+	l.oldKernel = testkit.InstallableKernel(t)
+	l.oldPackages = []string{"linux-image-" + l.oldKernel, "linux-headers-" + l.oldKernel}
+	l.mods = pkgTestModules()
+	l.before = pkgStates(t)
+	for _, p := range append([]string{"dkmsd", "v4l2loopback-dkms", "acpi-call-dkms"}, l.oldPackages...) {
+		if pkgPresent(l.before[p]) {
+			t.Fatalf("%s is on the machine (%q): this test installs and purges it, so it must not be there (apt-get purge %s)", p, l.before[p], p)
 		}
 	}
-	for _, p := range append([]string{"dkms", "v4l2loopback-dkms", "acpi-call-dkms"}, pkgOldKernelPackages...) {
+	for _, p := range append([]string{"dkms", "v4l2loopback-dkms", "acpi-call-dkms"}, l.oldPackages...) {
 		out := pkgRun(t, "", "apt-cache", "policy", p).out
 		if !strings.Contains(out, "Candidate:") || strings.Contains(out, "Candidate: (none)") {
 			testkit.Missing(t, p+" in apt's package lists (apt-get update; Debian 12 with bookworm-security)")
 		}
 	}
-	for _, m := range mods {
+	for _, m := range l.mods {
 		srcs, _ := filepath.Glob("/usr/src/" + m.name + "-*")
 		for _, p := range append(srcs, "/var/lib/dkms/"+m.name) {
 			if _, err := os.Lstat(p); err == nil {
@@ -673,27 +705,19 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 			}
 		}
 	}
-	if _, err := os.Lstat("/lib/modules/" + pkgOldKernel); err == nil {
-		t.Fatalf("/lib/modules/%s exists: the test installs and removes that kernel", pkgOldKernel)
+	if _, err := os.Lstat("/lib/modules/" + l.oldKernel); err == nil {
+		t.Fatalf("/lib/modules/%s exists: the test installs and removes that kernel", l.oldKernel)
 	}
+	return l
+}
 
-	// 1. The package, and lintian on it. Neither changes the machine.
-	deb := pkgDebianPackage(t)
-	t.Run("lintian", func(t *testing.T) {
-		r := pkgRun(t, "", "lintian", deb)
-		t.Logf("lintian %s (exit %d):\n%s", filepath.Base(deb), r.code, r.out)
-		for _, l := range strings.Split(r.out, "\n") {
-			if strings.HasPrefix(l, "E: ") {
-				t.Errorf("lintian error: %s", l)
-			}
-		}
-	})
-
-	// What the test may change: guarded before it changes anything, put
-	// back after the packages are purged (t.Cleanup runs last first).
-	dkmsConffiles := pkgConffiles(t, "dkms")
+// guard records what the test may change before it changes anything: it
+// is put back after the packages are purged (t.Cleanup runs last first).
+func (l *pkgLifecycle) guard(t *testing.T) {
+	t.Helper()
+	l.dkmsConffiles = pkgConffiles(t, "dkms")
 	guarded := slices.Clone(testkit.MachinePaths)
-	for _, p := range append(pkgListFiles(t, "dkms"), pkgDebFiles(t, deb)...) {
+	for _, p := range append(pkgListFiles(t, "dkms"), pkgDebFiles(t, l.deb)...) {
 		// The packages' files, not the directories they share (/usr).
 		if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
 			guarded = append(guarded, p)
@@ -707,13 +731,13 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 			t.Errorf("after the test: %s", msg)
 		}
 		now := pkgStates(t)
-		for name, st := range before {
+		for name, st := range l.before {
 			if now[name] != st {
 				t.Errorf("after the test: package %s is %q, was %q", name, now[name], st)
 			}
 		}
 		for name, st := range now {
-			if _, ok := before[name]; !ok && pkgPresent(st) {
+			if _, ok := l.before[name]; !ok && pkgPresent(st) {
 				t.Errorf("after the test: package %s is %q, was not there", name, st)
 			}
 		}
@@ -722,7 +746,7 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 	t.Cleanup(func() {
 		var purge []string
 		for name, st := range pkgStates(t) {
-			if pkgPresent(st) && !pkgPresent(before[name]) {
+			if pkgPresent(st) && !pkgPresent(l.before[name]) {
 				purge = append(purge, name)
 			}
 		}
@@ -735,7 +759,7 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 		if r := pkgApt(t, "install", "dkms"); r.code != 0 {
 			t.Errorf("cleanup: apt-get install dkms: exit %d\n%s", r.code, r.out)
 		}
-		if bad := pkgDkmsIntact(t, dkmsConffiles); len(bad) > 0 {
+		if bad := pkgDkmsIntact(t, l.dkmsConffiles); len(bad) > 0 {
 			t.Logf("cleanup: Debian's dkms is not as before (%s): reinstalling it with its own conffiles", strings.Join(bad, "; "))
 			if r := pkgApt(t, "install", "--reinstall", "-o", "Dpkg::Options::=--force-confmiss", "-o", "Dpkg::Options::=--force-confnew", "dkms"); r.code != 0 {
 				t.Errorf("cleanup: apt-get install --reinstall dkms: exit %d\n%s", r.code, r.out)
@@ -748,250 +772,252 @@ func TestSystemDebianPackageLifecycle(t *testing.T) {
 		}
 	})
 
-	// must stops the test after a step the later ones need.
-	must := func(ok bool) {
-		if !ok {
-			t.FailNow()
+}
+
+// lintian is step "lintian".
+func (l *pkgLifecycle) lintian(t *testing.T) {
+	r := pkgRun(t, "", "lintian", l.deb)
+	t.Logf("lintian %s (exit %d):\n%s", filepath.Base(l.deb), r.code, r.out)
+	for _, l := range strings.Split(r.out, "\n") {
+		if strings.HasPrefix(l, "E: ") {
+			t.Errorf("lintian error: %s", l)
 		}
 	}
+}
 
-	// 6 (first, while /usr/sbin/dkms is Debian's): the reference.
-	var ref *pkgReference
-	must(t.Run("reference", func(t *testing.T) {
-		ref = pkgBuildReference(t, mods, kernels)
-	}))
+// installDkmsd is step "install-dkmsd".
+func (l *pkgLifecycle) installDkmsd(t *testing.T) {
+	r := pkgApt(t, "install", l.deb)
+	t.Logf("apt-get install %s (exit %d):\n%s", l.deb, r.code, r.out)
+	if r.code != 0 {
+		t.Fatalf("apt-get install %s: exit %d", l.deb, r.code)
+	}
+	states := pkgStates(t)
+	if !pkgInstalled(states["dkmsd"]) || pkgInstalled(states["dkms"]) {
+		t.Fatalf("after installing dkmsd: dkmsd %q, dkms %q; want dkmsd installed and dkms swapped out", states["dkmsd"], states["dkms"])
+	}
+	if r := pkgRun(t, "", "dpkg", "--verify", "dkmsd"); r.code != 0 || strings.TrimSpace(r.out) != "" {
+		t.Errorf("dpkg --verify dkmsd: exit %d\n%s", r.code, r.out)
+	}
+	if o := pkgOwners(t, []string{pkgDkms})[pkgDkms]; !slices.Equal(o, []string{"dkmsd"}) {
+		t.Errorf("%s belongs to %q, want dkmsd", pkgDkms, o)
+	}
+	if help := pkgRun(t, "", pkgDkms, "--help"); !strings.Contains(help.out, "dkmsd") {
+		t.Errorf("%s --help does not mention dkmsd (exit %d):\n%s", pkgDkms, help.code, help.out)
+	}
+	l.dkmsdFiles = pkgListFiles(t, "dkmsd")
+}
 
-	// 2. The package replaces Debian's dkms.
-	var dkmsdFiles []string
-	must(t.Run("install-dkmsd", func(t *testing.T) {
-		r := pkgApt(t, "install", deb)
-		t.Logf("apt-get install %s (exit %d):\n%s", deb, r.code, r.out)
-		if r.code != 0 {
-			t.Fatalf("apt-get install %s: exit %d", deb, r.code)
+// installDkmsPackages is step "install-dkms-packages".
+// 3. *-dkms packages build and install through dkmsd's
+// common.postinst for every kernel with headers, as dkms 3.0.10 does.
+func (l *pkgLifecycle) installDkmsPackages(t *testing.T) {
+	args := []string{"install"}
+	for _, m := range l.mods {
+		args = append(args, m.deb)
+	}
+	r := pkgApt(t, args...)
+	t.Logf("apt-get %s (exit %d):\n%s", strings.Join(args, " "), r.code, r.out)
+	if r.code != 0 {
+		t.Fatalf("apt-get %s: exit %d", strings.Join(args, " "), r.code)
+	}
+	states := pkgStates(t)
+	for _, m := range l.mods {
+		if want := "ii " + m.debVersion; states[m.deb] != want {
+			t.Errorf("%s is %q, want %q (the version dkms 3.0.10 built)", m.deb, states[m.deb], want)
 		}
-		states := pkgStates(t)
-		if !pkgInstalled(states["dkmsd"]) || pkgInstalled(states["dkms"]) {
-			t.Fatalf("after installing dkmsd: dkmsd %q, dkms %q; want dkmsd installed and dkms swapped out", states["dkmsd"], states["dkms"])
-		}
-		if r := pkgRun(t, "", "dpkg", "--verify", "dkmsd"); r.code != 0 || strings.TrimSpace(r.out) != "" {
-			t.Errorf("dpkg --verify dkmsd: exit %d\n%s", r.code, r.out)
-		}
-		if o := pkgOwners(t, []string{pkgDkms})[pkgDkms]; !slices.Equal(o, []string{"dkmsd"}) {
-			t.Errorf("%s belongs to %q, want dkmsd", pkgDkms, o)
-		}
-		if help := pkgRun(t, "", pkgDkms, "--help"); !strings.Contains(help.out, "dkmsd") {
-			t.Errorf("%s --help does not mention dkmsd (exit %d):\n%s", pkgDkms, help.code, help.out)
-		}
-		dkmsdFiles = pkgListFiles(t, "dkmsd")
-	}))
-
-	// 3. *-dkms packages build and install through dkmsd's
-	// common.postinst for every kernel with headers, as dkms 3.0.10 does.
-	must(t.Run("install-dkms-packages", func(t *testing.T) {
-		args := []string{"install"}
-		for _, m := range mods {
-			args = append(args, m.deb)
-		}
-		r := pkgApt(t, args...)
-		t.Logf("apt-get %s (exit %d):\n%s", strings.Join(args, " "), r.code, r.out)
-		if r.code != 0 {
-			t.Fatalf("apt-get %s: exit %d", strings.Join(args, " "), r.code)
-		}
-		states := pkgStates(t)
-		for _, m := range mods {
-			if want := "ii " + m.debVersion; states[m.deb] != want {
-				t.Errorf("%s is %q, want %q (the version dkms 3.0.10 built)", m.deb, states[m.deb], want)
-			}
-			for _, k := range kernels {
-				for _, ko := range m.kos {
-					p := filepath.Join("/lib/modules", k, "updates/dkms", ko+".ko")
-					info, err := tree.ReadModInfo(p)
-					switch {
-					case !ref.built[m.name][k]:
-						if err == nil {
-							t.Errorf("%s is installed, but %s is not for %s (BUILD_EXCLUSIVE; dkms 3.0.10 does not build it)", p, m.name, k)
-						}
-					case err != nil:
-						t.Errorf("%s for kernel %s: %v", m.name, k, err)
-					default:
-						if v := strings.Fields(info.Get("vermagic")); len(v) == 0 || v[0] != k {
-							t.Errorf("%s: vermagic %q, want %s …", p, info.Get("vermagic"), k)
-						}
-					}
-				}
-			}
-		}
-		pkgCompareViews(t, "after apt-get install of the *-dkms packages", pkgViewOf(t, pkgRealDkms(t), mods, kernels), ref.installed)
-	}))
-
-	// 5. A kernel installed with apt gets the modules through the
-	// package's hooks (acpi-call; v4l2loopback is BUILD_EXCLUSIVE for
-	// cloud kernels, whose .config has no CONFIG_VIDEO_DEV), and loses
-	// them when it goes. Before acpi-call's removal, so something is built.
-	t.Run("kernel-install-remove", func(t *testing.T) {
-		beforeKernel := pkgStates(t)
-		r := pkgApt(t, append([]string{"install"}, pkgOldKernelPackages...)...)
-		t.Logf("apt-get install %s (exit %d):\n%s", strings.Join(pkgOldKernelPackages, " "), r.code, r.out)
-		if r.code != 0 {
-			t.Fatalf("apt-get install: exit %d", r.code)
-		}
-		// What dkms 3.0.10 shows for a kernel of the same flavour.
-		var like string
-		for _, k := range kernels {
-			if pkgFlavour(k) == pkgFlavour(pkgOldKernel) {
-				like = k
-			}
-		}
-		got := pkgOwnLines(pkgRealDkms(t).dkms("status", "-k", pkgOldKernel).out, mods)
-		if like != "" {
-			want := strings.ReplaceAll(ref.installed.status["status -k "+like].out, like, pkgOldKernel)
-			if got != want {
-				t.Errorf("dkms status -k %s:\n%s--- want (dkms 3.0.10's for %s):\n%s", pkgOldKernel, got, like, want)
-			}
-		}
-		for _, m := range mods {
-			built := like == "" || ref.built[m.name][like]
+		for _, k := range l.kernels {
 			for _, ko := range m.kos {
-				p := filepath.Join("/lib/modules", pkgOldKernel, "updates/dkms", ko+".ko")
+				p := filepath.Join("/lib/modules", k, "updates/dkms", ko+".ko")
 				info, err := tree.ReadModInfo(p)
 				switch {
-				case !built && err == nil:
-					t.Errorf("%s is installed; dkms 3.0.10 does not build %s for %s kernels", p, m.name, pkgFlavour(pkgOldKernel))
-				case built && err != nil:
-					t.Errorf("%s for the new kernel: %v", m.name, err)
-				case built:
-					if v := strings.Fields(info.Get("vermagic")); len(v) == 0 || v[0] != pkgOldKernel {
-						t.Errorf("%s: vermagic %q, want %s …", p, info.Get("vermagic"), pkgOldKernel)
+				case !l.ref.built[m.name][k]:
+					if err == nil {
+						t.Errorf("%s is installed, but %s is not for %s (BUILD_EXCLUSIVE; dkms 3.0.10 does not build it)", p, m.name, k)
+					}
+				case err != nil:
+					t.Errorf("%s for kernel %s: %v", m.name, k, err)
+				default:
+					if v := strings.Fields(info.Get("vermagic")); len(v) == 0 || v[0] != k {
+						t.Errorf("%s: vermagic %q, want %s …", p, info.Get("vermagic"), k)
 					}
 				}
 			}
 		}
-		// dkmsd's hooks did it, and reported it once.
-		var tr lifecycle.Transaction
-		if b, err := os.ReadFile("/var/lib/dkms/.dkmsd/last-transaction.json"); err != nil {
-			t.Errorf("no transaction reported by dkmsd's hooks: %v", err)
-		} else if err := json.Unmarshal(b, &tr); err != nil {
-			t.Errorf("last-transaction.json: %v", err)
-		} else if lines := strings.Join(tr.Lines, "\n"); tr.Failed != 0 || tr.Installed < 1 || !strings.Contains(lines, pkgOldKernel) || !strings.Contains(lines, "acpi-call") {
-			t.Errorf("dkmsd's hooks reported %q, %s; want acpi-call installed for %s and no failure (lines %q)", tr.Hook, tr.Summary, pkgOldKernel, tr.Lines)
-		}
+	}
+	pkgCompareViews(t, "after apt-get install of the *-dkms packages", pkgViewOf(t, pkgRealDkms(t), l.mods, l.kernels), l.ref.installed)
+}
 
-		var purge []string
-		for name, st := range pkgStates(t) {
-			if pkgPresent(st) && !pkgPresent(beforeKernel[name]) {
-				purge = append(purge, name)
-			}
+// kernelInstallRemove is step "kernel-install-remove".
+// 5. A kernel installed with apt gets the modules through the
+// package's hooks (acpi-call; v4l2loopback is BUILD_EXCLUSIVE for
+// cloud kernels, whose .config has no CONFIG_VIDEO_DEV), and loses
+// them when it goes. Before acpi-call's removal, so something is built.
+func (l *pkgLifecycle) kernelInstallRemove(t *testing.T) {
+	beforeKernel := pkgStates(t)
+	r := pkgApt(t, append([]string{"install"}, l.oldPackages...)...)
+	t.Logf("apt-get install %s (exit %d):\n%s", strings.Join(l.oldPackages, " "), r.code, r.out)
+	if r.code != 0 {
+		t.Fatalf("apt-get install: exit %d", r.code)
+	}
+	// What dkms 3.0.10 shows for a kernel of the same flavour.
+	var like string
+	for _, k := range l.kernels {
+		if testkit.Flavour(k) == testkit.Flavour(l.oldKernel) {
+			like = k
 		}
-		slices.Sort(purge)
-		r = pkgApt(t, append([]string{"purge"}, purge...)...)
-		t.Logf("apt-get purge %s (exit %d):\n%s", strings.Join(purge, " "), r.code, r.out)
-		if r.code != 0 {
-			t.Fatalf("apt-get purge: exit %d", r.code)
+	}
+	got := pkgOwnLines(pkgRealDkms(t).dkms("status", "-k", l.oldKernel).out, l.mods)
+	if like != "" {
+		want := strings.ReplaceAll(l.ref.installed.status["status -k "+like].out, like, l.oldKernel)
+		if got != want {
+			t.Errorf("dkms status -k %s:\n%s--- want (dkms 3.0.10's for %s):\n%s", l.oldKernel, got, like, want)
 		}
-		if got := pkgOwnLines(pkgRealDkms(t).dkms("status").out, mods); strings.Contains(got, pkgOldKernel) {
-			t.Errorf("dkms status after the kernel's removal:\n%s", got)
-		}
-		for _, m := range mods {
-			left, _ := filepath.Glob(filepath.Join("/var/lib/dkms", m.name, "*", pkgOldKernel))
-			left2, _ := filepath.Glob(filepath.Join("/var/lib/dkms", m.name, "kernel-"+pkgOldKernel+"-*"))
-			if left = append(left, left2...); len(left) > 0 {
-				t.Errorf("left in the DKMS tree after the kernel's removal: %q", left)
-			}
-		}
-		if _, err := os.Lstat("/lib/modules/" + pkgOldKernel); err == nil {
-			t.Errorf("/lib/modules/%s is left after the kernel's removal: %q", pkgOldKernel, testkit.Tree(t, "/lib/modules/"+pkgOldKernel))
-		}
-		if left, _ := filepath.Glob("/boot/*" + pkgOldKernel + "*"); len(left) > 0 {
-			t.Errorf("left in /boot: %q", left)
-		}
-	})
-
-	// 4. Removing a *-dkms package removes its modules.
-	t.Run("remove-acpi-call", func(t *testing.T) {
-		acpi := pkgModuleNamed(mods, "acpi-call")
-		r := pkgApt(t, "remove", acpi.deb)
-		t.Logf("apt-get remove %s (exit %d):\n%s", acpi.deb, r.code, r.out)
-		if r.code != 0 {
-			t.Fatalf("apt-get remove %s: exit %d", acpi.deb, r.code)
-		}
-		for _, p := range []string{"/var/lib/dkms/" + acpi.name + "/" + acpi.version, "/usr/src/" + acpi.name + "-" + acpi.version} {
-			if _, err := os.Lstat(p); err == nil {
-				t.Errorf("%s is left after apt-get remove %s", p, acpi.deb)
-			}
-		}
-		for _, k := range kernels {
-			for _, ko := range acpi.kos {
-				if left, _ := filepath.Glob(filepath.Join("/lib/modules", k, "*", "*", ko+".ko*")); len(left) > 0 {
-					t.Errorf("left after apt-get remove %s: %q", acpi.deb, left)
+	}
+	for _, m := range l.mods {
+		built := like == "" || l.ref.built[m.name][like]
+		for _, ko := range m.kos {
+			p := filepath.Join("/lib/modules", l.oldKernel, "updates/dkms", ko+".ko")
+			info, err := tree.ReadModInfo(p)
+			switch {
+			case !built && err == nil:
+				t.Errorf("%s is installed; dkms 3.0.10 does not build %s for %s kernels", p, m.name, testkit.Flavour(l.oldKernel))
+			case built && err != nil:
+				t.Errorf("%s for the new kernel: %v", m.name, err)
+			case built:
+				if v := strings.Fields(info.Get("vermagic")); len(v) == 0 || v[0] != l.oldKernel {
+					t.Errorf("%s: vermagic %q, want %s …", p, info.Get("vermagic"), l.oldKernel)
 				}
 			}
 		}
-		pkgCompareViews(t, "after apt-get remove "+acpi.deb, pkgViewOf(t, pkgRealDkms(t), mods, kernels), ref.removed)
-	})
+	}
+	// dkmsd's hooks did it, and reported it once.
+	var tr lifecycle.Transaction
+	if b, err := os.ReadFile("/var/lib/dkms/.dkmsd/last-transaction.json"); err != nil {
+		t.Errorf("no transaction reported by dkmsd's hooks: %v", err)
+	} else if err := json.Unmarshal(b, &tr); err != nil {
+		t.Errorf("last-transaction.json: %v", err)
+	} else if lines := strings.Join(tr.Lines, "\n"); tr.Failed != 0 || tr.Installed < 1 || !strings.Contains(lines, l.oldKernel) || !strings.Contains(lines, "acpi-call") {
+		t.Errorf("dkmsd's hooks reported %q, %s; want acpi-call installed for %s and no failure (lines %q)", tr.Hook, tr.Summary, l.oldKernel, tr.Lines)
+	}
 
-	// 7. Back to Debian's dkms, then purge: no file of dkmsd's package is
-	// left, the DKMS tree and v4l2loopback stay.
-	t.Run("swap-back-purge", func(t *testing.T) {
-		r := pkgApt(t, "install", "dkms")
-		t.Logf("apt-get install dkms (exit %d):\n%s", r.code, r.out)
-		if r.code != 0 {
-			t.Fatalf("apt-get install dkms: exit %d", r.code)
+	var purge []string
+	for name, st := range pkgStates(t) {
+		if pkgPresent(st) && !pkgPresent(beforeKernel[name]) {
+			purge = append(purge, name)
 		}
-		if msg := pkgIsDkms3010(t); msg != "" {
-			t.Errorf("after apt-get install dkms: %s", msg)
+	}
+	slices.Sort(purge)
+	r = pkgApt(t, append([]string{"purge"}, purge...)...)
+	t.Logf("apt-get purge %s (exit %d):\n%s", strings.Join(purge, " "), r.code, r.out)
+	if r.code != 0 {
+		t.Fatalf("apt-get purge: exit %d", r.code)
+	}
+	if got := pkgOwnLines(pkgRealDkms(t).dkms("status").out, l.mods); strings.Contains(got, l.oldKernel) {
+		t.Errorf("dkms status after the kernel's removal:\n%s", got)
+	}
+	for _, m := range l.mods {
+		left, _ := filepath.Glob(filepath.Join("/var/lib/dkms", m.name, "*", l.oldKernel))
+		left2, _ := filepath.Glob(filepath.Join("/var/lib/dkms", m.name, "kernel-"+l.oldKernel+"-*"))
+		if left = append(left, left2...); len(left) > 0 {
+			t.Errorf("left in the DKMS tree after the kernel's removal: %q", left)
 		}
-		v4l := pkgModuleNamed(mods, "v4l2loopback")
-		if st := pkgStates(t); !pkgInstalled(st[v4l.deb]) {
-			t.Errorf("after apt-get install dkms: %s is %q", v4l.deb, st[v4l.deb])
-		}
-		// dkms 3.0.10 reads the tree dkmsd wrote.
-		pkgCompareViews(t, "dkms 3.0.10 on the tree dkmsd wrote", pkgViewOf(t, pkgRealDkms(t), mods, kernels), ref.removed)
+	}
+	if _, err := os.Lstat("/lib/modules/" + l.oldKernel); err == nil {
+		t.Errorf("/lib/modules/%s is left after the kernel's removal: %q", l.oldKernel, testkit.Tree(t, "/lib/modules/"+l.oldKernel))
+	}
+	if left, _ := filepath.Glob("/boot/*" + l.oldKernel + "*"); len(left) > 0 {
+		t.Errorf("left in /boot: %q", left)
+	}
+}
 
-		r = pkgApt(t, "purge", "dkmsd")
-		t.Logf("apt-get purge dkmsd (exit %d):\n%s", r.code, r.out)
-		if r.code != 0 {
-			t.Fatalf("apt-get purge dkmsd: exit %d", r.code)
+// removeAcpiCall is step "remove-acpi-call".
+// 4. Removing a *-dkms package removes its modules.
+func (l *pkgLifecycle) removeAcpiCall(t *testing.T) {
+	acpi := pkgModuleNamed(l.mods, "acpi-call")
+	r := pkgApt(t, "remove", acpi.deb)
+	t.Logf("apt-get remove %s (exit %d):\n%s", acpi.deb, r.code, r.out)
+	if r.code != 0 {
+		t.Fatalf("apt-get remove %s: exit %d", acpi.deb, r.code)
+	}
+	for _, p := range []string{"/var/lib/dkms/" + acpi.name + "/" + acpi.version, "/usr/src/" + acpi.name + "-" + acpi.version} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s is left after apt-get remove %s", p, acpi.deb)
 		}
-		if st := pkgStates(t)["dkmsd"]; pkgPresent(st) {
-			t.Errorf("after apt-get purge dkmsd: dkmsd is %q", st)
-		}
-		var exist []string
-		for _, p := range dkmsdFiles {
-			if _, err := os.Lstat(p); err == nil {
-				exist = append(exist, p)
+	}
+	for _, k := range l.kernels {
+		for _, ko := range acpi.kos {
+			if left, _ := filepath.Glob(filepath.Join("/lib/modules", k, "*", "*", ko+".ko*")); len(left) > 0 {
+				t.Errorf("left after apt-get remove %s: %q", acpi.deb, left)
 			}
 		}
-		owners := pkgOwners(t, exist)
-		for _, p := range exist {
-			if len(owners[p]) == 0 {
-				t.Errorf("%s (dpkg -L dkmsd) is left after apt-get purge dkmsd: %s", p, pkgRecord(p))
+	}
+	pkgCompareViews(t, "after apt-get remove "+acpi.deb, pkgViewOf(t, pkgRealDkms(t), l.mods, l.kernels), l.ref.removed)
+}
+
+// swapBackPurge is step "swap-back-purge".
+// 7. Back to Debian's dkms, then purge: no file of dkmsd's package is
+// left, the DKMS tree and v4l2loopback stay.
+func (l *pkgLifecycle) swapBackPurge(t *testing.T) {
+	r := pkgApt(t, "install", "dkms")
+	t.Logf("apt-get install dkms (exit %d):\n%s", r.code, r.out)
+	if r.code != 0 {
+		t.Fatalf("apt-get install dkms: exit %d", r.code)
+	}
+	if msg := pkgIsDkms3010(t); msg != "" {
+		t.Errorf("after apt-get install dkms: %s", msg)
+	}
+	v4l := pkgModuleNamed(l.mods, "v4l2loopback")
+	if st := pkgStates(t); !pkgInstalled(st[v4l.deb]) {
+		t.Errorf("after apt-get install dkms: %s is %q", v4l.deb, st[v4l.deb])
+	}
+	// dkms 3.0.10 reads the tree dkmsd wrote.
+	pkgCompareViews(t, "dkms 3.0.10 on the tree dkmsd wrote", pkgViewOf(t, pkgRealDkms(t), l.mods, l.kernels), l.ref.removed)
+
+	r = pkgApt(t, "purge", "dkmsd")
+	t.Logf("apt-get purge dkmsd (exit %d):\n%s", r.code, r.out)
+	if r.code != 0 {
+		t.Fatalf("apt-get purge dkmsd: exit %d", r.code)
+	}
+	if st := pkgStates(t)["dkmsd"]; pkgPresent(st) {
+		t.Errorf("after apt-get purge dkmsd: dkmsd is %q", st)
+	}
+	var exist []string
+	for _, p := range l.dkmsdFiles {
+		if _, err := os.Lstat(p); err == nil {
+			exist = append(exist, p)
+		}
+	}
+	owners := pkgOwners(t, exist)
+	for _, p := range exist {
+		if len(owners[p]) == 0 {
+			t.Errorf("%s (dpkg -L dkmsd) is left after apt-get purge dkmsd: %s", p, pkgRecord(p))
+		}
+	}
+	if left, _ := filepath.Glob("/var/lib/dpkg/info/dkmsd.*"); len(left) > 0 {
+		t.Errorf("left after the purge: %q", left)
+	}
+	for _, dir := range []string{"/etc/systemd", "/var/lib/systemd/deb-systemd-helper-enabled", "/var/lib/systemd/deb-systemd-user-helper-enabled"} {
+		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && strings.Contains(d.Name(), "dkmsd") {
+				t.Errorf("left after the purge: %s", p)
 			}
+			return nil
+		})
+	}
+	if bad := pkgDkmsIntact(t, l.dkmsConffiles); len(bad) > 0 {
+		t.Errorf("Debian's dkms after apt-get purge dkmsd:\n%s", strings.Join(bad, "\n"))
+	}
+	for _, p := range []string{"/var/lib/dkms/.dkmsd", "/var/lib/dkms/.dkmsd.lock"} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("dkmsd's bookkeeping %s is left after the purge", p)
 		}
-		if left, _ := filepath.Glob("/var/lib/dpkg/info/dkmsd.*"); len(left) > 0 {
-			t.Errorf("left after the purge: %q", left)
+	}
+	// The tree and the user's modules stay.
+	for _, p := range []string{"/var/lib/dkms", "/var/lib/dkms/" + v4l.name + "/" + v4l.version + "/source"} {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("after apt-get purge dkmsd: %v", err)
 		}
-		for _, dir := range []string{"/etc/systemd", "/var/lib/systemd/deb-systemd-helper-enabled", "/var/lib/systemd/deb-systemd-user-helper-enabled"} {
-			_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-				if err == nil && strings.Contains(d.Name(), "dkmsd") {
-					t.Errorf("left after the purge: %s", p)
-				}
-				return nil
-			})
-		}
-		if bad := pkgDkmsIntact(t, dkmsConffiles); len(bad) > 0 {
-			t.Errorf("Debian's dkms after apt-get purge dkmsd:\n%s", strings.Join(bad, "\n"))
-		}
-		for _, p := range []string{"/var/lib/dkms/.dkmsd", "/var/lib/dkms/.dkmsd.lock"} {
-			if _, err := os.Lstat(p); err == nil {
-				t.Errorf("dkmsd's bookkeeping %s is left after the purge", p)
-			}
-		}
-		// The tree and the user's modules stay.
-		for _, p := range []string{"/var/lib/dkms", "/var/lib/dkms/" + v4l.name + "/" + v4l.version + "/source"} {
-			if _, err := os.Lstat(p); err != nil {
-				t.Errorf("after apt-get purge dkmsd: %v", err)
-			}
-		}
-		pkgCompareViews(t, "after apt-get purge dkmsd", pkgViewOf(t, pkgRealDkms(t), mods, kernels), ref.removed)
-	})
+	}
+	pkgCompareViews(t, "after apt-get purge dkmsd", pkgViewOf(t, pkgRealDkms(t), l.mods, l.kernels), l.ref.removed)
 }
