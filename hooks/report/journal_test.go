@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,8 +212,7 @@ func TestFieldNameSanitising(t *testing.T) {
 
 // catalogPath is the repository's dist/journal/dkmsd.catalog.
 func catalogPath() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "dist", "journal", "dkmsd.catalog")
+	return filepath.Join(testkit.RepoRoot(), "dist", "journal", "dkmsd.catalog")
 }
 
 // catalogSections parses a journal catalog: "-- <id>" starts an entry,
