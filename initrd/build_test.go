@@ -125,9 +125,7 @@ func depmodIndexes(t testing.TB, mods map[string][]byte) map[string][]byte {
 			t.Fatal(err)
 		}
 	}
-	if out, err := exec.Command("depmod", "-a", "-b", stage, testKernel).CombinedOutput(); err != nil {
-		t.Fatalf("depmod: %v: %s", err, out)
-	}
+	testkit.MustRun(t, "depmod", "-a", "-b", stage, testKernel)
 	idx := map[string][]byte{}
 	files, _ := filepath.Glob(filepath.Join(kdir, "modules.*"))
 	for _, f := range files {
