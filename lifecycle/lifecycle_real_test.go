@@ -879,7 +879,7 @@ func TestAddRealHeadersWaitsForLock(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	var stdout, stderr testkit.SyncBuffer
+	var stdout, stderr testkit.Buffer
 	cmd := exec.CommandContext(ctx, bin, "--root", r.root, "add", "dkmsd_hello/1.0")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

@@ -5,21 +5,23 @@ import (
 	"sync"
 )
 
-// SyncBuffer is a bytes.Buffer that a test may read while a process it
-// started (Stdout, Stderr of an exec.Cmd) is still writing to it.
-type SyncBuffer struct {
+// Buffer collects the output of a process that is still running: its
+// copying goroutines write while the test reads (a daemon's log for a
+// failure message, a command's stderr while waiting for a line).
+type Buffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *SyncBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-// String is what was written so far.
-func (b *SyncBuffer) String() string {
+// String is everything written so far.
+func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
