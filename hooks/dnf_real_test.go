@@ -2,7 +2,6 @@ package hooks_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -188,8 +187,7 @@ func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, bro
 		return r
 	}
 	rpmQ := func() string {
-		out, _ := exec.Command("rpm", "--root", installroot, "-qa").CombinedOutput()
-		return string(out)
+		return testkit.Run(t, "rpm", "--root", installroot, "-qa").Out
 	}
 
 	r := dnf("install", "kernel-devel")

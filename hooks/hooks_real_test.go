@@ -38,12 +38,12 @@ import (
 // ("ii ", "rc ", "un "…).
 func dpkgStates(t *testing.T) map[string]string {
 	t.Helper()
-	out, err := exec.Command("dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\n").Output()
-	if err != nil {
-		t.Fatalf("dpkg-query: %v", err)
+	r := testkit.Run(t, "dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\n")
+	if r.Code != 0 {
+		t.Fatalf("dpkg-query: exit %d: %s", r.Code, r.Stderr)
 	}
 	m := map[string]string{}
-	for _, l := range strings.Split(string(out), "\n") {
+	for _, l := range strings.Split(r.Stdout, "\n") {
 		if name, st, ok := strings.Cut(l, "\t"); ok {
 			m[name] = st
 		}

@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"bytes"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -300,8 +299,8 @@ func modprobePath(t *testing.T, img *initrd.Image, modDir, kernel, name string) 
 			t.Fatal(err)
 		}
 	}
-	out, _ := exec.Command("modprobe", "-d", root, "-S", kernel, "--show-depends", name).CombinedOutput()
-	for _, l := range strings.Split(string(out), "\n") {
+	out := testkit.Run(t, "modprobe", "-d", root, "-S", kernel, "--show-depends", name).Out
+	for _, l := range strings.Split(out, "\n") {
 		if f := strings.Fields(l); len(f) >= 2 && f[0] == "insmod" && strings.HasSuffix(strings.TrimSuffix(f[1], ".ko")+".ko", name+".ko") {
 			return strings.TrimPrefix(f[1], kdir+"/")
 		}

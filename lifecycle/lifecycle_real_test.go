@@ -312,14 +312,14 @@ func (r *realRoot) verifySignature(t *testing.T, ko string, data []byte) {
 	}
 	sigFile, bodyFile := write("sig.der", sig), write("body.bin", body)
 	pem := filepath.Join(dir, "mok.pem")
-	if out, err := exec.Command("openssl", "x509", "-inform", "DER", "-in", r.path("var/lib/dkms/mok.pub"), "-out", pem).CombinedOutput(); err != nil {
-		t.Errorf("root's MOK certificate: %v: %s", err, out)
+	if res := testkit.Run(t, "openssl", "x509", "-inform", "DER", "-in", r.path("var/lib/dkms/mok.pub"), "-out", pem); res.Code != 0 {
+		t.Errorf("root's MOK certificate: exit %d: %s", res.Code, res.Out)
 		return
 	}
-	out, err := exec.Command("openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", sigFile,
-		"-content", bodyFile, "-certfile", pem, "-nointern", "-noverify", "-out", os.DevNull).CombinedOutput()
-	if err != nil {
-		t.Errorf("%s: signature does not verify with %s: %v: %s", ko, r.path("var/lib/dkms/mok.pub"), err, out)
+	res := testkit.Run(t, "openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", sigFile,
+		"-content", bodyFile, "-certfile", pem, "-nointern", "-noverify", "-out", os.DevNull)
+	if res.Code != 0 {
+		t.Errorf("%s: signature does not verify with %s: exit %d: %s", ko, r.path("var/lib/dkms/mok.pub"), res.Code, res.Out)
 	}
 }
 
