@@ -14,7 +14,7 @@ import (
 // configure/remove) exits 0 and touches nothing; arguments their protocol
 // does not have exit 2; a tree with no DKMS module is a quiet exit 0.
 func TestHookCommandsExitCodes(t *testing.T) {
-	bin := hookBinaries(t)
+	bin := testkit.Binaries(t)
 	const k = "6.1.0-55-cloud-amd64"
 	image := "/boot/vmlinuz-" + k
 	entry := "/boot/3d1219c7c4c5404aaa1f6d2a48adfda4/" + k
@@ -45,20 +45,20 @@ func TestHookCommandsExitCodes(t *testing.T) {
 	} {
 		root := t.TempDir()
 		argv := append([]string{filepath.Join(bin, tc.argv[0])}, tc.argv[1:]...)
-		r := run(t, append([]string{"DKMSD_ROOT=" + root}, tc.env...), argv...)
-		if r.code != tc.code {
-			t.Errorf("%s: exit %d, want %d\n%s", tc.name, r.code, tc.code, r.out)
+		r := testkit.Cmd{Argv: argv, Env: append([]string{"DKMSD_ROOT=" + root}, tc.env...)}.Run(t)
+		if r.Code != tc.code {
+			t.Errorf("%s: exit %d, want %d\n%s", tc.name, r.Code, tc.code, r.Out)
 		}
 		if tc.code == 0 && !tc.touches {
 			if left := testkit.Tree(t, root); len(left) > 0 {
 				t.Errorf("%s: an ignored call wrote %v", tc.name, left)
 			}
-			if out := strings.TrimSpace(r.out); out != "" {
+			if out := strings.TrimSpace(r.Out); out != "" {
 				t.Errorf("%s: an ignored call printed %q", tc.name, out)
 			}
 		}
-		if tc.code == 2 && !strings.Contains(r.out, "usage") && !strings.Contains(r.out, "flag") && !strings.Contains(r.out, "unknown") {
-			t.Errorf("%s: no usage message: %q", tc.name, r.out)
+		if tc.code == 2 && !strings.Contains(r.Out, "usage") && !strings.Contains(r.Out, "flag") && !strings.Contains(r.Out, "unknown") {
+			t.Errorf("%s: no usage message: %q", tc.name, r.Out)
 		}
 	}
 }

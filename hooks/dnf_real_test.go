@@ -2,7 +2,6 @@ package hooks_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -56,7 +55,7 @@ Empty.
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mustRun(t, nil, "rpmbuild", "--define", "_topdir "+top, "-bb", spec)
+	testkit.MustRun(t, "rpmbuild", "--define", "_topdir "+top, "-bb", spec)
 	repo := filepath.Join(top, "repo")
 	rpms, _ := filepath.Glob(filepath.Join(top, "RPMS", "x86_64", "*.rpm"))
 	if len(rpms) != 2 {
@@ -70,7 +69,7 @@ Empty.
 			t.Fatal(err)
 		}
 	}
-	mustRun(t, nil, "createrepo_c", "-q", repo)
+	testkit.MustRun(t, "createrepo_c", "-q", repo)
 	return repo
 }
 
@@ -99,7 +98,7 @@ func TestRealDnfPostTransactionActions(t *testing.T) {
 	if err != nil {
 		testkit.Missing(t, "dnf's post-transaction-actions plugin "+ptaPlugin+" (apt-get install -y dnf-plugins-core)")
 	}
-	bin := hookBinaries(t)
+	bin := testkit.Binaries(t)
 	headers := testkit.Kernels(t, 1)[0]
 	build, err := filepath.EvalSymlinks("/lib/modules/" + headers + "/build")
 	if err != nil {
@@ -143,7 +142,7 @@ func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, bro
 	mods := []testModule{realTestModules[0], probeModule}
 	dkms := filepath.Join(bin, "dkms")
 	for _, m := range mods {
-		mustRun(t, nil, dkms, "--root", root, "add", "-m", m.name, "-v", m.version)
+		testkit.MustRun(t, dkms, "--root", root, "add", "-m", m.name, "-v", m.version)
 	}
 
 	// The plugin's configuration and dkmsd's action file, its command
@@ -153,7 +152,7 @@ func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, bro
 		[]byte("[main]\nenabled = 1\nactiondir = "+actions+"/\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	action, err := os.ReadFile(filepath.Join(repoRoot(), "dist/dnf/dkmsd.action"))
+	action, err := os.ReadFile(filepath.Join(testkit.RepoRoot(), "dist/dnf/dkmsd.action"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +165,7 @@ func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, bro
 	}
 
 	installroot := t.TempDir()
-	dnf := func(args ...string) runResult {
+	dnf := func(args ...string) testkit.Result {
 		t.Helper()
 		argv := []string{"dnf", "-y", "--installroot=" + installroot, "--releasever=39", "--nogpgcheck",
 			"--setopt=reposdir=/dev/null", "--disablerepo=*", "--repofrompath=local," + repo, "--enablerepo=local",
@@ -178,28 +177,27 @@ func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, bro
 			// (versionlock: "Locklist not set").
 			argv = append(argv, "--disableplugin=*", "--enableplugin=post-transaction-actions")
 		}
-		r := run(t, nil, append(argv, args...)...)
-		if r.code != 0 {
-			t.Fatalf("dnf %s: exit %d\n%s", strings.Join(args, " "), r.code, r.out)
+		r := testkit.Run(t, append(argv, args...)...)
+		if r.Code != 0 {
+			t.Fatalf("dnf %s: exit %d\n%s", strings.Join(args, " "), r.Code, r.Out)
 		}
-		if strings.Contains(r.out, "Traceback") && !broken {
-			t.Errorf("dnf %s: a plugin failed:\n%s", strings.Join(args, " "), r.out)
+		if strings.Contains(r.Out, "Traceback") && !broken {
+			t.Errorf("dnf %s: a plugin failed:\n%s", strings.Join(args, " "), r.Out)
 		}
 		return r
 	}
 	rpmQ := func() string {
-		out, _ := exec.Command("rpm", "--root", installroot, "-qa").CombinedOutput()
-		return string(out)
+		return testkit.Run(t, "rpm", "--root", installroot, "-qa").Out
 	}
 
 	r := dnf("install", "kernel-devel")
-	t.Logf("dnf install kernel-devel:\n%s", r.out)
+	t.Logf("dnf install kernel-devel:\n%s", r.Out)
 	if !strings.Contains(rpmQ(), "kernel-devel-6.1.0-55.x86_64") {
 		t.Fatalf("kernel-devel is not installed in the installroot: %s", rpmQ())
 	}
 	if broken {
-		if !strings.Contains(r.out, "ConfigParser_substitute") {
-			t.Fatalf("the plugin was expected to fail on %s:\n%s", ptaBrokenCall, r.out)
+		if !strings.Contains(r.Out, "ConfigParser_substitute") {
+			t.Fatalf("the plugin was expected to fail on %s:\n%s", ptaBrokenCall, r.Out)
 		}
 		if got := builds(t, counter); len(got) != 0 {
 			t.Errorf("the hook ran although the plugin failed: builds %q", got)
@@ -222,10 +220,10 @@ func dnfHookCase(t *testing.T, bin, repo, build, release, pluginPath string, bro
 	wantBuilds(t, counter, dnfKernel)
 	wantInstalled(t, dkms, []string{"--root", root}, filepath.Join(root, "lib/modules"), dnfKernel, release, mods)
 	if t.Failed() {
-		t.Logf("dnf install kernel-core:\n%s", r.out)
+		t.Logf("dnf install kernel-core:\n%s", r.Out)
 	}
 
 	r = dnf("remove", "kernel-core")
-	t.Logf("dnf remove kernel-core:\n%s", r.out)
+	t.Logf("dnf remove kernel-core:\n%s", r.Out)
 	wantRemoved(t, dkms, []string{"--root", root}, root, dnfKernel, mods)
 }

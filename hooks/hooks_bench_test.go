@@ -41,19 +41,20 @@ func BenchmarkHookNoop(b *testing.B) {
 		testkit.Missing(b, "Debian's dkms 3.0.10 at "+debianDKMS+" (apt-get install -y dkms)")
 	}
 	kernel := testkit.Kernels(b, 1)[0]
-	bin := hookBinaries(b)
+	bin := testkit.Binaries(b)
 	dkmsd := filepath.Join(bin, "dkms")
 
 	// dkmsd's tree: added, then built and installed by a first hook run.
 	ours := testkit.NewRoot(b, kernel)
 	for _, m := range noopModules {
 		testkit.CopyModule(b, ours, m.name+"-"+m.version)
-		mustRun(b, nil, dkmsd, "--root", ours, "add", "-m", m.name, "-v", m.version)
+		testkit.MustRun(b, dkmsd, "--root", ours, "add", "-m", m.name, "-v", m.version)
 	}
 	hookEnv := []string{"DKMSD_ROOT=" + ours}
 	hook := []string{filepath.Join(bin, "dkmsd-apt"), "header_postinst", kernel}
-	mustRun(b, hookEnv, hook...)
-	if out := mustRun(b, hookEnv, hook...); strings.Contains(out, "installed in") {
+	hookRun := testkit.Cmd{Argv: hook, Env: hookEnv}
+	hookRun.MustRun(b)
+	if out := hookRun.MustRun(b); strings.Contains(out, "installed in") {
 		b.Fatalf("the second hook run built something:\n%s", out)
 	}
 
@@ -64,10 +65,10 @@ func BenchmarkHookNoop(b *testing.B) {
 		"--installtree", filepath.Join(theirs, "lib/modules")}
 	for _, m := range noopModules {
 		testkit.CopyModule(b, theirs, m.name+"-"+m.version)
-		mustRun(b, nil, append([]string{debianDKMS, "add", "-m", m.name, "-v", m.version}, trees...)...)
+		testkit.MustRun(b, append([]string{debianDKMS, "add", "-m", m.name, "-v", m.version}, trees...)...)
 	}
 	autoinstall := append([]string{debianDKMS, "autoinstall", "-k", kernel}, trees...)
-	mustRun(b, nil, autoinstall...)
+	testkit.MustRun(b, autoinstall...)
 
 	// Both trees hold the same: every module installed for the kernel.
 	for _, side := range []struct {
@@ -77,7 +78,7 @@ func BenchmarkHookNoop(b *testing.B) {
 		{"dkmsd", []string{dkmsd, "--root", ours, "status"}},
 		{"dkms-3.0.10", append([]string{debianDKMS, "status"}, trees...)},
 	} {
-		status := mustRun(b, nil, side.argv...)
+		status := testkit.MustRun(b, side.argv...)
 		for _, m := range noopModules {
 			if line := fmt.Sprintf("%s/%s, %s, %s: installed", m.name, m.version, kernel, realArch); !strings.Contains(status, line) {
 				b.Fatalf("%s status has no %q:\n%s", side.name, line, status)
@@ -96,8 +97,8 @@ func BenchmarkHookNoop(b *testing.B) {
 	} {
 		b.Run(side.name, func(b *testing.B) {
 			for b.Loop() {
-				if r := run(b, side.env, side.argv...); r.code != 0 {
-					b.Fatalf("%s: exit %d\n%s", strings.Join(side.argv, " "), r.code, r.out)
+				if r := (testkit.Cmd{Argv: side.argv, Env: side.env}).Run(b); r.Code != 0 {
+					b.Fatalf("%s: exit %d\n%s", strings.Join(side.argv, " "), r.Code, r.Out)
 				}
 			}
 			perOp[side.name] = b.Elapsed() / time.Duration(b.N)

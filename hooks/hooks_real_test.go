@@ -34,23 +34,16 @@ import (
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
-// aptGet runs apt-get -y without recommends (testkit.AptGet).
-func aptGet(t *testing.T, args ...string) runResult {
-	t.Helper()
-	r := testkit.AptGet(t, args...)
-	return runResult{r.Out, r.Code}
-}
-
 // dpkgStates maps each package dpkg knows to its status abbreviation
 // ("ii ", "rc ", "un "…).
 func dpkgStates(t *testing.T) map[string]string {
 	t.Helper()
-	out, err := exec.Command("dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\n").Output()
-	if err != nil {
-		t.Fatalf("dpkg-query: %v", err)
+	r := testkit.Run(t, "dpkg-query", "-W", "-f", "${Package}\t${db:Status-Abbrev}\n")
+	if r.Code != 0 {
+		t.Fatalf("dpkg-query: exit %d: %s", r.Code, r.Stderr)
 	}
 	m := map[string]string{}
-	for _, l := range strings.Split(string(out), "\n") {
+	for _, l := range strings.Split(r.Stdout, "\n") {
 		if name, st, ok := strings.Cut(l, "\t"); ok {
 			m[name] = st
 		}
@@ -74,6 +67,21 @@ func requireOldKernel(t *testing.T) (kernel, image, headers string) {
 	return kernel, "linux-image-" + kernel, "linux-headers-" + kernel
 }
 
+// aptFixture prepares a test that installs, with apt, a kernel the
+// machine lacks (requireOldKernel: the machine guarded): dkmsd's hooks
+// installed, the test modules added to the real tree, and what the test
+// installs purged at the end, while the hooks are still there to see the
+// kernel go.
+func aptFixture(t *testing.T) (oldKernel, oldImage, oldHeaders string, hooks *realHooks, mods *realModules) {
+	t.Helper()
+	testkit.RequireRoot(t)
+	oldKernel, oldImage, oldHeaders = requireOldKernel(t)
+	hooks = installRealHooks(t)
+	mods = addRealModules(t, hooks.dkms)
+	purgeNewPackages(t)
+	return oldKernel, oldImage, oldHeaders, hooks, mods
+}
+
 // purgeNewPackages purges, at cleanup, every package the test installed
 // (present now, absent before). Register it after the hooks are installed
 // so the hooks see the kernel go.
@@ -91,8 +99,8 @@ func purgeNewPackages(t *testing.T) {
 			return
 		}
 		slices.Sort(purge)
-		if r := aptGet(t, append([]string{"purge"}, purge...)...); r.code != 0 {
-			t.Errorf("cleanup: apt-get purge %v: exit %d\n%s", purge, r.code, r.out)
+		if r := testkit.AptGet(t, append([]string{"purge"}, purge...)...); r.Code != 0 {
+			t.Errorf("cleanup: apt-get purge %v: exit %d\n%s", purge, r.Code, r.Out)
 		}
 	})
 }
@@ -153,33 +161,29 @@ func wantFile(t *testing.T, path string, exists bool) {
 // reinstall fires the hooks again and builds nothing. Removing the
 // packages removes the modules from the tree.
 func TestRealAptKernelImageAndHeaders(t *testing.T) {
-	testkit.RequireRoot(t)
-	oldKernel, oldImage, oldHeaders := requireOldKernel(t)
-	hooks := installRealHooks(t)
-	mods := addRealModules(t, hooks.dkms)
-	purgeNewPackages(t)
+	oldKernel, oldImage, oldHeaders, hooks, mods := aptFixture(t)
 	initrdImg := "/boot/initrd.img-" + oldKernel
 
-	r := aptGet(t, "install", oldImage, oldHeaders)
-	if r.code != 0 {
-		t.Fatalf("apt-get install %s %s: exit %d\n%s", oldImage, oldHeaders, r.code, r.out)
+	r := testkit.AptGet(t, "install", oldImage, oldHeaders)
+	if r.Code != 0 {
+		t.Fatalf("apt-get install %s %s: exit %d\n%s", oldImage, oldHeaders, r.Code, r.Out)
 	}
-	t.Logf("apt-get install output:\n%s", r.out)
+	t.Logf("apt-get install output:\n%s", r.Out)
 	wantInstalled(t, hooks.dkms, nil, "/lib/modules", oldKernel, oldKernel, realTestModules)
 	wantBuilds(t, mods.counter, oldKernel)
 	wantInitrdModule(t, initrdImg, oldKernel)
 	wantOneSummary(t, "/var/lib/dkms", oldKernel, realTestModules)
 	wantFile(t, hookState("done", oldKernel), true)
 	wantFile(t, hookState("pending", oldKernel), false)
-	if strings.Contains(r.out, "dkms_autoinstaller") || strings.Contains(r.out, "/etc/kernel/postinst.d/dkms:") {
-		t.Errorf("Debian's dkms hooks ran:\n%s", r.out)
+	if strings.Contains(r.Out, "dkms_autoinstaller") || strings.Contains(r.Out, "/etc/kernel/postinst.d/dkms:") {
+		t.Errorf("Debian's dkms hooks ran:\n%s", r.Out)
 	}
 
 	t.Run("reinstall", func(t *testing.T) {
 		resetBuilds(t, mods.counter)
-		r := aptGet(t, "install", "--reinstall", oldImage, oldHeaders)
-		if r.code != 0 {
-			t.Fatalf("apt-get install --reinstall: exit %d\n%s", r.code, r.out)
+		r := testkit.AptGet(t, "install", "--reinstall", oldImage, oldHeaders)
+		if r.Code != 0 {
+			t.Fatalf("apt-get install --reinstall: exit %d\n%s", r.Code, r.Out)
 		}
 		wantBuilds(t, mods.counter)
 		wantInstalled(t, hooks.dkms, nil, "/lib/modules", oldKernel, oldKernel, realTestModules)
@@ -187,19 +191,19 @@ func TestRealAptKernelImageAndHeaders(t *testing.T) {
 		// hook kept the module in it.
 		wantInitrdModule(t, initrdImg, oldKernel)
 		if t.Failed() {
-			t.Logf("apt-get install --reinstall output:\n%s", r.out)
+			t.Logf("apt-get install --reinstall output:\n%s", r.Out)
 		}
 	})
 
 	t.Run("remove", func(t *testing.T) {
-		r := aptGet(t, "remove", oldImage, oldHeaders)
-		if r.code != 0 {
-			t.Fatalf("apt-get remove: exit %d\n%s", r.code, r.out)
+		r := testkit.AptGet(t, "remove", oldImage, oldHeaders)
+		if r.Code != 0 {
+			t.Fatalf("apt-get remove: exit %d\n%s", r.Code, r.Out)
 		}
 		wantRemoved(t, hooks.dkms, nil, "/", oldKernel, realTestModules)
 		wantFile(t, hookState("done", oldKernel), false)
 		if t.Failed() {
-			t.Logf("apt-get remove output:\n%s", r.out)
+			t.Logf("apt-get remove output:\n%s", r.Out)
 		}
 	})
 }
@@ -210,23 +214,19 @@ func TestRealAptKernelImageAndHeaders(t *testing.T) {
 // initramfs-tools made the initrd already, dkmsd adds the REMAKE_INITRD
 // module to it itself.
 func TestRealAptHeadersAfterImage(t *testing.T) {
-	testkit.RequireRoot(t)
-	oldKernel, oldImage, oldHeaders := requireOldKernel(t)
-	hooks := installRealHooks(t)
-	mods := addRealModules(t, hooks.dkms)
-	purgeNewPackages(t)
+	oldKernel, oldImage, oldHeaders, hooks, mods := aptFixture(t)
 	initrdImg := "/boot/initrd.img-" + oldKernel
 
-	r := aptGet(t, "install", oldImage)
-	if r.code != 0 {
-		t.Fatalf("apt-get install %s: exit %d\n%s", oldImage, r.code, r.out)
+	r := testkit.AptGet(t, "install", oldImage)
+	if r.Code != 0 {
+		t.Fatalf("apt-get install %s: exit %d\n%s", oldImage, r.Code, r.Out)
 	}
-	t.Logf("apt-get install %s output:\n%s", oldImage, r.out)
-	if want := "the headers of kernel " + oldKernel + " are not installed yet"; !strings.Contains(r.out, want) {
+	t.Logf("apt-get install %s output:\n%s", oldImage, r.Out)
+	if want := "the headers of kernel " + oldKernel + " are not installed yet"; !strings.Contains(r.Out, want) {
 		t.Errorf("apt's output does not say %q", want)
 	}
 	wantBuilds(t, mods.counter)
-	for _, l := range statusLines(t, hooks.dkms) {
+	for _, l := range testkit.StatusLines(t, hooks.dkms, nil) {
 		if strings.Contains(l, oldKernel) {
 			t.Errorf("status after the image alone: %q", l)
 		}
@@ -236,23 +236,23 @@ func TestRealAptHeadersAfterImage(t *testing.T) {
 		t.Errorf("%s holds %s before the headers came", initrdImg, probeModule.kos[0])
 	}
 
-	r = aptGet(t, "install", oldHeaders)
-	if r.code != 0 {
-		t.Fatalf("apt-get install %s: exit %d\n%s", oldHeaders, r.code, r.out)
+	r = testkit.AptGet(t, "install", oldHeaders)
+	if r.Code != 0 {
+		t.Fatalf("apt-get install %s: exit %d\n%s", oldHeaders, r.Code, r.Out)
 	}
-	t.Logf("apt-get install %s output:\n%s", oldHeaders, r.out)
+	t.Logf("apt-get install %s output:\n%s", oldHeaders, r.Out)
 	wantBuilds(t, mods.counter, oldKernel)
 	wantInstalled(t, hooks.dkms, nil, "/lib/modules", oldKernel, oldKernel, realTestModules)
-	if want := "Regenerated " + initrdImg; !strings.Contains(r.out, want) {
+	if want := "Regenerated " + initrdImg; !strings.Contains(r.Out, want) {
 		t.Errorf("apt's output does not say %q", want)
 	}
 	wantInitrdModule(t, initrdImg, oldKernel)
 	wantOneSummary(t, "/var/lib/dkms", oldKernel, realTestModules)
 	wantFile(t, hookState("pending", oldKernel), false)
 
-	r = aptGet(t, "remove", oldImage, oldHeaders)
-	if r.code != 0 {
-		t.Fatalf("apt-get remove: exit %d\n%s", r.code, r.out)
+	r = testkit.AptGet(t, "remove", oldImage, oldHeaders)
+	if r.Code != 0 {
+		t.Fatalf("apt-get remove: exit %d\n%s", r.Code, r.Out)
 	}
 	wantRemoved(t, hooks.dkms, nil, "/", oldKernel, realTestModules)
 }
@@ -306,9 +306,9 @@ func statusLinesOrNone(t *testing.T) []string {
 const kernelInstallPlugin = "/usr/lib/kernel/install.d/40-dkmsd.install"
 
 // kernelInstall runs systemd's kernel-install with only dkmsd's plugin.
-func kernelInstall(t *testing.T, args ...string) runResult {
+func kernelInstall(t *testing.T, args ...string) testkit.Result {
 	t.Helper()
-	return run(t, []string{"KERNEL_INSTALL_PLUGINS=" + kernelInstallPlugin}, append([]string{"kernel-install", "--verbose"}, args...)...)
+	return testkit.Cmd{Argv: append([]string{"kernel-install", "--verbose"}, args...), Env: []string{"KERNEL_INSTALL_PLUGINS=" + kernelInstallPlugin}}.Run(t)
 }
 
 // TestRealKernelInstallAddRemove runs systemd's kernel-install add and
@@ -322,11 +322,11 @@ func TestRealKernelInstallAddRemove(t *testing.T) {
 	kernel, hooks, mods := realKernelFixture(t)
 
 	r := kernelInstall(t, "add", kernel, "/boot/vmlinuz-"+kernel)
-	t.Logf("kernel-install add:\n%s", r.out)
-	if r.code != 0 {
-		t.Fatalf("kernel-install add: exit %d", r.code)
+	t.Logf("kernel-install add:\n%s", r.Out)
+	if r.Code != 0 {
+		t.Fatalf("kernel-install add: exit %d", r.Code)
 	}
-	if want := "+" + kernelInstallPlugin + " add " + kernel; !strings.Contains(r.out, want) {
+	if want := "+" + kernelInstallPlugin + " add " + kernel; !strings.Contains(r.Out, want) {
 		t.Errorf("kernel-install did not run the plugin (%q)", want)
 	}
 	wantInstalled(t, hooks.dkms, nil, "/lib/modules", kernel, kernel, realTestModules)
@@ -336,15 +336,15 @@ func TestRealKernelInstallAddRemove(t *testing.T) {
 	}
 
 	r = kernelInstall(t, "add", kernel, "/boot/vmlinuz-"+kernel)
-	if r.code != 0 {
-		t.Fatalf("second kernel-install add: exit %d\n%s", r.code, r.out)
+	if r.Code != 0 {
+		t.Fatalf("second kernel-install add: exit %d\n%s", r.Code, r.Out)
 	}
 	wantBuilds(t, mods.counter, kernel)
 
 	r = kernelInstall(t, "remove", kernel)
-	t.Logf("kernel-install remove:\n%s", r.out)
-	if r.code != 0 {
-		t.Fatalf("kernel-install remove: exit %d", r.code)
+	t.Logf("kernel-install remove:\n%s", r.Out)
+	if r.Code != 0 {
+		t.Fatalf("kernel-install remove: exit %d", r.Code)
 	}
 	wantRemoved(t, hooks.dkms, nil, "/", kernel, realTestModules)
 }
@@ -396,10 +396,10 @@ func TestRealHooksDoubleFiring(t *testing.T) {
 		// And once more, as a reconfigure would.
 		{"postinst.d again", dpkg("linux-image-"+kernel, "DEB_MAINT_PARAMS=configure 6.1.0"), []string{"/etc/kernel/postinst.d/dkmsd", kernel, image}},
 	} {
-		r := run(t, step.env, step.argv...)
-		all.WriteString("=== " + step.name + "\n" + r.out)
-		if r.code != 0 {
-			t.Errorf("%s: exit %d\n%s", step.name, r.code, r.out)
+		r := testkit.Cmd{Argv: step.argv, Env: step.env}.Run(t)
+		all.WriteString("=== " + step.name + "\n" + r.Out)
+		if r.Code != 0 {
+			t.Errorf("%s: exit %d\n%s", step.name, r.Code, r.Out)
 		}
 	}
 	t.Logf("hook outputs:\n%s", all.String())
@@ -424,19 +424,19 @@ func TestRealHeadersAptPendingFlush(t *testing.T) {
 	testkit.RequireRoot(t)
 	testkit.RequireTool(t, "make", "make")
 	kernel := testkit.Kernels(t, 1)[0]
-	bin := hookBinaries(t)
+	bin := testkit.Binaries(t)
 	root := testkit.NewRoot(t) // no kernel: no headers yet
 	if err := os.MkdirAll(filepath.Join(root, "lib/modules", kernel), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	counter := filepath.Join(t.TempDir(), "builds")
 	writeProbeModule(t, filepath.Join(root, "usr/src"), counter)
-	mustRun(t, nil, filepath.Join(bin, "dkms"), "--root", root, "add", "-m", probeModule.name, "-v", probeModule.version)
+	testkit.MustRun(t, filepath.Join(bin, "dkms"), "--root", root, "add", "-m", probeModule.name, "-v", probeModule.version)
 	hookEnv := []string{"DKMSD_ROOT=" + root, "DPKG_MAINTSCRIPT_PACKAGE=linux-image-" + kernel, "DEB_MAINT_PARAMS=configure "}
 
-	r := run(t, hookEnv, filepath.Join(bin, "dkmsd-apt"), "postinst", kernel, "/boot/vmlinuz-"+kernel)
-	if r.code != 0 || !strings.Contains(r.out, "are not installed yet") {
-		t.Fatalf("postinst without headers: exit %d\n%s", r.code, r.out)
+	r := testkit.Cmd{Argv: []string{filepath.Join(bin, "dkmsd-apt"), "postinst", kernel, "/boot/vmlinuz-" + kernel}, Env: hookEnv}.Run(t)
+	if r.Code != 0 || !strings.Contains(r.Out, "are not installed yet") {
+		t.Fatalf("postinst without headers: exit %d\n%s", r.Code, r.Out)
 	}
 	pending := filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/pending", kernel)
 	wantFile(t, pending, true)
@@ -448,15 +448,15 @@ func TestRealHeadersAptPendingFlush(t *testing.T) {
 	if err := os.Symlink(target, filepath.Join(root, "lib/modules", kernel, "build")); err != nil {
 		t.Fatal(err)
 	}
-	r = run(t, []string{"DKMSD_ROOT=" + root}, filepath.Join(bin, "dkmsd-apt"), "post-invoke")
-	if r.code != 0 {
-		t.Fatalf("post-invoke: exit %d\n%s", r.code, r.out)
+	r = testkit.Cmd{Argv: []string{filepath.Join(bin, "dkmsd-apt"), "post-invoke"}, Env: []string{"DKMSD_ROOT=" + root}}.Run(t)
+	if r.Code != 0 {
+		t.Fatalf("post-invoke: exit %d\n%s", r.Code, r.Out)
 	}
 	wantBuilds(t, counter, kernel)
 	wantInstalled(t, filepath.Join(bin, "dkms"), []string{"--root", root}, filepath.Join(root, "lib/modules"), kernel, headersRelease(t, target), []testModule{probeModule})
 	wantFile(t, pending, false)
 	wantOneSummary(t, filepath.Join(root, "var/lib/dkms"), kernel, []testModule{probeModule})
 	if t.Failed() {
-		t.Logf("post-invoke output:\n%s", r.out)
+		t.Logf("post-invoke output:\n%s", r.Out)
 	}
 }

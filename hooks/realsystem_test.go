@@ -7,16 +7,11 @@ package hooks_test
 // initrds. Each helper undoes what it did in t.Cleanup.
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/dkmsd/dkmsd/initrd"
@@ -29,78 +24,6 @@ const libexec = "/usr/libexec/dkmsd"
 
 // realArch is the architecture of Debian's amd64 kernels.
 const realArch = "x86_64"
-
-// repoRoot is the repository's top directory.
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(file))
-}
-
-var hookBins struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// hookBinaries builds dkms and the hook commands once per test process,
-// into a dkmsd-hookbin-* directory under os.TempDir (left in place: tests
-// and benchmarks of one process share it).
-func hookBinaries(tb testing.TB) string {
-	tb.Helper()
-	hookBins.once.Do(func() {
-		dir, err := os.MkdirTemp("", "dkmsd-hookbin-")
-		if err != nil {
-			hookBins.err = err
-			return
-		}
-		cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/",
-			"./cmd/dkms", "./cmd/dkmsd-apt", "./cmd/dkmsd-dnf", "./cmd/dkmsd-kernel-install", "./cmd/dkmsd-notify")
-		cmd.Dir = repoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			hookBins.err = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		hookBins.dir = dir
-	})
-	if hookBins.err != nil {
-		tb.Fatal(hookBins.err)
-	}
-	return hookBins.dir
-}
-
-// runResult is how a command ended.
-type runResult struct {
-	out  string // stdout and stderr, interleaved
-	code int
-}
-
-// run runs argv with the test's environment plus extra variables.
-func run(tb testing.TB, extraEnv []string, argv ...string) runResult {
-	tb.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"), extraEnv...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		tb.Fatalf("%s: %v", strings.Join(argv, " "), err)
-	}
-	return runResult{out.String(), code}
-}
-
-// mustRun runs argv and fails the test unless it exits 0.
-func mustRun(tb testing.TB, extraEnv []string, argv ...string) string {
-	tb.Helper()
-	r := run(tb, extraEnv, argv...)
-	if r.code != 0 {
-		tb.Fatalf("%s: exit %d\n%s", strings.Join(argv, " "), r.code, r.out)
-	}
-	return r.out
-}
 
 // installedHookFiles are the files `make install-hooks DESTDIR=
 // PREFIX=/usr` installs.
@@ -144,7 +67,7 @@ func installRealHooks(t *testing.T) *realHooks {
 	testkit.RequireTool(t, "make", "make")
 	testkit.RequireTool(t, "gcc", "gcc")
 	testkit.RequireTool(t, "run-parts", "debianutils")
-	bin := hookBinaries(t)
+	bin := testkit.Binaries(t)
 
 	// What was there before: files (restored byte for byte) and the
 	// directories make creates (removed when left empty).
@@ -187,7 +110,7 @@ func installRealHooks(t *testing.T) *realHooks {
 			os.Remove(d)
 		}
 	})
-	mustRun(t, nil, "make", "-C", repoRoot(), "--no-print-directory", "install-hooks", "BIN="+bin, "DESTDIR=", "PREFIX=/usr")
+	testkit.MustRun(t, "make", "-C", testkit.RepoRoot(), "--no-print-directory", "install-hooks", "BIN="+bin, "DESTDIR=", "PREFIX=/usr")
 	for _, f := range installedHookFiles {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("make install-hooks did not install %s: %v", f, err)
@@ -236,18 +159,9 @@ var realTestModules = []testModule{
 // PRE_BUILD appending "${kernelver}" to counter.
 func writeProbeModule(t testing.TB, srcTree, counter string) {
 	t.Helper()
-	dir := filepath.Join(srcTree, probeModule.name+"-"+probeModule.version)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	hello, err := os.ReadFile(filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0", "dkmsd_hello.c"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := map[string]string{
-		"dkmsd_hookprobe.c": strings.ReplaceAll(string(hello), "dkmsd_hello", "dkmsd_hookprobe"),
-		"Makefile":          "# SPDX-License-Identifier: GPL-2.0\nobj-m += dkmsd_hookprobe.o\n",
-		"dkms.conf": `PACKAGE_NAME="dkmsd_hookprobe"
+	// The hello fixture under the probe's name, its dkms.conf replaced.
+	files := testkit.HelloFiles(t, probeModule.name, probeModule.version)
+	files["dkms.conf"] = `PACKAGE_NAME="dkmsd_hookprobe"
 PACKAGE_VERSION="1.0"
 BUILT_MODULE_NAME[0]="dkmsd_hookprobe"
 DEST_MODULE_LOCATION[0]="/extra"
@@ -255,18 +169,9 @@ DEST_MODULE_LOCATION[0]="/extra"
 PRE_BUILD="count_build.sh ` + counter + ` ${kernelver}"
 REMAKE_INITRD="yes"
 AUTOINSTALL="yes"
-`,
-		"count_build.sh": "#!/bin/sh\n# dkmsd hook tests: count builds.\necho \"$2\" >> \"$1\"\n",
-	}
-	for name, text := range files {
-		mode := os.FileMode(0o644)
-		if strings.HasSuffix(name, ".sh") {
-			mode = 0o755
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), mode); err != nil {
-			t.Fatal(err)
-		}
-	}
+`
+	files["count_build.sh"] = "#!/bin/sh\n# dkmsd hook tests: count builds.\necho \"$2\" >> \"$1\"\n"
+	testkit.WriteModule(t, filepath.Join(srcTree, probeModule.name+"-"+probeModule.version), files)
 }
 
 // builds reads the probe's counter: one kernel version per build.
@@ -317,8 +222,8 @@ func addRealModules(t *testing.T, dkms string) *realModules {
 	t.Cleanup(func() {
 		for _, m := range realTestModules {
 			if _, err := os.Stat("/var/lib/dkms/" + m.name); err == nil {
-				if r := run(t, nil, dkms, "remove", "-m", m.name, "-v", m.version, "--all"); r.code != 0 {
-					t.Logf("cleanup: dkms remove %s/%s --all: exit %d\n%s", m.name, m.version, r.code, r.out)
+				if r := testkit.Run(t, dkms, "remove", "-m", m.name, "-v", m.version, "--all"); r.Code != 0 {
+					t.Logf("cleanup: dkms remove %s/%s --all: exit %d\n%s", m.name, m.version, r.Code, r.Out)
 				}
 			}
 			os.RemoveAll("/var/lib/dkms/" + m.name)
@@ -334,23 +239,9 @@ func addRealModules(t *testing.T, dkms string) *realModules {
 		} else {
 			testkit.CopyModule(t, "/", m.name+"-"+m.version)
 		}
-		mustRun(t, nil, dkms, "add", "-m", m.name, "-v", m.version)
+		testkit.MustRun(t, dkms, "add", "-m", m.name, "-v", m.version)
 	}
 	return rm
-}
-
-// statusLines is `dkms status` (with args) as lines.
-func statusLines(t testing.TB, dkms string, args ...string) []string {
-	t.Helper()
-	out := mustRun(t, nil, append([]string{dkms, "status"}, args...)...)
-	var lines []string
-	for _, l := range strings.Split(out, "\n") {
-		// The D-Bus and journal sinks may warn on stderr.
-		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "level=") {
-			lines = append(lines, l)
-		}
-	}
-	return lines
 }
 
 // wantInstalled checks that each module is installed for kernel: a status
@@ -358,7 +249,7 @@ func statusLines(t testing.TB, dkms string, args ...string) []string {
 // (where Debian's dkms puts them) built for vermagic release.
 func wantInstalled(t testing.TB, dkms string, dkmsArgs []string, installTree, kernel, release string, mods []testModule) {
 	t.Helper()
-	status := statusLines(t, dkms, dkmsArgs...)
+	status := testkit.StatusLines(t, dkms, nil, dkmsArgs...)
 	for _, m := range mods {
 		line := fmt.Sprintf("%s/%s, %s, %s: installed", m.name, m.version, kernel, realArch)
 		if !slices.Contains(status, line) {
@@ -383,7 +274,7 @@ func wantInstalled(t testing.TB, dkms string, dkmsArgs []string, installTree, ke
 // left under updates/dkms.
 func wantRemoved(t testing.TB, dkms string, dkmsArgs []string, root, kernel string, mods []testModule) {
 	t.Helper()
-	for _, l := range statusLines(t, dkms, dkmsArgs...) {
+	for _, l := range testkit.StatusLines(t, dkms, nil, dkmsArgs...) {
 		if strings.Contains(l, ", "+kernel+", ") {
 			t.Errorf("dkms status still has %q", l)
 		}

@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"bytes"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -125,9 +124,7 @@ func depmodIndexes(t testing.TB, mods map[string][]byte) map[string][]byte {
 			t.Fatal(err)
 		}
 	}
-	if out, err := exec.Command("depmod", "-a", "-b", stage, testKernel).CombinedOutput(); err != nil {
-		t.Fatalf("depmod: %v: %s", err, out)
-	}
+	testkit.MustRun(t, "depmod", "-a", "-b", stage, testKernel)
 	idx := map[string][]byte{}
 	files, _ := filepath.Glob(filepath.Join(kdir, "modules.*"))
 	for _, f := range files {
@@ -302,8 +299,8 @@ func modprobePath(t *testing.T, img *initrd.Image, modDir, kernel, name string) 
 			t.Fatal(err)
 		}
 	}
-	out, _ := exec.Command("modprobe", "-d", root, "-S", kernel, "--show-depends", name).CombinedOutput()
-	for _, l := range strings.Split(string(out), "\n") {
+	out := testkit.Run(t, "modprobe", "-d", root, "-S", kernel, "--show-depends", name).Out
+	for _, l := range strings.Split(out, "\n") {
 		if f := strings.Fields(l); len(f) >= 2 && f[0] == "insmod" && strings.HasSuffix(strings.TrimSuffix(f[1], ".ko")+".ko", name+".ko") {
 			return strings.TrimPrefix(f[1], kdir+"/")
 		}

@@ -251,14 +251,11 @@ var debianCodecs = []struct {
 
 func runFilter(t testing.TB, argv []string, in []byte) []byte {
 	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin = bytes.NewReader(in)
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, stderr.Bytes())
+	r := testkit.Cmd{Argv: argv, Stdin: string(in)}.Run(t)
+	if r.Code != 0 {
+		t.Fatalf("%s: exit %d: %s", strings.Join(argv, " "), r.Code, r.Stderr)
 	}
-	return out.Bytes()
+	return []byte(r.Stdout)
 }
 
 // part is one segment of a fixture image.
@@ -685,12 +682,11 @@ func TestParseCRCNewc(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("hello\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("cpio", "-o", "-H", "crc", "--quiet")
-	cmd.Dir, cmd.Stdin = dir, strings.NewReader("hello\n")
-	data, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("cpio -H crc: %v", err)
+	r := testkit.Cmd{Argv: []string{"cpio", "-o", "-H", "crc", "--quiet"}, Dir: dir, Stdin: "hello\n"}.Run(t)
+	if r.Code != 0 {
+		t.Fatalf("cpio -H crc: exit %d: %s", r.Code, r.Stderr)
 	}
+	data := []byte(r.Stdout)
 	if !bytes.HasPrefix(data, []byte("070702")) {
 		t.Fatalf("cpio -H crc wrote magic %q", data[:6])
 	}

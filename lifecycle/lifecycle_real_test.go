@@ -21,7 +21,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -160,45 +159,10 @@ func mustOK(t *testing.T, what string, err error) {
 	}
 }
 
-// snapshotTree lists every path under dir (testkit.Tree) with each
-// regular file's mode and content hash, for byte-for-byte comparisons.
-func snapshotTree(t *testing.T, dir string) []string {
-	t.Helper()
-	var out []string
-	for _, p := range testkit.Tree(t, dir) {
-		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
-			out = append(out, p)
-			continue
-		}
-		full := filepath.Join(dir, p)
-		fi, err := os.Lstat(full)
-		if err != nil {
-			t.Fatalf("snapshot %s: %v", full, err)
-		}
-		data, err := os.ReadFile(full)
-		if err != nil {
-			t.Fatalf("snapshot %s: %v", full, err)
-		}
-		out = append(out, fmt.Sprintf("%s  %v sha256:%x", p, fi.Mode(), sha256.Sum256(data)))
-	}
-	return out
-}
-
 // sameTree reports the differences between two snapshots.
 func sameTree(t *testing.T, what string, before, after []string) {
 	t.Helper()
-	var gone, added []string
-	for _, b := range before {
-		if !slices.Contains(after, b) {
-			gone = append(gone, b)
-		}
-	}
-	for _, a := range after {
-		if !slices.Contains(before, a) {
-			added = append(added, a)
-		}
-	}
-	if len(gone) > 0 || len(added) > 0 {
+	if gone, added := testkit.Changes(before, after); len(gone) > 0 || len(added) > 0 {
 		t.Errorf("%s changed:\n  gone/changed: %q\n  new/changed:  %q", what, gone, added)
 	}
 }
@@ -272,6 +236,19 @@ func moduleFiles(t *testing.T, dir string) []string {
 	return out
 }
 
+// wantNothingBuilt checks that a refused build of module left no trace:
+// no BuildStarted event (why says why there must be none), no module
+// file anywhere in the root.
+func (r *realRoot) wantNothingBuilt(t *testing.T, module, why string) {
+	t.Helper()
+	if n := len(r.events(lifecycle.BuildStarted, module, "")); n != 0 {
+		t.Errorf("%d BuildStarted events %s", n, why)
+	}
+	if got := moduleFiles(t, r.root); len(got) != 0 {
+		t.Errorf("module files in the root: %q", got)
+	}
+}
+
 // checkInstalledModule asserts what every installed dkmsd module must be:
 // in updates/dkms (Debian's override), the same bytes as the build, built
 // for the kernel, of the package version, signed.
@@ -335,14 +312,14 @@ func (r *realRoot) verifySignature(t *testing.T, ko string, data []byte) {
 	}
 	sigFile, bodyFile := write("sig.der", sig), write("body.bin", body)
 	pem := filepath.Join(dir, "mok.pem")
-	if out, err := exec.Command("openssl", "x509", "-inform", "DER", "-in", r.path("var/lib/dkms/mok.pub"), "-out", pem).CombinedOutput(); err != nil {
-		t.Errorf("root's MOK certificate: %v: %s", err, out)
+	if res := testkit.Run(t, "openssl", "x509", "-inform", "DER", "-in", r.path("var/lib/dkms/mok.pub"), "-out", pem); res.Code != 0 {
+		t.Errorf("root's MOK certificate: exit %d: %s", res.Code, res.Out)
 		return
 	}
-	out, err := exec.Command("openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", sigFile,
-		"-content", bodyFile, "-certfile", pem, "-nointern", "-noverify", "-out", os.DevNull).CombinedOutput()
-	if err != nil {
-		t.Errorf("%s: signature does not verify with %s: %v: %s", ko, r.path("var/lib/dkms/mok.pub"), err, out)
+	res := testkit.Run(t, "openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", sigFile,
+		"-content", bodyFile, "-certfile", pem, "-nointern", "-noverify", "-out", os.DevNull)
+	if res.Code != 0 {
+		t.Errorf("%s: signature does not verify with %s: exit %d: %s", ko, r.path("var/lib/dkms/mok.pub"), res.Code, res.Out)
 	}
 }
 
@@ -353,7 +330,7 @@ func TestInstallRealHeadersHello(t *testing.T) {
 	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0")
 	ctx := t.Context()
-	srcBefore := snapshotTree(t, r.path("usr/src"))
+	srcBefore := testkit.Snapshot(t, r.path("usr/src"))
 
 	mustOK(t, "add", lifecycle.Add(ctx, r.env, "dkmsd_hello", "1.0", ks[0], realArch))
 	if got, err := os.Readlink(r.path("var/lib/dkms/dkmsd_hello/1.0/source")); err != nil || got != r.path("usr/src/dkmsd_hello-1.0") {
@@ -407,9 +384,9 @@ func TestInstallRealHeadersHello(t *testing.T) {
 	})
 
 	t.Run("install again is a no-op", func(t *testing.T) {
-		before := snapshotTree(t, r.root)
+		before := testkit.Snapshot(t, r.root)
 		mustOK(t, "second install", lifecycle.Install(ctx, r.env, realTarget("dkmsd_hello", "1.0", ks[0])))
-		sameTree(t, "root after a second install", before, snapshotTree(t, r.root))
+		sameTree(t, "root after a second install", before, testkit.Snapshot(t, r.root))
 		if !strings.Contains(r.infoText(), "already installed on kernel "+ks[0]) {
 			t.Errorf("no \"already installed\" message; got:\n%s", r.infoText())
 		}
@@ -462,7 +439,7 @@ func TestInstallRealHeadersHello(t *testing.T) {
 		if n := len(r.events(lifecycle.Removed, "dkmsd_hello", "")); n != 1 {
 			t.Errorf("%d Removed events, want 1", n)
 		}
-		sameTree(t, "usr/src (the module source)", srcBefore, snapshotTree(t, r.path("usr/src")))
+		sameTree(t, "usr/src (the module source)", srcBefore, testkit.Snapshot(t, r.path("usr/src")))
 		for _, k := range ks {
 			if got := moduleFiles(t, r.path("lib/modules", k)); len(got) != 0 {
 				t.Errorf("module files left in lib/modules/%s: %q", k, got)
@@ -517,7 +494,7 @@ func TestInstallRealHeadersPatched(t *testing.T) {
 	ks := testkit.Kernels(t, 2)
 	r := newRealRoot(t, ks, "dkmsd_patched-1.0")
 	ctx := t.Context()
-	srcBefore := snapshotTree(t, r.path("usr/src"))
+	srcBefore := testkit.Snapshot(t, r.path("usr/src"))
 	for _, k := range ks {
 		mustOK(t, "install "+k, lifecycle.Install(ctx, r.env, realTarget("dkmsd_patched", "1.0", k)))
 	}
@@ -537,7 +514,7 @@ func TestInstallRealHeadersPatched(t *testing.T) {
 	if text := r.infoText(); strings.Contains(text, "never.patch") {
 		t.Errorf("events mention never.patch:\n%s", text)
 	}
-	sameTree(t, "usr/src (patches apply to the build copy only)", srcBefore, snapshotTree(t, r.path("usr/src")))
+	sameTree(t, "usr/src (patches apply to the build copy only)", srcBefore, testkit.Snapshot(t, r.path("usr/src")))
 }
 
 // TestInstallRealHeadersScripted checks the PRE_/POST_ scripts run in
@@ -619,7 +596,7 @@ func TestBuildRealHeadersFailbuild(t *testing.T) {
 				m[w] = []string{fmt.Sprintf("sha256:%x", sha256.Sum256(mustRead(t, p)))}
 				continue
 			}
-			m[w] = snapshotTree(t, p)
+			m[w] = testkit.Snapshot(t, p)
 		}
 		return m
 	}
@@ -678,7 +655,7 @@ func TestBuildRealHeadersFailbuild(t *testing.T) {
 	if p := r.path("var/lib/dkms/dkmsd_failbuild"); pathExists(p) {
 		t.Errorf("%s left after remove: %q", p, testkit.Tree(t, p))
 	}
-	sameTree(t, "lib/modules after removing failbuild", before["lib/modules"], snapshotTree(t, r.path("lib/modules")))
+	sameTree(t, "lib/modules after removing failbuild", before["lib/modules"], testkit.Snapshot(t, r.path("lib/modules")))
 	r.wantStatus(t, fmt.Sprintf("dkmsd_hello/1.0, %s, x86_64: installed", k))
 }
 
@@ -702,12 +679,7 @@ func TestBuildRealHeadersExclusive(t *testing.T) {
 			t.Errorf("%s exists: %q", p, testkit.Tree(t, p))
 		}
 	}
-	if n := len(r.events(lifecycle.BuildStarted, "dkmsd_exclusive", "")); n != 0 {
-		t.Errorf("%d BuildStarted events for an excluded module", n)
-	}
-	if got := moduleFiles(t, r.root); len(got) != 0 {
-		t.Errorf("module files in the root: %q", got)
-	}
+	r.wantNothingBuilt(t, "dkmsd_exclusive", "for an excluded module")
 	if got := testkit.Tree(t, r.path("var/lib/dkms/dkmsd_exclusive/1.0/build")); len(got) != 0 {
 		t.Errorf("build dir not empty: %q", got)
 	}
@@ -738,12 +710,7 @@ func TestBuildRealHeadersMissingHeaders(t *testing.T) {
 	if p := r.path("var/lib/dkms/dkmsd_hello/1.0", k); pathExists(p) {
 		t.Errorf("%s exists: %q", p, testkit.Tree(t, p))
 	}
-	if n := len(r.events(lifecycle.BuildStarted, "dkmsd_hello", "")); n != 0 {
-		t.Errorf("%d BuildStarted events without headers", n)
-	}
-	if got := moduleFiles(t, r.root); len(got) != 0 {
-		t.Errorf("module files in the root: %q", got)
-	}
+	r.wantNothingBuilt(t, "dkmsd_hello", "without headers")
 	if got := testkit.Tree(t, r.path("lib/modules", k)); len(got) != 0 {
 		t.Errorf("lib/modules/%s changed: %q", k, got)
 	}
@@ -782,18 +749,10 @@ func TestAddRealHeadersHostileConf(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := newRealRoot(t, ks)
-			src := r.path("usr/src/dkmsd_hostile-1.0")
-			if err := os.MkdirAll(src, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			for _, f := range []string{"Makefile", "dkmsd_hello.c"} {
-				if err := os.WriteFile(filepath.Join(src, f), mustRead(t, filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0", f)), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := os.WriteFile(filepath.Join(src, "dkms.conf"), []byte(c.conf), 0o644); err != nil {
-				t.Fatal(err)
-			}
+			// hello's source, which would build, under the hostile dkms.conf.
+			files := testkit.HelloFiles(t, "dkmsd_hello", "1.0")
+			files["dkms.conf"] = c.conf
+			testkit.WriteModule(t, r.path("usr/src/dkmsd_hostile-1.0"), files)
 			ctx := t.Context()
 			tg := realTarget("dkmsd_hostile", "1.0", ks[0])
 			for _, op := range []struct {
@@ -804,7 +763,7 @@ func TestAddRealHeadersHostileConf(t *testing.T) {
 				{"build", func() error { return lifecycle.Build(ctx, r.env, tg) }},
 				{"install", func() error { return lifecycle.Install(ctx, r.env, tg) }},
 			} {
-				before := snapshotTree(t, r.root)
+				before := testkit.Snapshot(t, r.root)
 				err := op.run()
 				le := mustKind(t, op.name, err, lifecycle.KindBadConf)
 				text := strings.Join(le.Lines, "\n")
@@ -816,7 +775,7 @@ func TestAddRealHeadersHostileConf(t *testing.T) {
 						t.Errorf("%s: error lines do not contain %q:\n%s", op.name, w, text)
 					}
 				}
-				sameTree(t, "root after a refused "+op.name, before, snapshotTree(t, r.root))
+				sameTree(t, "root after a refused "+op.name, before, testkit.Snapshot(t, r.root))
 			}
 			r.wantStatus(t)
 		})
@@ -897,43 +856,15 @@ func TestInstallRealHeadersOriginalModule(t *testing.T) {
 	r.checkInstalledModule(t, "dkmsd_hello", "1.0", other, "dkmsd_hello")
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a process writes to it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestAddRealHeadersWaitsForLock holds the tree lock while the real dkms
 // binary runs `dkms --root R add`: it must wait, say so on stderr, and
 // finish once the lock is released.
 func TestAddRealHeadersWaitsForLock(t *testing.T) {
 	testkit.RequireRoot(t)
 	ks := testkit.Kernels(t, 2)
-	goTool := testkit.RequireTool(t, "go", "golang-go")
+	testkit.RequireTool(t, "go", "golang-go")
 	r := newRealRoot(t, ks, "dkmsd_hello-1.0")
-
-	repo, err := filepath.Abs(filepath.Join(testkit.ModulesDir(), "..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "dkms")
-	build := exec.Command(goTool, "build", "-o", bin, "./cmd/dkms")
-	build.Dir = repo
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/dkms: %v\n%s", err, out)
-	}
+	bin := testkit.Binary(t, "dkms")
 
 	unlock, err := lifecycle.LockTree(t.Context(), r.env)
 	if err != nil {
@@ -948,7 +879,7 @@ func TestAddRealHeadersWaitsForLock(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr testkit.Buffer
 	cmd := exec.CommandContext(ctx, bin, "--root", r.root, "add", "dkmsd_hello/1.0")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

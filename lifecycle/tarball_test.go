@@ -11,9 +11,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"crypto/sha256"
 	"fmt"
-	"io/fs"
 	"math/rand"
 	"os"
 	"path"
@@ -148,59 +146,6 @@ func noise(n int) []byte {
 	return b
 }
 
-// rootSnapshot lists every path under root with its mode and, for a file,
-// its content hash, for a symlink its target: what "byte for byte
-// unchanged" compares.
-func rootSnapshot(t *testing.T, root string) []string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		line := fmt.Sprintf("%s %v", rel, fi.Mode())
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			line += " -> " + target
-		case fi.Mode().IsRegular():
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			line += fmt.Sprintf(" sha256:%x", sha256.Sum256(data))
-		}
-		out = append(out, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("snapshot %s: %v", root, err)
-	}
-	return out
-}
-
-func snapshotDiff(before, after []string) (gone, added []string) {
-	for _, b := range before {
-		if !slices.Contains(after, b) {
-			gone = append(gone, b)
-		}
-	}
-	for _, a := range after {
-		if !slices.Contains(before, a) {
-			added = append(added, a)
-		}
-	}
-	return gone, added
-}
-
 // hostileRoot is a relocated root holding dkmsd_hello/1.0 (added), a
 // framework.conf with tarball_max_size=hostileLimit, and its own tmp dir
 // where the loader unpacks, so the snapshot covers that too. The Env has
@@ -230,27 +175,26 @@ func hostileRoot(t *testing.T) (string, *lifecycle.Env) {
 	return root, env
 }
 
-// TestLoadTarballHostile loads archives that would write outside the
-// unpack dir, create dangerous files, smuggle a bad identity or
-// dkms.conf, or are too big or broken: each must be refused with a
-// message naming the culprit, and nothing in the root may change.
-func TestLoadTarballHostile(t *testing.T) {
-	root, env := hostileRoot(t)
-	victim := filepath.Join(root, "victim")
-	hostileConf := strings.Replace(helloConf, "/extra", "/kernel/../../etc", 1)
-	cases := []struct {
-		name string
-		// data is the archive file's bytes; members, when data is nil,
-		// are written as a .tar.gz.
-		members []tarMember
-		data    []byte
-		kind    lifecycle.Kind
-		// want are substrings of the error, usually the quoted entry.
-		want []string
-		// tarLevel: CheckTarball itself must refuse the (decompressed)
-		// archive.
-		tarLevel bool
-	}{{
+// hostileArchive is an archive TestLoadTarballHostile feeds the loader
+// and what its refusal must be.
+type hostileArchive struct {
+	name string
+	// data is the archive file's bytes; members, when data is nil,
+	// are written as a .tar.gz.
+	members []tarMember
+	data    []byte
+	kind    lifecycle.Kind
+	// want are substrings of the error, usually the quoted entry.
+	want []string
+	// tarLevel: CheckTarball itself must refuse the (decompressed)
+	// archive.
+	tarLevel bool
+}
+
+// escapingArchives write or link outside the unpack dir: at victim (a
+// file of the hostile root) or at root itself.
+func escapingArchives(root, victim string) []hostileArchive {
+	return []hostileArchive{{
 		name:    "dotdot component",
 		members: dkmsTarball(memberFile("dkms_source_tree/../../victim", "pwned\n")),
 		kind:    lifecycle.KindBadTarball, want: []string{`"dkms_source_tree/../../victim"`, "'..'"}, tarLevel: true,
@@ -334,7 +278,12 @@ func TestLoadTarballHostile(t *testing.T) {
 		name:    "hard link to nothing",
 		members: dkmsTarball(memberHardlink("dkms_source_tree/h", "dkms_source_tree/nonesuch")),
 		kind:    lifecycle.KindBadTarball, want: []string{`"dkms_source_tree/h"`, "hard link"}, tarLevel: true,
-	}, {
+	}}
+}
+
+// dangerousEntryArchives hold devices, fifos, setuid and setgid entries.
+func dangerousEntryArchives() []hostileArchive {
+	return []hostileArchive{{
 		name:    "character device",
 		members: dkmsTarball(tarMember{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dkms_source_tree/null", Mode: 0o666, Devmajor: 1, Devminor: 3}}),
 		kind:    lifecycle.KindBadTarball, want: []string{`"dkms_source_tree/null"`, "device"}, tarLevel: true,
@@ -354,7 +303,14 @@ func TestLoadTarballHostile(t *testing.T) {
 		name:    "setgid directory",
 		members: dkmsTarball(memberMode(memberDir("dkms_source_tree/sgid/"), 0o2755)),
 		kind:    lifecycle.KindBadTarball, want: []string{`"dkms_source_tree/sgid/"`, "setgid"}, tarLevel: true,
-	}, {
+	}}
+}
+
+// badIdentityArchives smuggle a name or version that disagrees with
+// their dkms.conf, or a dkms.conf that escapes its trees.
+func badIdentityArchives() []hostileArchive {
+	hostileConf := strings.Replace(helloConf, "/extra", "/kernel/../../etc", 1)
+	return []hostileArchive{{
 		name:    "binaries-only PACKAGE_NAME disagrees with dkms.conf",
 		members: slices.Concat(prebuilt(), binariesOnly(helloConf, "dkmsd_other", "1.0")),
 		kind:    lifecycle.KindBadTarball, want: []string{"dkms_binaries_only/PACKAGE_NAME", "dkmsd_other", "dkmsd_hello"},
@@ -378,7 +334,13 @@ func TestLoadTarballHostile(t *testing.T) {
 		name:    "dkms.conf with a PACKAGE_NAME that is a path",
 		members: slices.Concat(prebuilt(), sourceTree(strings.Replace(helloConf, `"dkmsd_hello"`, `"../../victim"`, 1))),
 		kind:    lifecycle.KindBadConf, want: []string{"dkms.conf", "PACKAGE_NAME"},
-	}, {
+	}}
+}
+
+// brokenArchives are too big once decompressed, truncated, or not tar
+// archives at all.
+func brokenArchives(t *testing.T) []hostileArchive {
+	return []hostileArchive{{
 		name:    "bigger than tarball_max_size when decompressed",
 		members: dkmsTarball(memberFile("dkms_source_tree/big", strings.Repeat("\x00", 4*hostileLimit))),
 		kind:    lifecycle.KindBadTarball, want: []string{`"dkms_source_tree/big"`, strconv.Itoa(hostileLimit)}, tarLevel: true,
@@ -406,6 +368,16 @@ func TestLoadTarballHostile(t *testing.T) {
 		data: gzipOf(t, []byte(strings.Repeat("This is a README, not a tarball.\n", 64))),
 		kind: lifecycle.KindBadTarball, want: []string{"not a readable tar archive"}, tarLevel: true,
 	}}
+}
+
+// TestLoadTarballHostile loads archives that would write outside the
+// unpack dir, create dangerous files, smuggle a bad identity or
+// dkms.conf, or are too big or broken: each must be refused with a
+// message naming the culprit, and nothing in the root may change.
+func TestLoadTarballHostile(t *testing.T) {
+	root, env := hostileRoot(t)
+	victim := filepath.Join(root, "victim")
+	cases := slices.Concat(escapingArchives(root, victim), dangerousEntryArchives(), badIdentityArchives(), brokenArchives(t))
 	archives := t.TempDir()
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -417,53 +389,66 @@ func TestLoadTarballHostile(t *testing.T) {
 			if err := os.WriteFile(file, data, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			before := rootSnapshot(t, root)
-			m, v, err := lifecycle.LoadTarball(t.Context(), env, file, env.Framework.TarballLimit)
-			if err == nil {
-				t.Errorf("LoadTarball accepted it, loading %s/%s", m, v)
-			} else {
-				msg := err.Error()
-				t.Logf("refused: %s", msg)
-				if got := lifecycle.KindOf(err); got != c.kind {
-					t.Errorf("error kind %d, want %d: %s", got, c.kind, msg)
-				}
-				for _, w := range c.want {
-					if !strings.Contains(msg, w) {
-						t.Errorf("error does not name %s: %s", w, msg)
-					}
-				}
-				if c.kind == lifecycle.KindBadTarball && !strings.Contains(msg, "Nothing was written.") {
-					t.Errorf("error does not say nothing was written: %s", msg)
-				}
-			}
-			gone, added := snapshotDiff(before, rootSnapshot(t, root))
-			if len(gone) > 0 || len(added) > 0 {
-				t.Errorf("the root changed:\n  gone/changed: %q\n  new/changed:  %q", gone, added)
-			}
+			wantLoadRefused(t, env, root, file, c)
 			if b, err := os.ReadFile(victim); err == nil {
 				t.Errorf("%s was written: %q", victim, b)
 				os.Remove(victim)
 			}
-			if !c.tarLevel {
-				return
-			}
-			raw := data
-			if zr, err := gzip.NewReader(bytes.NewReader(data)); err == nil {
-				var b bytes.Buffer
-				_, _ = b.ReadFrom(zr) // a truncated stream keeps what it had
-				raw = b.Bytes()
-			}
-			err = lifecycle.CheckTarball(tar.NewReader(bytes.NewReader(raw)), hostileLimit)
-			if err == nil {
-				t.Errorf("CheckTarball accepted it")
-				return
-			}
-			for _, w := range c.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("CheckTarball error does not name %s: %v", w, err)
-				}
+			if c.tarLevel {
+				wantCheckRefused(t, data, c.want)
 			}
 		})
+	}
+}
+
+// wantLoadRefused loads the archive file with LoadTarball: it must be
+// refused with c's kind and words, and leave root as it was.
+func wantLoadRefused(t *testing.T, env *lifecycle.Env, root, file string, c hostileArchive) {
+	t.Helper()
+	before := testkit.Snapshot(t, root)
+	m, v, err := lifecycle.LoadTarball(t.Context(), env, file, env.Framework.TarballLimit)
+	if err == nil {
+		t.Errorf("LoadTarball accepted it, loading %s/%s", m, v)
+	} else {
+		msg := err.Error()
+		t.Logf("refused: %s", msg)
+		if got := lifecycle.KindOf(err); got != c.kind {
+			t.Errorf("error kind %d, want %d: %s", got, c.kind, msg)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("error does not name %s: %s", w, msg)
+			}
+		}
+		if c.kind == lifecycle.KindBadTarball && !strings.Contains(msg, "Nothing was written.") {
+			t.Errorf("error does not say nothing was written: %s", msg)
+		}
+	}
+	gone, added := testkit.Changes(before, testkit.Snapshot(t, root))
+	if len(gone) > 0 || len(added) > 0 {
+		t.Errorf("the root changed:\n  gone/changed: %q\n  new/changed:  %q", gone, added)
+	}
+}
+
+// wantCheckRefused feeds the archive, decompressed as far as it goes, to
+// CheckTarball itself: it must refuse it, naming each of want.
+func wantCheckRefused(t *testing.T, data []byte, want []string) {
+	t.Helper()
+	raw := data
+	if zr, err := gzip.NewReader(bytes.NewReader(data)); err == nil {
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(zr) // a truncated stream keeps what it had
+		raw = b.Bytes()
+	}
+	err := lifecycle.CheckTarball(tar.NewReader(bytes.NewReader(raw)), hostileLimit)
+	if err == nil {
+		t.Errorf("CheckTarball accepted it")
+		return
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("CheckTarball error does not name %s: %v", w, err)
+		}
 	}
 }
 

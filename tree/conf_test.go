@@ -32,15 +32,21 @@ func testContext(t *testing.T) ConfContext {
 	}
 }
 
-func TestReadConfRealWorldShapes(t *testing.T) {
-	tests := []struct {
-		name   string
-		body   string
-		kernel string
-		check  func(t *testing.T, c *Conf)
-	}{{
-		name: "sparse arrays keep their indexes",
-		body: `PACKAGE_NAME=foo
+// confShape is a dkms.conf written the way real packages write them, and
+// what ReadConf must make of it.
+type confShape struct {
+	name   string
+	body   string
+	kernel string // the kernel to read it for; "" for testContext's
+	check  func(t *testing.T, c *Conf)
+}
+
+// realWorldShapes are the shapes of TestReadConfRealWorldShapes: sparse
+// arrays, shell (substitutions, conditions, functions), MAKE_MATCH and
+// PATCH_MATCH, line endings, defaults, warnings and BUILD_EXCLUSIVE.
+var realWorldShapes = []confShape{{
+	name: "sparse arrays keep their indexes",
+	body: `PACKAGE_NAME=foo
 PACKAGE_VERSION=1.0
 BUILT_MODULE_NAME[0]=a
 DEST_MODULE_LOCATION[0]=/extra
@@ -49,37 +55,37 @@ DEST_MODULE_LOCATION[2]=/kernel/drivers/c
 BUILT_MODULE_NAME[1]=b
 DEST_MODULE_LOCATION[1]=/updates
 `,
-		check: func(t *testing.T, c *Conf) {
-			var names []string
-			for _, m := range c.Modules {
-				names = append(names, m.BuiltName+"@"+m.RawDestLocation+"->"+m.DestLocation)
-			}
-			want := []string{"a@/extra->/updates/dkms", "b@/updates->/updates/dkms", "c@/kernel/drivers/c->/updates/dkms"}
-			if !reflect.DeepEqual(names, want) {
-				t.Errorf("modules = %q, want %q", names, want)
-			}
-		},
-	}, {
-		name: "command substitution and kernelver in MAKE",
-		body: `PACKAGE_NAME=foo
+	check: func(t *testing.T, c *Conf) {
+		var names []string
+		for _, m := range c.Modules {
+			names = append(names, m.BuiltName+"@"+m.RawDestLocation+"->"+m.DestLocation)
+		}
+		want := []string{"a@/extra->/updates/dkms", "b@/updates->/updates/dkms", "c@/kernel/drivers/c->/updates/dkms"}
+		if !reflect.DeepEqual(names, want) {
+			t.Errorf("modules = %q, want %q", names, want)
+		}
+	},
+}, {
+	name: "command substitution and kernelver in MAKE",
+	body: `PACKAGE_NAME=foo
 PACKAGE_VERSION=$(echo 1.0)
 MAKE[0]="make -C ${kernel_source_dir} M=${dkms_tree}/foo/1.0/build KVER=$kernelver ARCH_=$arch J=$parallel_jobs"
 BUILT_MODULE_NAME[0]=foo
 DEST_MODULE_LOCATION[0]=/extra
 `,
-		check: func(t *testing.T, c *Conf) {
-			if c.PackageVersion != "1.0" {
-				t.Errorf("PACKAGE_VERSION = %q", c.PackageVersion)
-			}
-			if !strings.Contains(c.MakeCommand, "-C /lib/modules/6.1.0-56-amd64/build ") ||
-				!strings.Contains(c.MakeCommand, "KVER=6.1.0-56-amd64 ARCH_=x86_64 J=4") ||
-				!strings.Contains(c.MakeCommand, "/var/lib/dkms/foo/1.0/build") {
-				t.Errorf("MAKE = %q", c.MakeCommand)
-			}
-		},
-	}, {
-		name: "if on kernelver and a function",
-		body: `PACKAGE_NAME=foo
+	check: func(t *testing.T, c *Conf) {
+		if c.PackageVersion != "1.0" {
+			t.Errorf("PACKAGE_VERSION = %q", c.PackageVersion)
+		}
+		if !strings.Contains(c.MakeCommand, "-C /lib/modules/6.1.0-56-amd64/build ") ||
+			!strings.Contains(c.MakeCommand, "KVER=6.1.0-56-amd64 ARCH_=x86_64 J=4") ||
+			!strings.Contains(c.MakeCommand, "/var/lib/dkms/foo/1.0/build") {
+			t.Errorf("MAKE = %q", c.MakeCommand)
+		}
+	},
+}, {
+	name: "if on kernelver and a function",
+	body: `PACKAGE_NAME=foo
 PACKAGE_VERSION=2
 pick() { echo "mod_$1"; }
 if [ "${kernelver%%.*}" -ge 6 ]; then
@@ -90,17 +96,17 @@ fi
 DEST_MODULE_LOCATION[0]=/updates
 AUTOINSTALL=YES
 `,
-		check: func(t *testing.T, c *Conf) {
-			if c.Modules[0].BuiltName != "mod_new" || c.Modules[0].DestName != "mod_new" {
-				t.Errorf("module = %+v", c.Modules[0])
-			}
-			if !c.AutoInstall {
-				t.Error("AUTOINSTALL=YES not read as yes")
-			}
-		},
-	}, {
-		name: "MAKE_MATCH picks the last matching line, PATCH_MATCH filters",
-		body: `PACKAGE_NAME=foo
+	check: func(t *testing.T, c *Conf) {
+		if c.Modules[0].BuiltName != "mod_new" || c.Modules[0].DestName != "mod_new" {
+			t.Errorf("module = %+v", c.Modules[0])
+		}
+		if !c.AutoInstall {
+			t.Error("AUTOINSTALL=YES not read as yes")
+		}
+	},
+}, {
+	name: "MAKE_MATCH picks the last matching line, PATCH_MATCH filters",
+	body: `PACKAGE_NAME=foo
 PACKAGE_VERSION=1
 BUILT_MODULE_NAME=foo
 DEST_MODULE_LOCATION=/extra
@@ -116,77 +122,79 @@ PATCH_MATCH[1]="^5\."
 PATCH[2]=six.patch
 PATCH_MATCH[2]="^6\.1"
 `,
-		check: func(t *testing.T, c *Conf) {
-			if c.MakeCommand != "make amd64" {
-				t.Errorf("MAKE = %q", c.MakeCommand)
-			}
-			if !reflect.DeepEqual(c.Patches, []string{"all.patch", "six.patch"}) {
-				t.Errorf("patches = %q", c.Patches)
-			}
-		},
-	}, {
-		name:   "unmatched MAKE_MATCH falls back to the default make",
-		kernel: "4.19.0-1-amd64",
-		body:   "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nMAKE[0]='make six'\nMAKE_MATCH[0]='^6'\n",
-		check: func(t *testing.T, c *Conf) {
-			if c.MakeCommand != "" {
-				t.Errorf("MAKE = %q, want the default", c.MakeCommand)
-			}
-		},
-	}, {
-		name: "CRLF line endings",
-		body: "PACKAGE_NAME=\"foo\"\r\nPACKAGE_VERSION=\"1.0\"\r\nBUILT_MODULE_NAME[0]=\"foo\"\r\nDEST_MODULE_LOCATION[0]=\"/extra\"\r\nAUTOINSTALL=\"yes\"\r\n",
-		check: func(t *testing.T, c *Conf) {
-			if c.PackageName != "foo" || c.PackageVersion != "1.0" || c.Modules[0].BuiltName != "foo" || !c.AutoInstall {
-				t.Errorf("CRLF conf read as %+v", c)
-			}
-		},
-	}, {
-		name: "zero modules is a warning, not an error",
-		body: "PACKAGE_NAME=meta\nPACKAGE_VERSION=1\n",
-		check: func(t *testing.T, c *Conf) {
-			if len(c.Modules) != 0 || !reflect.DeepEqual(c.Warnings, []string{"dkms.conf: Warning! Zero modules specified."}) {
-				t.Errorf("modules %v warnings %q", c.Modules, c.Warnings)
-			}
-		},
-	}, {
-		name: "defaults: one module takes PACKAGE_NAME, strip follows STRIP[0]",
-		body: "PACKAGE_NAME=solo\nPACKAGE_VERSION=1\nDEST_MODULE_LOCATION=/extra\nSTRIP[0]=no\n",
-		check: func(t *testing.T, c *Conf) {
-			m := c.Modules[0]
-			if m.BuiltName != "solo" || m.DestName != "solo" || m.Strip {
-				t.Errorf("module = %+v", m)
-			}
-		},
-	}, {
-		name: "functions and other variables do not leak; deprecated directives warn",
-		body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nMODULES_CONF[0]='alias x foo'\nCLEAN='make clean'\nREMAKE_INITRD=yes\nOTHER=1\n",
-		check: func(t *testing.T, c *Conf) {
-			if len(c.Warnings) != 2 || !strings.HasPrefix(c.Warnings[0], "Deprecated feature: MODULES_CONF (") || !strings.HasPrefix(c.Warnings[1], "Deprecated feature: CLEAN (") {
-				t.Errorf("warnings = %q", c.Warnings)
-			}
-			if !c.RemakeInitrd {
-				t.Error("REMAKE_INITRD=yes not read")
-			}
-		},
-	}, {
-		name: "BUILD_EXCLUSIVE_ARCH rules out x86_64",
-		body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nBUILD_EXCLUSIVE_ARCH=aarch64\n",
-		check: func(t *testing.T, c *Conf) {
-			if c.Excluded != "BUILD_EXCLUSIVE_ARCH" {
-				t.Errorf("Excluded = %q", c.Excluded)
-			}
-		},
-	}, {
-		name: "BUILD_EXCLUSIVE_KERNEL_MIN and MAX compare like dkms's VER",
-		body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nBUILD_EXCLUSIVE_KERNEL_MIN=5.10\nBUILD_EXCLUSIVE_KERNEL_MAX=6.0.99\n",
-		check: func(t *testing.T, c *Conf) {
-			if c.Excluded != "BUILD_EXCLUSIVE_KERNEL_MAX" {
-				t.Errorf("Excluded = %q", c.Excluded)
-			}
-		},
-	}}
-	for _, tc := range tests {
+	check: func(t *testing.T, c *Conf) {
+		if c.MakeCommand != "make amd64" {
+			t.Errorf("MAKE = %q", c.MakeCommand)
+		}
+		if !reflect.DeepEqual(c.Patches, []string{"all.patch", "six.patch"}) {
+			t.Errorf("patches = %q", c.Patches)
+		}
+	},
+}, {
+	name:   "unmatched MAKE_MATCH falls back to the default make",
+	kernel: "4.19.0-1-amd64",
+	body:   "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nMAKE[0]='make six'\nMAKE_MATCH[0]='^6'\n",
+	check: func(t *testing.T, c *Conf) {
+		if c.MakeCommand != "" {
+			t.Errorf("MAKE = %q, want the default", c.MakeCommand)
+		}
+	},
+}, {
+	name: "CRLF line endings",
+	body: "PACKAGE_NAME=\"foo\"\r\nPACKAGE_VERSION=\"1.0\"\r\nBUILT_MODULE_NAME[0]=\"foo\"\r\nDEST_MODULE_LOCATION[0]=\"/extra\"\r\nAUTOINSTALL=\"yes\"\r\n",
+	check: func(t *testing.T, c *Conf) {
+		if c.PackageName != "foo" || c.PackageVersion != "1.0" || c.Modules[0].BuiltName != "foo" || !c.AutoInstall {
+			t.Errorf("CRLF conf read as %+v", c)
+		}
+	},
+}, {
+	name: "zero modules is a warning, not an error",
+	body: "PACKAGE_NAME=meta\nPACKAGE_VERSION=1\n",
+	check: func(t *testing.T, c *Conf) {
+		if len(c.Modules) != 0 || !reflect.DeepEqual(c.Warnings, []string{"dkms.conf: Warning! Zero modules specified."}) {
+			t.Errorf("modules %v warnings %q", c.Modules, c.Warnings)
+		}
+	},
+}, {
+	name: "defaults: one module takes PACKAGE_NAME, strip follows STRIP[0]",
+	body: "PACKAGE_NAME=solo\nPACKAGE_VERSION=1\nDEST_MODULE_LOCATION=/extra\nSTRIP[0]=no\n",
+	check: func(t *testing.T, c *Conf) {
+		m := c.Modules[0]
+		if m.BuiltName != "solo" || m.DestName != "solo" || m.Strip {
+			t.Errorf("module = %+v", m)
+		}
+	},
+}, {
+	name: "functions and other variables do not leak; deprecated directives warn",
+	body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nMODULES_CONF[0]='alias x foo'\nCLEAN='make clean'\nREMAKE_INITRD=yes\nOTHER=1\n",
+	check: func(t *testing.T, c *Conf) {
+		if len(c.Warnings) != 2 || !strings.HasPrefix(c.Warnings[0], "Deprecated feature: MODULES_CONF (") || !strings.HasPrefix(c.Warnings[1], "Deprecated feature: CLEAN (") {
+			t.Errorf("warnings = %q", c.Warnings)
+		}
+		if !c.RemakeInitrd {
+			t.Error("REMAKE_INITRD=yes not read")
+		}
+	},
+}, {
+	name: "BUILD_EXCLUSIVE_ARCH rules out x86_64",
+	body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nBUILD_EXCLUSIVE_ARCH=aarch64\n",
+	check: func(t *testing.T, c *Conf) {
+		if c.Excluded != "BUILD_EXCLUSIVE_ARCH" {
+			t.Errorf("Excluded = %q", c.Excluded)
+		}
+	},
+}, {
+	name: "BUILD_EXCLUSIVE_KERNEL_MIN and MAX compare like dkms's VER",
+	body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nBUILD_EXCLUSIVE_KERNEL_MIN=5.10\nBUILD_EXCLUSIVE_KERNEL_MAX=6.0.99\n",
+	check: func(t *testing.T, c *Conf) {
+		if c.Excluded != "BUILD_EXCLUSIVE_KERNEL_MAX" {
+			t.Errorf("Excluded = %q", c.Excluded)
+		}
+	},
+}}
+
+func TestReadConfRealWorldShapes(t *testing.T) {
+	for _, tc := range realWorldShapes {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t)
 			if tc.kernel != "" {

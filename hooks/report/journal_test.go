@@ -3,10 +3,8 @@ package report
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -213,8 +211,7 @@ func TestFieldNameSanitising(t *testing.T) {
 
 // catalogPath is the repository's dist/journal/dkmsd.catalog.
 func catalogPath() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "dist", "journal", "dkmsd.catalog")
+	return filepath.Join(testkit.RepoRoot(), "dist", "journal", "dkmsd.catalog")
 }
 
 // catalogSections parses a journal catalog: "-- <id>" starts an entry,
@@ -293,18 +290,18 @@ func TestJournalCatalogRealJournalctl(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "dkmsd.catalog"), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(journalctl, "--root="+root, "--update-catalog").CombinedOutput(); err != nil || len(out) > 0 {
-		t.Fatalf("journalctl --update-catalog: %v: %s", err, out)
+	if r := testkit.Run(t, journalctl, "--root="+root, "--update-catalog"); r.Code != 0 || r.Out != "" {
+		t.Fatalf("journalctl --update-catalog: exit %d: %s", r.Code, r.Out)
 	}
 	if _, err := os.Stat(filepath.Join(root, "var/lib/systemd/catalog/database")); err != nil {
 		t.Fatalf("no catalog database written: %v", err)
 	}
-	out, err := exec.Command(journalctl, "--root="+root, "--list-catalog").CombinedOutput()
-	if err != nil {
-		t.Fatalf("journalctl --list-catalog: %v: %s", err, out)
+	list := testkit.Run(t, journalctl, "--root="+root, "--list-catalog")
+	if list.Code != 0 {
+		t.Fatalf("journalctl --list-catalog: exit %d: %s", list.Code, list.Out)
 	}
 	var listed []string
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(list.Out), "\n") {
 		id, subject, _ := strings.Cut(line, " ")
 		if !strings.HasPrefix(subject, "dkmsd: ") {
 			t.Errorf("catalog entry %s is not shown as defined by dkmsd: %q", id, line)
@@ -320,8 +317,8 @@ func TestJournalCatalogRealJournalctl(t *testing.T) {
 	if strings.Join(listed, " ") != strings.Join(want, " ") {
 		t.Errorf("journalctl --list-catalog lists\n%s\nwant the MESSAGE_IDs\n%s", strings.Join(listed, "\n"), strings.Join(want, "\n"))
 	}
-	out, err = exec.Command(journalctl, "--root="+root, "--dump-catalog", MessageIDs[lifecycle.BuildFailed]).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "Subject: Kernel module @DKMS_MODULE@/@DKMS_VERSION@ failed to build for @KERNEL_VERSION@") {
-		t.Errorf("journalctl --dump-catalog %s: %v\n%s", MessageIDs[lifecycle.BuildFailed], err, out)
+	dump := testkit.Run(t, journalctl, "--root="+root, "--dump-catalog", MessageIDs[lifecycle.BuildFailed])
+	if dump.Code != 0 || !strings.Contains(dump.Out, "Subject: Kernel module @DKMS_MODULE@/@DKMS_VERSION@ failed to build for @KERNEL_VERSION@") {
+		t.Errorf("journalctl --dump-catalog %s: exit %d\n%s", MessageIDs[lifecycle.BuildFailed], dump.Code, dump.Out)
 	}
 }
