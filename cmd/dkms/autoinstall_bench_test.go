@@ -38,7 +38,7 @@ func BenchmarkAutoinstall(b *testing.B) {
 	testkit.RequireTool(b, "openssl", "openssl")
 	kernels := testkit.Kernels(b, 2)
 	bench := &autoinstallBench{
-		bin:      dkmsdBinary(b),
+		bin:      testkit.Binary(b, "dkms"),
 		env:      autoinstallEnviron(b),
 		template: moduleTemplate(b, "dkmsd_hello-1.0", "dkmsd_hello"),
 	}

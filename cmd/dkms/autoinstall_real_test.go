@@ -61,7 +61,7 @@ func newBatchRoot(t *testing.T) *batchRoot {
 		}
 	}
 	env = append(env, "LC_ALL=C", "mok_signing_key="+key, "mok_certificate="+cert)
-	return &batchRoot{bin: dkmsdBinary(t), root: root, env: env, kernels: ks}
+	return &batchRoot{bin: testkit.Binary(t, "dkms"), root: root, env: env, kernels: ks}
 }
 
 var batchMOKPair struct {

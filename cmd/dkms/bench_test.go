@@ -27,7 +27,7 @@ func BenchmarkStatus40Modules2Kernels(b *testing.B) {
 	testkit.RequireRoot(b)
 	requireDebianDKMS(b)
 	kernels := testkit.Kernels(b, 2)
-	bin := dkmsdBinary(b)
+	bin := testkit.Binary(b, "dkms")
 	root, want := statusBenchTree(b, bin, kernels)
 
 	cmds := []statusCommand{

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -17,42 +15,8 @@ import (
 
 	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
-
-// hookBinaries are dkmsd-apt and dkmsd-kernel-install, built once per test
-// process into a dkmsd-testhooks-* dir under os.TempDir (left in place, as
-// dkmsdBinary's is).
-var hookBinaries struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// hookBinaryDir builds ./cmd/dkmsd-apt and ./cmd/dkmsd-kernel-install and
-// returns the directory holding them.
-func hookBinaryDir(tb testing.TB) string {
-	tb.Helper()
-	hookBinaries.once.Do(func() {
-		dir, err := os.MkdirTemp("", "dkmsd-testhooks-")
-		if err != nil {
-			hookBinaries.err = err
-			return
-		}
-		for _, pkg := range []string{"dkmsd-apt", "dkmsd-kernel-install"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, pkg), "./cmd/"+pkg)
-			cmd.Dir = filepath.Join("..", "..")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				hookBinaries.err = fmt.Errorf("go build ./cmd/%s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-		hookBinaries.dir = dir
-	})
-	if hookBinaries.err != nil {
-		tb.Fatal(hookBinaries.err)
-	}
-	return hookBinaries.dir
-}
 
 // TestConcurrentHooksAndCLIRealHeaders starts, at the same moment, on one
 // tree holding two added (unbuilt) modules whose PRE_BUILD appends
@@ -69,7 +33,7 @@ func hookBinaryDir(tb testing.TB) string {
 // build and listed in modules.dep; no intent or temporary file is left.
 func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 	b := newBatchRoot(t)
-	hooks := hookBinaryDir(t)
+	hooks := testkit.Binaries(t)
 	k1, k2 := b.kernels[0], b.kernels[1]
 	counter := b.path("var/lib/dkms/dkmsd_conc.builds")
 	mods := []string{"dkmsd_conc_a", "dkmsd_conc_b"}

@@ -392,7 +392,7 @@ func TestReadOnlyDKMSTreeRealHeaders(t *testing.T) {
 		b.sameState(t, what, before)
 	}
 
-	hooks := hookBinaryDir(t)
+	hooks := testkit.Binaries(t)
 	cmd := exec.CommandContext(t.Context(), filepath.Join(hooks, "dkmsd-apt"), "header_postinst", k)
 	cmd.Env = append(slices.Clone(b.env), "DKMSD_ROOT="+b.root)
 	var out, errb bytes.Buffer

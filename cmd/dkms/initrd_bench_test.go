@@ -29,7 +29,7 @@ import (
 func BenchmarkInitrdAddModule(b *testing.B) {
 	bootKernel := requireBootKernel(b)
 	testkit.RequireTool(b, "update-initramfs", "initramfs-tools")
-	bin := dkmsdBinary(b)
+	bin := testkit.Binary(b, "dkms")
 	bootInitrd := "/boot/initrd.img-" + bootKernel
 	original, err := os.ReadFile(bootInitrd)
 	if err != nil {

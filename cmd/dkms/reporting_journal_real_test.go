@@ -64,7 +64,7 @@ func journalPrereqs(t *testing.T) {
 func inJournalNamespace(t *testing.T, jdir string, env []string, args ...string) dkmsResult {
 	t.Helper()
 	full := append([]string{"--mount", "--propagation", "private", "sh", "-c", journalNamespaceScript, "sh",
-		jdir, filepath.Join(filepath.Dir(jdir), "journald.log"), dkmsdBinary(t)}, args...)
+		jdir, filepath.Join(filepath.Dir(jdir), "journald.log"), testkit.Binary(t, "dkms")}, args...)
 	r := runCommand(t, 4*time.Minute, env, "unshare", full...)
 	if r.code == 125 {
 		b, _ := os.ReadFile(filepath.Join(filepath.Dir(jdir), "journald.log"))
@@ -230,7 +230,7 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 	if err := os.MkdirAll(catDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(repoDir(), "dist/journal/dkmsd.catalog"))
+	b, err := os.ReadFile(filepath.Join(testkit.RepoRoot(), "dist/journal/dkmsd.catalog"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ until [ -S /run/systemd/journal/socket ]; do i=$((i+1)); [ $i -lt 200 ] || exit 
 				{"--root", root, "status"},
 				{"--root", root, "remove", "dkmsd_hello/1.0", "--all"},
 			} {
-				full := append([]string{"--mount", "--propagation", "private", "sh", "-c", "set -eu\n" + setup + "\nexec \"$@\"", "sh", dkmsdBinary(t)}, args...)
+				full := append([]string{"--mount", "--propagation", "private", "sh", "-c", "set -eu\n" + setup + "\nexec \"$@\"", "sh", testkit.Binary(t, "dkms")}, args...)
 				r := runCommand(t, time.Minute, baseEnv(), "unshare", full...)
 				if r.code == 125 {
 					t.Fatalf("namespace setup failed: %s", r.stderr)

@@ -8,7 +8,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"image/png"
 	"os"
 	"os/exec"
@@ -83,43 +82,11 @@ func (f *fakeNotifications) take() []notifyCall {
 	return c
 }
 
-// notifyBinary builds cmd/dkmsd-notify once per test process, where any
-// uid can run it.
-var notifyBin struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-func notifyBinary(t *testing.T) string {
-	t.Helper()
-	notifyBin.once.Do(func() {
-		dir, err := os.MkdirTemp("", "dkmsd-testbin-")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
-		if err != nil {
-			notifyBin.err = err
-			return
-		}
-		bin := filepath.Join(dir, "dkmsd-notify")
-		if out, err := exec.Command("go", "build", "-o", bin, "../dkmsd-notify").CombinedOutput(); err != nil {
-			notifyBin.err = fmt.Errorf("go build ./cmd/dkmsd-notify: %v\n%s", err, out)
-			return
-		}
-		notifyBin.path = bin
-	})
-	if notifyBin.err != nil {
-		t.Fatal(notifyBin.err)
-	}
-	return notifyBin.path
-}
-
 // startNotifier runs dkmsd-notify as uid and waits until it listens on the
 // system bus (its match rule is in place).
 func startNotifier(t *testing.T, uid int, systemBus, sessionBus string, root *dbus.Conn) {
 	t.Helper()
-	cmd := exec.Command(notifyBinary(t))
+	cmd := exec.Command(testkit.Binary(t, "dkmsd-notify"))
 	cmd.Env = baseEnv("DBUS_SYSTEM_BUS_ADDRESS="+systemBus, "DBUS_SESSION_BUS_ADDRESS="+sessionBus)
 	cmd.Dir = "/"
 	cmd = asUser(uid, cmd)

@@ -26,7 +26,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,12 +46,6 @@ const nobody = 65534
 // testInterface marks signals the tests send to find where they are in a
 // stream of signals.
 const testInterface = "org.dkmsd.Test1"
-
-// repoDir is the repository's top directory.
-func repoDir() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
 
 // reportingPrereqs checks what every test here needs.
 func reportingPrereqs(t *testing.T) {
@@ -232,7 +225,7 @@ func startSystemBus(t *testing.T, dir string, withPolicy bool) string {
 	t.Helper()
 	include := "<!-- dkmsd's policy is not installed on this bus -->"
 	if withPolicy {
-		policy, err := filepath.Abs(filepath.Join(repoDir(), "dist", "dbus"))
+		policy, err := filepath.Abs(filepath.Join(testkit.RepoRoot(), "dist", "dbus"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -368,7 +361,7 @@ type dkmsResult struct {
 // dkms runs the dkms command built for these tests with env.
 func dkms(t *testing.T, env []string, args ...string) dkmsResult {
 	t.Helper()
-	return runCommand(t, 4*time.Minute, env, dkmsdBinary(t), args...)
+	return runCommand(t, 4*time.Minute, env, testkit.Binary(t, "dkms"), args...)
 }
 
 func runCommand(t *testing.T, limit time.Duration, env []string, prog string, args ...string) dkmsResult {
@@ -713,7 +706,7 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	}
 
 	// The service: root owns the name; nobody calls the methods.
-	svc := exec.Command(dkmsdBinary(t), "--root", root, "dbus-service")
+	svc := exec.Command(testkit.Binary(t, "dkms"), "--root", root, "dbus-service")
 	svc.Env = env
 	service := startDaemon(t, "dkms dbus-service", svc)
 	waitForOwner(t, rec.conn, report.BusName)

@@ -41,7 +41,7 @@ var tarballEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOM
 func tarballDkmsd(t *testing.T, env []string, kernels ...string) side {
 	t.Helper()
 	root := testkit.NewRoot(t, kernels...)
-	return side{name: "dkmsd", bin: dkmsdBinary(t), root: root, env: slices.Concat(env, []string{"DKMSD_ROOT=" + root})}
+	return side{name: "dkmsd", bin: testkit.Binary(t, "dkms"), root: root, env: slices.Concat(env, []string{"DKMSD_ROOT=" + root})}
 }
 
 // tarballRun is side.run with a deadline, so a command that hangs (on a
