@@ -376,18 +376,18 @@ func (h *crashHarness) run(n int) {
 	h.checkImmediate(r)
 
 	probe := h.b.run(h.t, append(slices.Clone(crashProbe), "-k", h.b.kernels[0])...)
-	if probe.code != 3 || !strings.Contains(probe.stderr, "is not located in the DKMS tree") {
-		h.violate(r, "probe", "the probe exited %d, want 3\nstdout:\n%s\nstderr:\n%s", probe.code, probe.stdout, probe.stderr)
+	if probe.Code != 3 || !strings.Contains(probe.Stderr, "is not located in the DKMS tree") {
+		h.violate(r, "probe", "the probe exited %d, want 3\nstdout:\n%s\nstderr:\n%s", probe.Code, probe.Stdout, probe.Stderr)
 	}
 	h.checkRecovered(r)
 
 	again := h.b.run(h.t, cmd.args...)
-	ok := again.code == 0
-	if cmd.kind == "remove" && again.code == 3 && strings.Contains(again.stderr, "is not located in the DKMS tree") {
+	ok := again.Code == 0
+	if cmd.kind == "remove" && again.Code == 3 && strings.Contains(again.Stderr, "is not located in the DKMS tree") {
 		ok = true // the killed run had removed it already
 	}
 	if !ok {
-		h.violate(r, "(d) rerun", "the rerun of dkms %s exited %d\nstdout:\n%s\nstderr:\n%s", strings.Join(cmd.args, " "), again.code, again.stdout, again.stderr)
+		h.violate(r, "(d) rerun", "the rerun of dkms %s exited %d\nstdout:\n%s\nstderr:\n%s", strings.Join(cmd.args, " "), again.Code, again.Stdout, again.Stderr)
 	}
 	h.checkOutcome(r)
 	h.checkEnd(r)
@@ -608,10 +608,10 @@ func (h *crashHarness) checkRecovered(r *crashRun) {
 		h.violate(r, "intent left", "intents left after a command took the lock: %q", intents)
 	}
 	st := h.b.run(h.t, "status")
-	if st.code != 0 {
-		h.violate(r, "status", "dkms status exited %d: %s", st.code, st.stderr)
+	if st.Code != 0 {
+		h.violate(r, "status", "dkms status exited %d: %s", st.Code, st.Stderr)
 	}
-	for _, l := range strings.Split(strings.TrimSpace(st.stdout), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(st.Stdout), "\n") {
 		if l == "" {
 			continue
 		}
@@ -958,12 +958,12 @@ func TestCrashSafetyKillBeforeInitrdRealHeaders(t *testing.T) {
 		// back as such a kill would have left it.
 		markInitrdPending(t, b.root, k)
 		r := b.run(t, c.args...)
-		if r.code != 0 && !(c.mayBe3 && r.code == 3) {
-			t.Errorf("%s again: exit %d\nstderr:\n%s", what, r.code, r.stderr)
+		if r.Code != 0 && !(c.mayBe3 && r.Code == 3) {
+			t.Errorf("%s again: exit %d\nstderr:\n%s", what, r.Code, r.Stderr)
 		}
 		if got := holds(); got != c.holds {
 			t.Errorf("after %s was cut before its initrd step and run again (exit %d), %s holds dkmsd_crashinitrd: %v, want %v\nstdout:\n%s\nstderr:\n%s",
-				what, r.code, img, got, c.holds, r.stdout, r.stderr)
+				what, r.Code, img, got, c.holds, r.Stdout, r.Stderr)
 		}
 		if c.restore != nil {
 			b.mustRun(t, c.restore...)

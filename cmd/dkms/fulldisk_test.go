@@ -186,14 +186,14 @@ func (b *batchRoot) sameState(t *testing.T, what string, before treeState) {
 
 // wantFailure checks that a refused command exited with code (0: any
 // non-zero) and that its stderr holds every text of want.
-func wantFailure(t *testing.T, what string, r result, code int, want ...string) {
+func wantFailure(t *testing.T, what string, r testkit.Result, code int, want ...string) {
 	t.Helper()
-	if r.code == 0 || (code != 0 && r.code != code) {
-		t.Errorf("%s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", what, r.code, code, r.stdout, r.stderr)
+	if r.Code == 0 || (code != 0 && r.Code != code) {
+		t.Errorf("%s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", what, r.Code, code, r.Stdout, r.Stderr)
 	}
 	for _, w := range want {
-		if !strings.Contains(r.stderr, w) {
-			t.Errorf("%s: stderr lacks %q:\n%s", what, w, r.stderr)
+		if !strings.Contains(r.Stderr, w) {
+			t.Errorf("%s: stderr lacks %q:\n%s", what, w, r.Stderr)
 		}
 	}
 }
@@ -285,7 +285,7 @@ func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
 	fillTo(t, kdir, 0)
 
 	r := b.run(t, "uninstall", "dkmsd_hello/1.0", "-k", k)
-	t.Logf("uninstall on a full %s: exit %d\nstdout:\n%s\nstderr:\n%s", kdir, r.code, r.stdout, r.stderr)
+	t.Logf("uninstall on a full %s: exit %d\nstdout:\n%s\nstderr:\n%s", kdir, r.Code, r.Stdout, r.Stderr)
 	inPlace, _ := os.ReadFile(orig)
 	archived, _ := os.ReadFile(saved)
 	origin, _ := os.ReadFile(saved + ".origin")
@@ -386,8 +386,8 @@ func TestReadOnlyDKMSTreeRealHeaders(t *testing.T) {
 		what := "dkms " + strings.Join(c.args, " ") + " on a read-only tree"
 		r := b.run(t, c.args...)
 		wantFailure(t, what, r, 1, c.want)
-		if c.want == lock && !strings.Contains(r.stderr, "read-only file system") {
-			t.Errorf("%s: stderr does not say the file system is read-only:\n%s", what, r.stderr)
+		if c.want == lock && !strings.Contains(r.Stderr, "read-only file system") {
+			t.Errorf("%s: stderr does not say the file system is read-only:\n%s", what, r.Stderr)
 		}
 		b.sameState(t, what, before)
 	}
@@ -395,11 +395,12 @@ func TestReadOnlyDKMSTreeRealHeaders(t *testing.T) {
 	hooks := testkit.Binaries(t)
 	cmd := exec.CommandContext(t.Context(), filepath.Join(hooks, "dkmsd-apt"), "header_postinst", k)
 	cmd.Env = append(slices.Clone(b.env), "DKMSD_ROOT="+b.root)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	r := processResult(t, "dkmsd-apt header_postinst", cmd.Run(), &out, &errb)
-	if r.code != 0 || !strings.Contains(r.stderr, lock) {
-		t.Errorf("dkmsd-apt header_postinst on a read-only tree: exit %d (want 0), stderr should name %s:\n%s", r.code, lock, r.stderr)
+	r, err := testkit.Exec(cmd)
+	if err != nil {
+		t.Fatalf("dkmsd-apt header_postinst: %v\nstdout:\n%s\nstderr:\n%s", err, r.Stdout, r.Stderr)
+	}
+	if r.Code != 0 || !strings.Contains(r.Stderr, lock) {
+		t.Errorf("dkmsd-apt header_postinst on a read-only tree: exit %d (want 0), stderr should name %s:\n%s", r.Code, lock, r.Stderr)
 	}
 	b.sameState(t, "dkmsd-apt on a read-only tree", before)
 	if st := b.status(t); !slices.Equal(st, []string{"dkmsd_hello/1.0, " + k + ", " + machineArch() + ": installed", "dkmsd_twomods/2.1: added"}) {
@@ -443,8 +444,8 @@ func TestReadOnlyInstallTreeRealHeaders(t *testing.T) {
 
 	// The next command that takes the lock recovers what they left.
 	probe := b.run(t, "uninstall", "dkmsd_nonexistent/0", "-k", k)
-	if probe.code != 3 {
-		t.Errorf("probe: exit %d, want 3: %s", probe.code, probe.stderr)
+	if probe.Code != 3 {
+		t.Errorf("probe: exit %d, want 3: %s", probe.Code, probe.Stderr)
 	}
 	b.sameState(t, "the recovery after them", before)
 }

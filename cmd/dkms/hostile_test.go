@@ -48,7 +48,7 @@ func hostileSource(t *testing.T, conf string) string {
 
 // hostileResult is a process that may have been stopped at its limit.
 type hostileResult struct {
-	result
+	testkit.Result
 	took     time.Duration
 	maxRSS   int64 // bytes
 	timedOut bool
@@ -64,24 +64,17 @@ func (b *batchRoot) runWithin(t *testing.T, limit time.Duration, args ...string)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
-	err := cmd.Run()
-	r := hostileResult{took: time.Since(start), timedOut: ctx.Err() != nil}
+	res, err := testkit.Exec(cmd)
+	r := hostileResult{Result: res, took: time.Since(start), timedOut: ctx.Err() != nil}
 	if cmd.ProcessState != nil {
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			r.maxRSS = ru.Maxrss << 10
 		}
 	}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil && !r.timedOut && !errors.Is(err, exec.ErrWaitDelay):
+	if err != nil && !r.timedOut && !errors.Is(err, exec.ErrWaitDelay) {
 		t.Fatalf("dkms %s: %v", strings.Join(args, " "), err)
 	}
-	r.stdout, r.stderr = out.String(), errb.String()
 	// Commands a dkms.conf started (sleep 600 &) are not dkmsd's to keep.
 	for pid := range processesUsing(b.root) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -150,8 +143,8 @@ func TestHostileInputRealHeaders(t *testing.T) {
 		}
 	}
 	built := func(t *testing.T, b *batchRoot, r hostileResult) {
-		if r.code != 0 {
-			t.Errorf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+		if r.Code != 0 {
+			t.Errorf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
 		}
 		b.wantStatus(t, statusLine("dkmsd_hostile", "1.0", b.kernels[0], "built"))
 	}
@@ -245,7 +238,7 @@ func TestHostileInputRealHeaders(t *testing.T) {
 			lock := "var/lib/dkms/.dkmsd.lock"
 			before := contentDigests(t, b.root)
 			r := b.runWithin(t, 25*time.Second, args...)
-			t.Logf("dkms %s: exit %d in %v (max RSS %d MiB)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.took.Round(time.Millisecond), r.maxRSS>>20, r.stdout, r.stderr)
+			t.Logf("dkms %s: exit %d in %v (max RSS %d MiB)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.Code, r.took.Round(time.Millisecond), r.maxRSS>>20, r.Stdout, r.Stderr)
 			if r.timedOut {
 				t.Errorf("dkms %s still running after %v: the dkms.conf time limit (10 s) did not stop it", strings.Join(args, " "), 25*time.Second)
 			}
@@ -256,17 +249,17 @@ func TestHostileInputRealHeaders(t *testing.T) {
 				c.check(t, b, r)
 				return
 			}
-			if r.code != c.code {
-				t.Errorf("exit %d, want %d", r.code, c.code)
+			if r.Code != c.code {
+				t.Errorf("exit %d, want %d", r.Code, c.code)
 			}
 			for _, w := range c.want {
 				w = strings.ReplaceAll(w, "%k1%", b.kernels[0])
 				w = strings.ReplaceAll(w, "%initrd%", b.path("boot", "initrd.img-"+b.kernels[1]))
-				if !strings.Contains(r.stderr, w) {
+				if !strings.Contains(r.Stderr, w) {
 					t.Errorf("stderr lacks %q", w)
 				}
 			}
-			if strings.Contains(r.stderr, "panic:") || strings.Contains(r.stderr, "fatal error:") {
+			if strings.Contains(r.Stderr, "panic:") || strings.Contains(r.Stderr, "fatal error:") {
 				t.Errorf("dkms crashed")
 			}
 			var changed []string

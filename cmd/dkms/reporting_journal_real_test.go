@@ -66,9 +66,9 @@ func inJournalNamespace(t *testing.T, jdir string, env []string, args ...string)
 	full := append([]string{"--mount", "--propagation", "private", "sh", "-c", journalNamespaceScript, "sh",
 		jdir, filepath.Join(filepath.Dir(jdir), "journald.log"), testkit.Binary(t, "dkms")}, args...)
 	r := runCommand(t, 4*time.Minute, env, "unshare", full...)
-	if r.code == 125 {
+	if r.Code == 125 {
 		b, _ := os.ReadFile(filepath.Join(filepath.Dir(jdir), "journald.log"))
-		t.Fatalf("the namespace's journald: %s\n%s", r.stderr, b)
+		t.Fatalf("the namespace's journald: %s\n%s", r.Stderr, b)
 	}
 	return r
 }
@@ -124,14 +124,14 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 	// too.
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(tmp, "no-bus"))
 
-	if r := inJournalNamespace(t, jdir, env, "--root", root, "install", "dkmsd_hello/1.0", "-k", k); r.code != 0 {
-		t.Fatalf("install: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := inJournalNamespace(t, jdir, env, "--root", root, "install", "dkmsd_hello/1.0", "-k", k); r.Code != 0 {
+		t.Fatalf("install: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := inJournalNamespace(t, jdir, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.code != 0 {
-		t.Fatalf("add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := inJournalNamespace(t, jdir, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.Code != 0 {
+		t.Fatalf("add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := inJournalNamespace(t, jdir, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.code != 10 {
-		t.Fatalf("failing build: exit %d, want 10\n%s%s", r.code, r.stdout, r.stderr)
+	if r := inJournalNamespace(t, jdir, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.Code != 10 {
+		t.Fatalf("failing build: exit %d, want 10\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 
 	entries := journalEntries(t, jdir)
@@ -293,17 +293,17 @@ until [ -S /run/systemd/journal/socket ]; do i=$((i+1)); [ $i -lt 200 ] || exit 
 			} {
 				full := append([]string{"--mount", "--propagation", "private", "sh", "-c", "set -eu\n" + setup + "\nexec \"$@\"", "sh", testkit.Binary(t, "dkms")}, args...)
 				r := runCommand(t, time.Minute, baseEnv(), "unshare", full...)
-				if r.code == 125 {
-					t.Fatalf("namespace setup failed: %s", r.stderr)
+				if r.Code == 125 {
+					t.Fatalf("namespace setup failed: %s", r.Stderr)
 				}
-				if r.code != 0 {
-					t.Errorf("dkms %s: exit %d\n%s%s", strings.Join(args[2:], " "), r.code, r.stdout, r.stderr)
+				if r.Code != 0 {
+					t.Errorf("dkms %s: exit %d\n%s%s", strings.Join(args[2:], " "), r.Code, r.Stdout, r.Stderr)
 				}
 				if r.took > 10*time.Second {
 					t.Errorf("dkms %s took %v", strings.Join(args[2:], " "), r.took)
 				}
 				busNotices := 0
-				for _, l := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+				for _, l := range strings.Split(strings.TrimSpace(r.Stderr), "\n") {
 					switch {
 					case l == "":
 					case strings.Contains(strings.ToLower(l), "journal"):

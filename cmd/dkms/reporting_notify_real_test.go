@@ -366,18 +366,18 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + system)
 
 	// A success-only no-op transaction: nothing to show.
-	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.code != 0 {
-		t.Fatalf("no-op autoinstall: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.Code != 0 {
+		t.Fatalf("no-op autoinstall: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rec.waitFor(t, "no-op TransactionFinished", named(report.Interface+".TransactionFinished"))
 	rec.take()
 
 	// A failing autoinstall.
-	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.code != 0 {
-		t.Fatalf("add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.Code != 0 {
+		t.Fatalf("add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.code != 11 {
-		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.code, r.stdout, r.stderr)
+	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.Code != 11 {
+		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	failed := rec.waitFor(t, "BuildFailed", named(report.Interface+".BuildFailed"))
 	log, _ := failed.Body[4].(string)
@@ -444,8 +444,8 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 
 	// A failing `dkms build`: BuildFailed is the command's last signal.
 	before := len(history)
-	if r := dkms(t, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.code != 10 {
-		t.Errorf("failing build: exit %d, want 10\n%s%s", r.code, r.stdout, r.stderr)
+	if r := dkms(t, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.Code != 10 {
+		t.Errorf("failing build: exit %d, want 10\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rec.waitFor(t, "BuildFailed of dkms build", func(s *dbus.Signal) bool {
 		return s.Name == report.Interface+".BuildFailed" && s.Sender != failed.Sender

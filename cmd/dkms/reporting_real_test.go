@@ -351,11 +351,10 @@ func named(name string) func(*dbus.Signal) bool {
 	return func(s *dbus.Signal) bool { return s.Name == name }
 }
 
-// dkmsResult is one run of the dkms command.
+// dkmsResult is one run of the dkms command (or another program).
 type dkmsResult struct {
-	code           int
-	stdout, stderr string
-	took           time.Duration
+	testkit.Result
+	took time.Duration
 }
 
 // dkms runs the dkms command built for these tests with env.
@@ -364,6 +363,9 @@ func dkms(t *testing.T, env []string, args ...string) dkmsResult {
 	return runCommand(t, 4*time.Minute, env, testkit.Binary(t, "dkms"), args...)
 }
 
+// runCommand runs prog in env from /, in a process group of its own that
+// goes whole on a time-out (make, a namespace's journald); a run that
+// outlasts limit fails the test as a hang.
 func runCommand(t *testing.T, limit time.Duration, env []string, prog string, args ...string) dkmsResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
@@ -371,23 +373,16 @@ func runCommand(t *testing.T, limit time.Duration, env []string, prog string, ar
 	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.Env = env
 	cmd.Dir = "/"
-	// On a time-out, the whole group goes (make, a namespace's journald).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
-	err := cmd.Run()
-	res := dkmsResult{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
+	r, err := testkit.Exec(cmd)
+	res := dkmsResult{Result: r, took: time.Since(start)}
 	if ctx.Err() != nil {
-		t.Fatalf("%s %s: still running after %v (hangs)\nstdout:\n%s\nstderr:\n%s", prog, strings.Join(args, " "), limit, res.stdout, res.stderr)
+		t.Fatalf("%s %s: still running after %v (hangs)\nstdout:\n%s\nstderr:\n%s", prog, strings.Join(args, " "), limit, r.Stdout, r.Stderr)
 	}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		res.code = ee.ExitCode()
-	case err != nil:
+	if err != nil {
 		t.Fatalf("%s %s: %v", prog, strings.Join(args, " "), err)
 	}
 	return res
@@ -636,8 +631,8 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 
 	// A successful install: BuildStarted, BuildFinished, Installed.
 	r := dkms(t, env, "--root", root, "install", "dkmsd_hello/1.0", "-k", k)
-	if r.code != 0 {
-		t.Fatalf("install: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("install: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rec.waitFor(t, "Installed", named(report.Interface+".Installed"))
 	sigs := rec.take()
@@ -660,15 +655,15 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	}
 
 	// A failing autoinstall: BuildFailed with its log, then the summary.
-	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.code != 0 {
-		t.Fatalf("add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.Code != 0 {
+		t.Fatalf("add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rec.take()
 	before := time.Now()
 	r = dkms(t, env, "--root", root, "autoinstall", "-k", k)
 	after := time.Now()
-	if r.code != 11 {
-		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != 11 {
+		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	summary := rec.waitFor(t, "TransactionFinished", named(report.Interface+".TransactionFinished"))
 	sigs = rec.take()
@@ -700,8 +695,8 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 		t.Errorf("TransactionFinished has no lines")
 	}
 	for _, l := range lines {
-		if !strings.Contains(r.stdout, l+"\n") {
-			t.Errorf("TransactionFinished line %q is not what autoinstall printed:\n%s", l, r.stdout)
+		if !strings.Contains(r.Stdout, l+"\n") {
+			t.Errorf("TransactionFinished line %q is not what autoinstall printed:\n%s", l, r.Stdout)
 		}
 	}
 
@@ -714,7 +709,7 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	runHelper(t, helperCmd(helperBinary(t, dir), nobody, "call", bus), &got)
 
 	status := dkms(t, env, "--root", root, "status")
-	want := strings.Split(strings.TrimSpace(status.stdout), "\n")
+	want := strings.Split(strings.TrimSpace(status.Stdout), "\n")
 	var rows []string
 	for _, c := range got.StatusRows {
 		if len(c) != 5 {
