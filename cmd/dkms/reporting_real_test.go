@@ -620,7 +620,6 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	testkit.RequireTool(t, "openssl", "openssl")
 	t.Parallel()
 	k := testkit.Kernels(t, 1)[0]
-	arch := machineArch()
 	dir := sharedDir(t)
 	bus := startSystemBus(t, dir, true)
 	rec := listen(t, bus, report.Interface)
@@ -629,7 +628,37 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + bus)
 
-	// A successful install: BuildStarted, BuildFinished, Installed.
+	checkInstallSignals(t, rec, env, root, k)
+	last := checkFailedAutoinstallSignals(t, rec, env, root, k)
+
+	// The service: root owns the name; nobody calls the methods.
+	svc := exec.Command(testkit.Binary(t, "dkms"), "--root", root, "dbus-service")
+	svc.Env = env
+	service := startDaemon(t, "dkms dbus-service", svc)
+	waitForOwner(t, rec.conn, report.BusName)
+	var got helperReport
+	runHelper(t, helperCmd(helperBinary(t, dir), nobody, "call", bus), &got)
+	checkServiceStatus(t, got, env, root)
+	checkServiceTransaction(t, got, last, root)
+	checkServiceIntrospection(t, got)
+
+	// The service leaves on SIGTERM, with status 0.
+	svc.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-service.done:
+		if !svc.ProcessState.Success() {
+			t.Errorf("dbus-service on SIGTERM: %v\n%s", svc.ProcessState, service.output())
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("dbus-service still running 5s after SIGTERM")
+	}
+}
+
+// checkInstallSignals runs a successful install: BuildStarted,
+// BuildFinished (with the build's duration), Installed.
+func checkInstallSignals(t *testing.T, rec *recorder, env []string, root, k string) {
+	t.Helper()
+	arch := machineArch()
 	r := dkms(t, env, "--root", root, "install", "dkmsd_hello/1.0", "-k", k)
 	if r.Code != 0 {
 		t.Fatalf("install: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
@@ -653,20 +682,32 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	} else if len(sigs) >= 2 {
 		t.Errorf("BuildFinished args = %v, want 5", sigs[1].Body)
 	}
+}
 
-	// A failing autoinstall: BuildFailed with its log, then the summary.
+// lastAutoinstall is what a transaction reported, and when it ran.
+type lastAutoinstall struct {
+	summary       []any    // hook, summary, installed, failed, skipped
+	lines         []string // the lines it printed
+	before, after time.Time
+}
+
+// checkFailedAutoinstallSignals runs a failing autoinstall: BuildFailed
+// with its log, then the summary (TransactionFinished).
+func checkFailedAutoinstallSignals(t *testing.T, rec *recorder, env []string, root, k string) lastAutoinstall {
+	t.Helper()
+	arch := machineArch()
 	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.Code != 0 {
 		t.Fatalf("add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rec.take()
 	before := time.Now()
-	r = dkms(t, env, "--root", root, "autoinstall", "-k", k)
+	r := dkms(t, env, "--root", root, "autoinstall", "-k", k)
 	after := time.Now()
 	if r.Code != 11 {
 		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	summary := rec.waitFor(t, "TransactionFinished", named(report.Interface+".TransactionFinished"))
-	sigs = rec.take()
+	sigs := rec.take()
 	checkSignals(t, sigs, []string{"BuildStarted", "BuildFailed", "TransactionFinished"})
 	for _, s := range sigs {
 		if member(s) != "BuildFailed" {
@@ -699,15 +740,13 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 			t.Errorf("TransactionFinished line %q is not what autoinstall printed:\n%s", l, r.Stdout)
 		}
 	}
+	return lastAutoinstall{summary: wantSummary, lines: lines, before: before, after: after}
+}
 
-	// The service: root owns the name; nobody calls the methods.
-	svc := exec.Command(testkit.Binary(t, "dkms"), "--root", root, "dbus-service")
-	svc.Env = env
-	service := startDaemon(t, "dkms dbus-service", svc)
-	waitForOwner(t, rec.conn, report.BusName)
-	var got helperReport
-	runHelper(t, helperCmd(helperBinary(t, dir), nobody, "call", bus), &got)
-
+// checkServiceStatus compares GetStatus, called as nobody, with dkms
+// status.
+func checkServiceStatus(t *testing.T, got helperReport, env []string, root string) {
+	t.Helper()
 	status := dkms(t, env, "--root", root, "status")
 	want := strings.Split(strings.TrimSpace(status.Stdout), "\n")
 	var rows []string
@@ -730,16 +769,21 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	if got.StatusSignature != "a(sssss)" {
 		t.Errorf("GetStatus replies with signature %q; its introspection (and the README) declare a(sssss)", got.StatusSignature)
 	}
+}
 
+// checkServiceTransaction compares GetLastTransaction, called as nobody,
+// with the last autoinstall and its record.
+func checkServiceTransaction(t *testing.T, got helperReport, last lastAutoinstall, root string) {
+	t.Helper()
 	if got.TxError != "" {
 		t.Errorf("GetLastTransaction as uid %d: %s", nobody, got.TxError)
 	} else {
 		tx := []any{got.Hook, got.Summary, got.Installed, got.Failed, got.Skipped}
-		if !reflect.DeepEqual(tx, wantSummary) || !reflect.DeepEqual(got.Lines, lines) {
-			t.Errorf("GetLastTransaction = %v %q, want the last autoinstall's %v %q", tx, got.Lines, wantSummary, lines)
+		if !reflect.DeepEqual(tx, last.summary) || !reflect.DeepEqual(got.Lines, last.lines) {
+			t.Errorf("GetLastTransaction = %v %q, want the last autoinstall's %v %q", tx, got.Lines, last.summary, last.lines)
 		}
-		if got.Time < before.Unix() || got.Time > after.Unix() {
-			t.Errorf("GetLastTransaction time %d is not during the autoinstall (%d–%d)", got.Time, before.Unix(), after.Unix())
+		if got.Time < last.before.Unix() || got.Time > last.after.Unix() {
+			t.Errorf("GetLastTransaction time %d is not during the autoinstall (%d–%d)", got.Time, last.before.Unix(), last.after.Unix())
 		}
 		var saved lifecycle.Transaction
 		if b, err := os.ReadFile(filepath.Join(root, "var/lib/dkms/.dkmsd/last-transaction.json")); err != nil || json.Unmarshal(b, &saved) != nil {
@@ -748,7 +792,12 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 			t.Errorf("GetLastTransaction %d %q differs from the recorded %v %q", got.Time, got.Summary, saved.Time, saved.Summary)
 		}
 	}
+}
 
+// checkServiceIntrospection checks Introspect, called as nobody, and that
+// the policy refused every other method.
+func checkServiceIntrospection(t *testing.T, got helperReport) {
+	t.Helper()
 	if got.IntrospectError != "" {
 		t.Errorf("Introspect as uid %d: %s", nobody, got.IntrospectError)
 	}
@@ -763,17 +812,6 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 		if name != "org.freedesktop.DBus.Error.AccessDenied" {
 			t.Errorf("uid %d calling %s: error %q, want the policy's AccessDenied", nobody, m, name)
 		}
-	}
-
-	// The service leaves on SIGTERM, with status 0.
-	svc.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-service.done:
-		if !svc.ProcessState.Success() {
-			t.Errorf("dbus-service on SIGTERM: %v\n%s", svc.ProcessState, service.output())
-		}
-	case <-time.After(5 * time.Second):
-		t.Errorf("dbus-service still running 5s after SIGTERM")
 	}
 }
 
