@@ -134,6 +134,22 @@ func (b *batchRoot) mustRun(t *testing.T, args ...string) testkit.Result {
 	return r
 }
 
+// kernelWithInitrd is the newest of the root's kernels that has an initrd
+// in the machine's /boot, to copy into the root's.
+func (b *batchRoot) kernelWithInitrd(t *testing.T) string {
+	t.Helper()
+	k := ""
+	for _, kk := range b.kernels {
+		if _, err := os.Stat("/boot/initrd.img-" + kk); err == nil {
+			k = kk
+		}
+	}
+	if k == "" {
+		testkit.Missing(t, "an initrd in /boot for "+strings.Join(b.kernels, " or ")+" (apt-get install -y linux-image-cloud-amd64)")
+	}
+	return k
+}
+
 // status is `dkms status` as lines.
 func (b *batchRoot) status(t *testing.T) []string {
 	t.Helper()
@@ -213,17 +229,32 @@ func (b *batchRoot) cloneHello(t *testing.T, name, version string, confExtra []s
 }
 
 // fileDigests maps every path under dir (not following symlinks) to its
-// mode and content hash, or link target: to show that a dir was not
-// touched.
+// mode, content hash and modification time, or link target: to show that
+// a dir was not touched.
 func fileDigests(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	return digestTree(t, dir, true)
+}
+
+// contentDigests is fileDigests without the modification times: a file
+// rewritten with the same bytes is the same.
+func contentDigests(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	return digestTree(t, dir, false)
+}
+
+// digestTree maps every path under dir (not following symlinks) to its
+// mode and content hash, with its modification time when withTimes, or
+// to "" for a directory or a link (whose target is in the path).
+func digestTree(t *testing.T, dir string, withTimes bool) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, p := range testkit.Tree(t, dir) {
-		full := filepath.Join(dir, p)
 		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
 			out[p] = ""
 			continue
 		}
+		full := filepath.Join(dir, p)
 		fi, err := os.Lstat(full)
 		if err != nil {
 			t.Fatal(err)
@@ -232,11 +263,16 @@ func fileDigests(t *testing.T, dir string) map[string]string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[p] = fmt.Sprintf("%v %x %v", fi.Mode(), sha256.Sum256(data), fi.ModTime().UnixNano())
+		out[p] = fmt.Sprintf("%v %x", fi.Mode(), sha256.Sum256(data))
+		if withTimes {
+			out[p] += fmt.Sprintf(" %v", fi.ModTime().UnixNano())
+		}
 	}
 	return out
 }
 
+// diffDigests lists what differs between two digests of a tree: "gone:",
+// "new:" or "changed:" and the path.
 func diffDigests(before, after map[string]string) []string {
 	var d []string
 	for p, v := range before {

@@ -19,7 +19,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -293,7 +292,7 @@ func (h *crashHarness) checkProbeLocks() {
 		t.Fatal(err)
 	}
 	cmd := b.command(t.Context(), b.env, append(slices.Clone(crashProbe), "-k", b.kernels[0])...)
-	var stderr lockedBuffer
+	var stderr testkit.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -428,24 +427,6 @@ func (h *crashHarness) kill(args []string, delay time.Duration) (killed bool, pg
 		}
 		return false, pgid, buf.String()
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe to read while a process writes to it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // checkOrphans reports processes of the killed command that escaped the
@@ -919,15 +900,7 @@ func readOrEmpty(p string) []byte {
 // this window only now and then.
 func TestCrashSafetyKillBeforeInitrdRealHeaders(t *testing.T) {
 	b := newBatchRoot(t)
-	k := ""
-	for _, kk := range b.kernels {
-		if _, err := os.Stat("/boot/initrd.img-" + kk); err == nil {
-			k = kk
-		}
-	}
-	if k == "" {
-		testkit.Missing(t, "an initrd for "+strings.Join(b.kernels, " or ")+" in /boot (apt-get install -y linux-image-cloud-amd64)")
-	}
+	k := b.kernelWithInitrd(t)
 	img := b.path("boot", "initrd.img-"+k)
 	copyBootFile(t, "/boot/initrd.img-"+k, img)
 	b.cloneHello(t, "dkmsd_crashinitrd", "1.0", []string{`REMAKE_INITRD="yes"`}, nil)

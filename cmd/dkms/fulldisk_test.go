@@ -6,9 +6,7 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,31 +108,6 @@ func freeBytes(t *testing.T, dir string) int64 {
 type treeState struct {
 	files  map[string]string
 	status []string
-}
-
-// contentDigests maps every path under dir (not following symlinks) to its
-// mode and content hash, or its link target; a file rewritten with the
-// same bytes is the same.
-func contentDigests(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for _, p := range testkit.Tree(t, dir) {
-		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
-			out[p] = ""
-			continue
-		}
-		full := filepath.Join(dir, p)
-		fi, err := os.Lstat(full)
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := os.ReadFile(full)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[p] = fmt.Sprintf("%v %x", fi.Mode(), sha256.Sum256(data))
-	}
-	return out
 }
 
 func (b *batchRoot) state(t *testing.T) treeState {
@@ -308,15 +281,7 @@ func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
 // temporary file beside it. The install itself stands.
 func TestFullDiskBootRealHeaders(t *testing.T) {
 	b := newBatchRoot(t)
-	k := ""
-	for _, kk := range b.kernels {
-		if _, err := os.Stat("/boot/initrd.img-" + kk); err == nil {
-			k = kk
-		}
-	}
-	if k == "" {
-		testkit.Missing(t, "an initrd in /boot for "+strings.Join(b.kernels, " or ")+" (apt-get install -y linux-image-cloud-amd64)")
-	}
+	k := b.kernelWithInitrd(t)
 	src := "/boot/initrd.img-" + k
 	fi, err := os.Stat(src)
 	if err != nil {

@@ -98,8 +98,8 @@ func asUser(uid int, cmd *exec.Cmd) *exec.Cmd {
 // daemon is a long-running program a test started.
 type daemon struct {
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
-	done chan struct{} // closed when it has exited
+	out  *testkit.Buffer // its output, unless the caller took it
+	done chan struct{}   // closed when it has exited
 }
 
 // startDaemon starts a long-running program in its own process group and
@@ -107,9 +107,9 @@ type daemon struct {
 // messages.
 func startDaemon(t *testing.T, name string, cmd *exec.Cmd) *daemon {
 	t.Helper()
-	d := &daemon{cmd: cmd, out: &bytes.Buffer{}, done: make(chan struct{})}
+	d := &daemon{cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
 	if cmd.Stdout == nil {
-		cmd.Stdout = &lockedWriter{w: d.out}
+		cmd.Stdout = d.out
 	}
 	if cmd.Stderr == nil {
 		cmd.Stderr = cmd.Stdout
@@ -134,24 +134,8 @@ func startDaemon(t *testing.T, name string, cmd *exec.Cmd) *daemon {
 	return d
 }
 
-func (d *daemon) output() string {
-	if lw, ok := d.cmd.Stdout.(*lockedWriter); ok {
-		lw.mu.Lock()
-		defer lw.mu.Unlock()
-	}
-	return d.out.String()
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
+// output is what the daemon wrote so far.
+func (d *daemon) output() string { return d.out.String() }
 
 // readLineFrom reads the first line a daemon writes on a pipe (the bus
 // address, the display number).
