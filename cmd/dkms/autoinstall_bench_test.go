@@ -410,30 +410,14 @@ func procPIDs() map[int]bool {
 // descendants reports whether a make descending from root is alive, and
 // names the other descendants alive ("a+b", sorted, "" for none).
 func descendants(root int, before map[int]bool) (inMake bool, others string) {
-	type proc struct {
-		ppid int
-		comm string
-	}
-	procs := map[int]proc{}
+	procs := map[int]procInfo{}
 	for pid := range procPIDs() {
 		if before[pid] {
 			continue
 		}
-		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil {
-			continue // gone
+		if p, ok := readProcInfo(pid); ok {
+			procs[pid] = p
 		}
-		// pid (comm) state ppid …; comm may hold spaces and parentheses.
-		open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-		if open < 0 || end < open {
-			continue
-		}
-		fields := strings.Fields(string(stat[end+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(fields[1])
-		procs[pid] = proc{ppid: ppid, comm: string(stat[open+1 : end])}
 	}
 	seen := map[string]bool{}
 	for pid, p := range procs {

@@ -630,22 +630,31 @@ func procTable(skip map[int]procInfo) map[int]procInfo {
 		if _, old := skip[pid]; old {
 			continue
 		}
-		stat, err := os.ReadFile(n + "/stat")
-		if err != nil {
-			continue
+		if p, ok := readProcInfo(pid); ok {
+			procs[pid] = p
 		}
-		open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-		if open < 0 || end < open {
-			continue
-		}
-		fields := strings.Fields(string(stat[end+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(fields[1])
-		procs[pid] = procInfo{ppid: ppid, comm: string(stat[open+1 : end])}
 	}
 	return procs
+}
+
+// readProcInfo reads /proc/<pid>/stat; ok is false when the process is
+// gone or the file does not parse.
+func readProcInfo(pid int) (p procInfo, ok bool) {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return p, false
+	}
+	// pid (comm) state ppid …; comm may hold spaces and parentheses.
+	open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+	if open < 0 || end < open {
+		return p, false
+	}
+	fields := strings.Fields(string(stat[end+1:]))
+	if len(fields) < 2 {
+		return p, false
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return procInfo{ppid: ppid, comm: string(stat[open+1 : end])}, true
 }
 
 // sample counts the compilers under root and the modules its makes build.
