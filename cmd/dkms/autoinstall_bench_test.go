@@ -275,7 +275,7 @@ func moduleTemplate(b *testing.B, dir, module string) []moduleFile {
 		if !e.Type().IsRegular() {
 			b.Fatalf("%s: %s is not a regular file", full, e.Name())
 		}
-		files = append(files, moduleFile{name: e.Name(), module: module, data: tbReadFile(b, filepath.Join(full, e.Name()))})
+		files = append(files, moduleFile{name: e.Name(), module: module, data: mustReadFile(b, filepath.Join(full, e.Name()))})
 	}
 	return files
 }

@@ -149,9 +149,9 @@ func statusBenchTree(b *testing.B, bin string, kernels []string) (string, []byte
 			to := filepath.Join(mv, k, arch)
 			tbMkdirAll(b, filepath.Join(to, "module"))
 			tbMkdirAll(b, filepath.Join(to, "log"))
-			ko := tbReadFile(b, filepath.Join(from, "module", "dkmsd_hello"+suffix))
+			ko := mustReadFile(b, filepath.Join(from, "module", "dkmsd_hello"+suffix))
 			tbWriteFile(b, filepath.Join(to, "module", name+suffix), ko)
-			tbWriteFile(b, filepath.Join(to, "log", "make.log"), tbReadFile(b, filepath.Join(from, "log", "make.log")))
+			tbWriteFile(b, filepath.Join(to, "log", "make.log"), mustReadFile(b, filepath.Join(from, "log", "make.log")))
 			if !installed[name] {
 				continue
 			}
@@ -229,15 +229,6 @@ func tbMkdirAll(tb testing.TB, dir string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-}
-
-func tbReadFile(tb testing.TB, name string) []byte {
-	tb.Helper()
-	data, err := os.ReadFile(name)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return data
 }
 
 func tbWriteFile(tb testing.TB, name string, data []byte) {

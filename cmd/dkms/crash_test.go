@@ -275,7 +275,7 @@ func (h *crashHarness) setup() {
 	if len(h.violations) > 0 {
 		t.Fatalf("the invariants do not hold after setup: %q", h.violations)
 	}
-	h.goodInitrd = readFileT(t, h.initrdPath)
+	h.goodInitrd = mustReadFile(t, h.initrdPath)
 }
 
 // checkProbeLocks verifies that the probe takes the tree lock: while the
@@ -637,7 +637,7 @@ func (h *crashHarness) installState(m *crashModule, k string) []string {
 			rel := "updates/dkms/" + filepath.Base(built)
 			inst := h.b.path("lib/modules", k, rel)
 			got, err := os.ReadFile(inst)
-			if err != nil || !bytes.Equal(got, readFileT(h.t, built)) {
+			if err != nil || !bytes.Equal(got, mustReadFile(h.t, built)) {
 				bad = append(bad, fmt.Sprintf("%s is installed on %s but %s is missing or differs from %s (%v)", m.name, k, inst, built, err))
 			}
 			if !listed(rel) {
@@ -877,15 +877,7 @@ func (h *crashHarness) installed(m *crashModule, k string) bool {
 	return err == nil && target == m.version+"/"+k+"/"+h.arch && h.built(m, k)
 }
 
-func readFileT(t *testing.T, p string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
-
+// readOrEmpty is the file p holds, or nothing when it cannot be read.
 func readOrEmpty(p string) []byte {
 	data, _ := os.ReadFile(p)
 	return data

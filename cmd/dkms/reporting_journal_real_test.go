@@ -111,15 +111,12 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 	journalPrereqs(t)
 	testkit.RequireTool(t, "openssl", "openssl")
 	t.Parallel()
-	k := testkit.Kernels(t, 1)[0]
+	root, k := moduleRoot(t, "dkmsd_hello-1.0", "dkmsd_failbuild-1.0")
 	tmp := t.TempDir()
 	jdir := filepath.Join(tmp, "journal")
 	if err := os.Mkdir(jdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	root := testkit.NewRoot(t, k)
-	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
-	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	// No system bus here: the logger's notice about it goes to the journal
 	// too.
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(tmp, "no-bus"))

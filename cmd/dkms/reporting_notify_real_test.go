@@ -311,7 +311,7 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	testkit.RequireTool(t, "Xvfb", "xvfb")
 	testkit.RequireTool(t, "import", "imagemagick")
 	t.Parallel()
-	k := testkit.Kernels(t, 1)[0]
+	root, k := moduleRoot(t, "dkmsd_failbuild-1.0")
 	dir := sharedDir(t)
 	system := startSystemBus(t, dir, true)
 	session := startSessionBus(t, dir, nobody)
@@ -320,8 +320,6 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	rec := listen(t, system, report.Interface)
 	startNotifier(t, nobody, system, session, rec.conn)
 
-	root := testkit.NewRoot(t, k)
-	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + system)
 
 	// A success-only no-op transaction: nothing to show.

@@ -372,6 +372,21 @@ func runCommand(t *testing.T, limit time.Duration, env []string, prog string, ar
 	return res
 }
 
+// moduleRoot is a relocated root over the oldest kernel with headers,
+// holding the test modules named (testdata/modules dirs such as
+// "dkmsd_hello-1.0").
+func moduleRoot(t *testing.T, modules ...string) (root, kernel string) {
+	t.Helper()
+	kernel = testkit.Kernels(t, 1)[0]
+	root = testkit.NewRoot(t, kernel)
+	for _, m := range modules {
+		testkit.CopyModule(t, root, m)
+	}
+	return root, kernel
+}
+
+// baseEnv is the whole environment of the processes these tests start:
+// a fixed PATH, the C locale, root's HOME, and extra.
 func baseEnv(extra ...string) []string {
 	return append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root"}, extra...)
 }
@@ -603,13 +618,10 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	reportingPrereqs(t)
 	testkit.RequireTool(t, "openssl", "openssl")
 	t.Parallel()
-	k := testkit.Kernels(t, 1)[0]
+	root, k := moduleRoot(t, "dkmsd_hello-1.0", "dkmsd_failbuild-1.0")
 	dir := sharedDir(t)
 	bus := startSystemBus(t, dir, true)
 	rec := listen(t, bus, report.Interface)
-	root := testkit.NewRoot(t, k)
-	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
-	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + bus)
 
 	checkInstallSignals(t, rec, env, root, k)

@@ -207,11 +207,12 @@ var twomodsSource = []string{"dkms_source_tree", "dkms_source_tree/dkms.conf", "
 
 var twomodsKos = []string{"dkmsd_alpha", "dkmsd_beta_renamed"}
 
-func mustReadFile(t *testing.T, p string) []byte {
-	t.Helper()
+// mustReadFile is the file p holds; the test fails when it cannot be read.
+func mustReadFile(tb testing.TB, p string) []byte {
+	tb.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return b
 }
