@@ -149,14 +149,7 @@ func (ab *autoinstallBench) run(b *testing.B, sc autoinstallScenario) {
 	logged := false
 	b.Run("ratio", func(b *testing.B) {
 		ours, theirs := perOp["dkmsd"], perOp["dkms-3.0.10"]
-		if ours == 0 || theirs == 0 {
-			b.Skip("the ratio needs both the dkmsd and the dkms-3.0.10 sub-benchmarks")
-		}
-		ratio := float64(theirs) / float64(ours)
-		b.ReportMetric(0, "ns/op") // no loop here: only the figures below mean something
-		b.ReportMetric(ratio, "x-faster")
-		b.ReportMetric(ours.Seconds(), "dkmsd-s/op")
-		b.ReportMetric(theirs.Seconds(), "dkms-s/op")
+		ratio := reportRatio(b, ours, theirs, "dkms-3.0.10", "dkms")
 		b.ReportMetric(usage.percentOutside(), "%overhead")
 		if !logged {
 			logged = true

@@ -224,6 +224,23 @@ func unifiedDiff(b *testing.B, xName string, x []byte, yName string, y []byte) s
 	return string(out)
 }
 
+// reportRatio reports how many times faster dkmsd (ours per op) is than
+// the implementation called name (theirs per op), and both times per op,
+// theirs as the metric "<metric>-s/op"; it skips the benchmark when
+// either sub-benchmark did not run.
+func reportRatio(b *testing.B, ours, theirs time.Duration, name, metric string) float64 {
+	b.Helper()
+	if ours == 0 || theirs == 0 {
+		b.Skip("the ratio needs both the dkmsd and the " + name + " sub-benchmarks")
+	}
+	ratio := float64(theirs) / float64(ours)
+	b.ReportMetric(0, "ns/op") // no loop here: only the figures below mean something
+	b.ReportMetric(ratio, "x-faster")
+	b.ReportMetric(ours.Seconds(), "dkmsd-s/op")
+	b.ReportMetric(theirs.Seconds(), metric+"-s/op")
+	return ratio
+}
+
 func tbMkdirAll(tb testing.TB, dir string) {
 	tb.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
