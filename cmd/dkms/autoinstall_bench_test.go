@@ -38,7 +38,7 @@ func BenchmarkAutoinstall(b *testing.B) {
 	testkit.RequireTool(b, "openssl", "openssl")
 	kernels := testkit.Kernels(b, 2)
 	bench := &autoinstallBench{
-		bin:      dkmsdBinary(b),
+		bin:      testkit.Binary(b, "dkms"),
 		env:      autoinstallEnviron(b),
 		template: moduleTemplate(b, "dkmsd_hello-1.0", "dkmsd_hello"),
 	}
@@ -149,14 +149,7 @@ func (ab *autoinstallBench) run(b *testing.B, sc autoinstallScenario) {
 	logged := false
 	b.Run("ratio", func(b *testing.B) {
 		ours, theirs := perOp["dkmsd"], perOp["dkms-3.0.10"]
-		if ours == 0 || theirs == 0 {
-			b.Skip("the ratio needs both the dkmsd and the dkms-3.0.10 sub-benchmarks")
-		}
-		ratio := float64(theirs) / float64(ours)
-		b.ReportMetric(0, "ns/op") // no loop here: only the figures below mean something
-		b.ReportMetric(ratio, "x-faster")
-		b.ReportMetric(ours.Seconds(), "dkmsd-s/op")
-		b.ReportMetric(theirs.Seconds(), "dkms-s/op")
+		ratio := reportRatio(b, ours, theirs, "dkms-3.0.10", "dkms")
 		b.ReportMetric(usage.percentOutside(), "%overhead")
 		if !logged {
 			logged = true
@@ -275,7 +268,7 @@ func moduleTemplate(b *testing.B, dir, module string) []moduleFile {
 		if !e.Type().IsRegular() {
 			b.Fatalf("%s: %s is not a regular file", full, e.Name())
 		}
-		files = append(files, moduleFile{name: e.Name(), module: module, data: tbReadFile(b, filepath.Join(full, e.Name()))})
+		files = append(files, moduleFile{name: e.Name(), module: module, data: mustReadFile(b, filepath.Join(full, e.Name()))})
 	}
 	return files
 }
@@ -410,30 +403,14 @@ func procPIDs() map[int]bool {
 // descendants reports whether a make descending from root is alive, and
 // names the other descendants alive ("a+b", sorted, "" for none).
 func descendants(root int, before map[int]bool) (inMake bool, others string) {
-	type proc struct {
-		ppid int
-		comm string
-	}
-	procs := map[int]proc{}
+	procs := map[int]procInfo{}
 	for pid := range procPIDs() {
 		if before[pid] {
 			continue
 		}
-		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil {
-			continue // gone
+		if p, ok := readProcInfo(pid); ok {
+			procs[pid] = p
 		}
-		// pid (comm) state ppid …; comm may hold spaces and parentheses.
-		open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-		if open < 0 || end < open {
-			continue
-		}
-		fields := strings.Fields(string(stat[end+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(fields[1])
-		procs[pid] = proc{ppid: ppid, comm: string(stat[open+1 : end])}
 	}
 	seen := map[string]bool{}
 	for pid, p := range procs {

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -61,7 +62,7 @@ func newBatchRoot(t *testing.T) *batchRoot {
 		}
 	}
 	env = append(env, "LC_ALL=C", "mok_signing_key="+key, "mok_certificate="+cert)
-	return &batchRoot{bin: dkmsdBinary(t), root: root, env: env, kernels: ks}
+	return &batchRoot{bin: testkit.Binary(t, "dkms"), root: root, env: env, kernels: ks}
 }
 
 var batchMOKPair struct {
@@ -106,47 +107,53 @@ func (b *batchRoot) command(ctx context.Context, env []string, args ...string) *
 }
 
 // run runs `dkms --root R args…` (at most 3 minutes).
-func (b *batchRoot) run(t *testing.T, args ...string) result {
+func (b *batchRoot) run(t *testing.T, args ...string) testkit.Result {
 	t.Helper()
 	return b.runEnv(t, b.env, args...)
 }
 
-func (b *batchRoot) runEnv(t *testing.T, env []string, args ...string) result {
+// runEnv is run with env instead of the root's environment.
+func (b *batchRoot) runEnv(t *testing.T, env []string, args ...string) testkit.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	cmd := b.command(ctx, env, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	return processResult(t, strings.Join(args, " "), cmd.Run(), &out, &errb)
-}
-
-// processResult is a finished process's exit status and output.
-func processResult(t *testing.T, what string, err error, stdout, stderr *bytes.Buffer) result {
-	t.Helper()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("dkms %s: %v\nstdout:\n%s\nstderr:\n%s", what, err, stdout, stderr)
+	r, err := testkit.Exec(b.command(ctx, env, args...))
+	if err != nil {
+		t.Fatalf("dkms %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, r.Stdout, r.Stderr)
 	}
-	return result{code, stdout.String(), stderr.String()}
+	return r
 }
 
 // mustRun runs a setup command that must exit 0.
-func (b *batchRoot) mustRun(t *testing.T, args ...string) result {
+func (b *batchRoot) mustRun(t *testing.T, args ...string) testkit.Result {
 	t.Helper()
 	r := b.run(t, args...)
-	if r.code != 0 {
-		t.Fatalf("dkms %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("dkms %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
 	}
 	return r
+}
+
+// kernelWithInitrd is the newest of the root's kernels that has an initrd
+// in the machine's /boot, to copy into the root's.
+func (b *batchRoot) kernelWithInitrd(t *testing.T) string {
+	t.Helper()
+	k := ""
+	for _, kk := range b.kernels {
+		if _, err := os.Stat("/boot/initrd.img-" + kk); err == nil {
+			k = kk
+		}
+	}
+	if k == "" {
+		testkit.Missing(t, "an initrd in /boot for "+strings.Join(b.kernels, " or ")+" (apt-get install -y linux-image-cloud-amd64)")
+	}
+	return k
 }
 
 // status is `dkms status` as lines.
 func (b *batchRoot) status(t *testing.T) []string {
 	t.Helper()
-	out := strings.TrimSuffix(b.mustRun(t, "status").stdout, "\n")
+	out := strings.TrimSuffix(b.mustRun(t, "status").Stdout, "\n")
 	if out == "" {
 		return []string{}
 	}
@@ -222,17 +229,32 @@ func (b *batchRoot) cloneHello(t *testing.T, name, version string, confExtra []s
 }
 
 // fileDigests maps every path under dir (not following symlinks) to its
-// mode and content hash, or link target: to show that a dir was not
-// touched.
+// mode, content hash and modification time, or link target: to show that
+// a dir was not touched.
 func fileDigests(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	return digestTree(t, dir, true)
+}
+
+// contentDigests is fileDigests without the modification times: a file
+// rewritten with the same bytes is the same.
+func contentDigests(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	return digestTree(t, dir, false)
+}
+
+// digestTree maps every path under dir (not following symlinks) to its
+// mode and content hash, with its modification time when withTimes, or
+// to "" for a directory or a link (whose target is in the path).
+func digestTree(t *testing.T, dir string, withTimes bool) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, p := range testkit.Tree(t, dir) {
-		full := filepath.Join(dir, p)
 		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
 			out[p] = ""
 			continue
 		}
+		full := filepath.Join(dir, p)
 		fi, err := os.Lstat(full)
 		if err != nil {
 			t.Fatal(err)
@@ -241,11 +263,16 @@ func fileDigests(t *testing.T, dir string) map[string]string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[p] = fmt.Sprintf("%v %x %v", fi.Mode(), sha256.Sum256(data), fi.ModTime().UnixNano())
+		out[p] = fmt.Sprintf("%v %x", fi.Mode(), sha256.Sum256(data))
+		if withTimes {
+			out[p] += fmt.Sprintf(" %v", fi.ModTime().UnixNano())
+		}
 	}
 	return out
 }
 
+// diffDigests lists what differs between two digests of a tree: "gone:",
+// "new:" or "changed:" and the path.
 func diffDigests(before, after map[string]string) []string {
 	var d []string
 	for p, v := range before {
@@ -319,25 +346,25 @@ func TestAutoinstallRealHeadersFailbuildExit11(t *testing.T) {
 	b.mustRun(t, "add", "dkmsd_failbuild/1.0")
 
 	r := b.run(t, "autoinstall", "-k", k1, "-k", k2)
-	t.Logf("dkms autoinstall: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
-	if r.code != 11 {
-		t.Errorf("exit %d, want 11 (a module failed)", r.code)
+	t.Logf("dkms autoinstall: exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
+	if r.Code != 11 {
+		t.Errorf("exit %d, want 11 (a module failed)", r.Code)
 	}
 	var want []string
 	for _, k := range []string{k1, k2} {
 		want = append(want, "Autoinstall on "+k+" succeeded for module(s) dkmsd_hello.",
 			"Autoinstall on "+k+" failed for module(s) dkmsd_failbuild(10).")
 	}
-	if got := summaryLines(r.stdout); !slices.Equal(got, want) {
+	if got := summaryLines(r.Stdout); !slices.Equal(got, want) {
 		t.Errorf("summary lines:\n got %q\nwant %q", got, want)
 	}
-	if !strings.Contains(r.stderr, "One or more modules failed to install during autoinstall.") {
+	if !strings.Contains(r.Stderr, "One or more modules failed to install during autoinstall.") {
 		t.Errorf("stderr lacks \"One or more modules failed to install during autoinstall.\"")
 	}
 	for _, k := range []string{k1, k2} {
 		name := fmt.Sprintf("dkmsd_failbuild/1.0, %s, %s", k, machineArch())
 		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `: failed in [0-9.]+s: .*\(log: (\S+)\)$`)
-		m := re.FindStringSubmatch(r.stderr)
+		m := re.FindStringSubmatch(r.Stderr)
 		if m == nil {
 			t.Errorf("stderr has no line %q", re)
 		} else if log, err := os.ReadFile(m[1]); err != nil {
@@ -345,7 +372,7 @@ func TestAutoinstallRealHeadersFailbuildExit11(t *testing.T) {
 		} else if !strings.Contains(string(log), `#error "dkmsd_failbuild: deliberate build failure"`) {
 			t.Errorf("%s: %s lacks the compiler's #error line:\n%s", name, m[1], log)
 		}
-		if !regexp.MustCompile(`(?m)^dkmsd_hello/1\.0, ` + regexp.QuoteMeta(k) + `, ` + machineArch() + `: installed in [0-9.]+s$`).MatchString(r.stdout) {
+		if !regexp.MustCompile(`(?m)^dkmsd_hello/1\.0, ` + regexp.QuoteMeta(k) + `, ` + machineArch() + `: installed in [0-9.]+s$`).MatchString(r.Stdout) {
 			t.Errorf("stdout lacks the installed line of dkmsd_hello on %s", k)
 		}
 		for _, p := range []string{
@@ -378,17 +405,17 @@ func TestAutoinstallRealHeadersRepeatedKernel(t *testing.T) {
 	b.mustRun(t, "add", "dkmsd_hello/1.0")
 
 	r := b.run(t, "autoinstall", "-k", k, "-k", k)
-	t.Logf("dkms autoinstall -k %s -k %s: exit %d\nstdout:\n%s\nstderr:\n%s", k, k, r.code, r.stdout, r.stderr)
-	if r.code != 0 {
-		t.Errorf("exit %d, want 0", r.code)
+	t.Logf("dkms autoinstall -k %s -k %s: exit %d\nstdout:\n%s\nstderr:\n%s", k, k, r.Code, r.Stdout, r.Stderr)
+	if r.Code != 0 {
+		t.Errorf("exit %d, want 0", r.Code)
 	}
-	if strings.Contains(r.stderr, "panic:") {
+	if strings.Contains(r.Stderr, "panic:") {
 		t.Errorf("dkms panicked")
 	}
-	if got, want := summaryLines(r.stdout), []string{"Autoinstall on " + k + " succeeded for module(s) dkmsd_hello."}; !slices.Equal(got, want) {
+	if got, want := summaryLines(r.Stdout), []string{"Autoinstall on " + k + " succeeded for module(s) dkmsd_hello."}; !slices.Equal(got, want) {
 		t.Errorf("summary lines\n got %q\nwant %q", got, want)
 	}
-	if n := strings.Count(r.stdout, "dkmsd_hello/1.0, "+k+", "+machineArch()+": installed in "); n != 1 {
+	if n := strings.Count(r.Stdout, "dkmsd_hello/1.0, "+k+", "+machineArch()+": installed in "); n != 1 {
 		t.Errorf("%d \"installed\" job lines for dkmsd_hello, want 1", n)
 	}
 	if dep, err := os.ReadFile(b.path("lib/modules", k, "modules.dep")); err != nil || !bytes.Contains(dep, []byte("updates/dkms/dkmsd_hello.ko:")) {
@@ -420,27 +447,22 @@ func TestAutoinstallRealHeadersConcurrentProcesses(t *testing.T) {
 	defer cancel()
 	type proc struct {
 		cmd         *exec.Cmd
-		out, errb   bytes.Buffer
+		res         testkit.Result
 		err         error
 		start, done time.Time
 	}
 	procs := make([]*proc, n)
 	var wg sync.WaitGroup
 	for i := range procs {
-		p := &proc{cmd: b.command(ctx, b.env, "autoinstall", "-k", k1, "-k", k2)}
-		p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.errb
-		procs[i] = p
+		procs[i] = &proc{cmd: b.command(ctx, b.env, "autoinstall", "-k", k1, "-k", k2)}
 	}
 	begin := time.Now()
 	for _, p := range procs {
-		p.start = time.Now()
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.err = p.cmd.Wait()
+			p.start = time.Now()
+			p.res, p.err = testkit.Exec(p.cmd)
 			p.done = time.Now()
 		}()
 	}
@@ -454,17 +476,20 @@ func TestAutoinstallRealHeadersConcurrentProcesses(t *testing.T) {
 	lockPath := b.path("var/lib/dkms", ".dkmsd.lock")
 	waited := 0
 	for i, p := range procs {
-		r := processResult(t, "autoinstall", p.err, &p.out, &p.errb)
-		if r.code != 0 {
-			t.Errorf("process %d: exit %d\nstdout:\n%s\nstderr:\n%s", i, r.code, r.stdout, r.stderr)
+		if p.err != nil {
+			t.Fatalf("process %d: %v\nstdout:\n%s\nstderr:\n%s", i, p.err, p.res.Stdout, p.res.Stderr)
 		}
-		if got := summaryLines(r.stdout); !slices.Equal(got, want) {
-			t.Errorf("process %d: summary lines\n got %q\nwant %q\nstderr:\n%s", i, got, want, r.stderr)
+		r := p.res
+		if r.Code != 0 {
+			t.Errorf("process %d: exit %d\nstdout:\n%s\nstderr:\n%s", i, r.Code, r.Stdout, r.Stderr)
 		}
-		if strings.Contains(r.stderr, "Waiting for "+lockPath) {
+		if got := summaryLines(r.Stdout); !slices.Equal(got, want) {
+			t.Errorf("process %d: summary lines\n got %q\nwant %q\nstderr:\n%s", i, got, want, r.Stderr)
+		}
+		if strings.Contains(r.Stderr, "Waiting for "+lockPath) {
 			waited++
 		}
-		t.Logf("process %d: %v, stderr: %q", i, p.done.Sub(p.start).Round(time.Millisecond), r.stderr)
+		t.Logf("process %d: %v, stderr: %q", i, p.done.Sub(p.start).Round(time.Millisecond), r.Stderr)
 	}
 	// One process takes the lock and builds everything while the others
 	// wait: the builds take far longer than starting 8 processes.
@@ -551,6 +576,20 @@ type buildSamples struct {
 
 var dkmsTreeModuleRE = regexp.MustCompile(`/var/lib/dkms/([^/\x00 ]+)/[^/\x00 ]+/build`)
 
+// sampledResult is how a process that sampleBuilds ran ended (Out stays
+// empty: its stdout and stderr were captured apart).
+func sampledResult(t *testing.T, err error, stdout, stderr *bytes.Buffer) testkit.Result {
+	t.Helper()
+	r := testkit.Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.Code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("dkms autoinstall: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+	}
+	return r
+}
+
 // sampleBuilds runs cmd, reading the process table every 5 ms.
 func sampleBuilds(cmd *exec.Cmd) (buildSamples, error) {
 	s := buildSamples{modules: map[string]bool{}}
@@ -591,22 +630,31 @@ func procTable(skip map[int]procInfo) map[int]procInfo {
 		if _, old := skip[pid]; old {
 			continue
 		}
-		stat, err := os.ReadFile(n + "/stat")
-		if err != nil {
-			continue
+		if p, ok := readProcInfo(pid); ok {
+			procs[pid] = p
 		}
-		open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-		if open < 0 || end < open {
-			continue
-		}
-		fields := strings.Fields(string(stat[end+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(fields[1])
-		procs[pid] = procInfo{ppid: ppid, comm: string(stat[open+1 : end])}
 	}
 	return procs
+}
+
+// readProcInfo reads /proc/<pid>/stat; ok is false when the process is
+// gone or the file does not parse.
+func readProcInfo(pid int) (p procInfo, ok bool) {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return p, false
+	}
+	// pid (comm) state ppid …; comm may hold spaces and parentheses.
+	open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+	if open < 0 || end < open {
+		return p, false
+	}
+	fields := strings.Fields(string(stat[end+1:]))
+	if len(fields) < 2 {
+		return p, false
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return procInfo{ppid: ppid, comm: string(stat[open+1 : end])}, true
 }
 
 // sample counts the compilers under root and the modules its makes build.
@@ -708,11 +756,11 @@ func TestAutoinstallRealHeadersCPUBudget(t *testing.T) {
 			cmd.Stdout, cmd.Stderr = &out, &errb
 			start := time.Now()
 			s, err := sampleBuilds(cmd)
-			r := processResult(t, "autoinstall", err, &out, &errb)
+			r := sampledResult(t, err, &out, &errb)
 			t.Logf("%v: %d samples, at most %d cc1 at once, makes of two modules alive in %d samples, modules seen %v",
 				time.Since(start).Round(time.Millisecond), s.samples, s.maxCC1, s.overlap, s.modules)
-			if r.code != 0 {
-				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s%s", r.code, r.stdout, r.stderr, failedLogs(r.stderr))
+			if r.Code != 0 {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s%s", r.Code, r.Stdout, r.Stderr, failedLogs(r.Stderr))
 			}
 			if len(s.modules) != len(mods) {
 				t.Errorf("the sampler saw makes of %v, want both %v: the samples say nothing", s.modules, mods)
@@ -767,15 +815,15 @@ func TestMatchRealHeadersAndKernelPrerm(t *testing.T) {
 
 	t.Run("match", func(t *testing.T) {
 		r := b.run(t, "match", "--templatekernel", k1, "-k", k2)
-		t.Logf("dkms match: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
-		if r.code != 0 {
-			t.Fatalf("exit %d", r.code)
+		t.Logf("dkms match: exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
+		if r.Code != 0 {
+			t.Fatalf("exit %d", r.Code)
 		}
 		for _, w := range []string{
 			fmt.Sprintf("Matching modules in kernel: %s (%s)", k2, arch),
 			fmt.Sprintf("to the configuration of kernel: %s (%s)", k1, arch),
 		} {
-			if !strings.Contains(r.stdout, w) {
+			if !strings.Contains(r.Stdout, w) {
 				t.Errorf("stdout lacks %q", w)
 			}
 		}
@@ -829,9 +877,9 @@ func TestMatchRealHeadersAndKernelPrerm(t *testing.T) {
 		}
 
 		r := b.run(t, "kernel_prerm", "-k", k1)
-		t.Logf("dkms kernel_prerm: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
-		if r.code != 0 {
-			t.Errorf("exit %d, want 0", r.code)
+		t.Logf("dkms kernel_prerm: exit %d\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
+		if r.Code != 0 {
+			t.Errorf("exit %d, want 0", r.Code)
 		}
 		if got := koFiles(t, b.path("lib/modules", k1)); len(got) != 0 {
 			t.Errorf("module files left in lib/modules/%s: %q", k1, got)

@@ -27,7 +27,7 @@ func BenchmarkStatus40Modules2Kernels(b *testing.B) {
 	testkit.RequireRoot(b)
 	requireDebianDKMS(b)
 	kernels := testkit.Kernels(b, 2)
-	bin := dkmsdBinary(b)
+	bin := testkit.Binary(b, "dkms")
 	root, want := statusBenchTree(b, bin, kernels)
 
 	cmds := []statusCommand{
@@ -149,9 +149,9 @@ func statusBenchTree(b *testing.B, bin string, kernels []string) (string, []byte
 			to := filepath.Join(mv, k, arch)
 			tbMkdirAll(b, filepath.Join(to, "module"))
 			tbMkdirAll(b, filepath.Join(to, "log"))
-			ko := tbReadFile(b, filepath.Join(from, "module", "dkmsd_hello"+suffix))
+			ko := mustReadFile(b, filepath.Join(from, "module", "dkmsd_hello"+suffix))
 			tbWriteFile(b, filepath.Join(to, "module", name+suffix), ko)
-			tbWriteFile(b, filepath.Join(to, "log", "make.log"), tbReadFile(b, filepath.Join(from, "log", "make.log")))
+			tbWriteFile(b, filepath.Join(to, "log", "make.log"), mustReadFile(b, filepath.Join(from, "log", "make.log")))
 			if !installed[name] {
 				continue
 			}
@@ -224,20 +224,28 @@ func unifiedDiff(b *testing.B, xName string, x []byte, yName string, y []byte) s
 	return string(out)
 }
 
+// reportRatio reports how many times faster dkmsd (ours per op) is than
+// the implementation called name (theirs per op), and both times per op,
+// theirs as the metric "<metric>-s/op"; it skips the benchmark when
+// either sub-benchmark did not run.
+func reportRatio(b *testing.B, ours, theirs time.Duration, name, metric string) float64 {
+	b.Helper()
+	if ours == 0 || theirs == 0 {
+		b.Skip("the ratio needs both the dkmsd and the " + name + " sub-benchmarks")
+	}
+	ratio := float64(theirs) / float64(ours)
+	b.ReportMetric(0, "ns/op") // no loop here: only the figures below mean something
+	b.ReportMetric(ratio, "x-faster")
+	b.ReportMetric(ours.Seconds(), "dkmsd-s/op")
+	b.ReportMetric(theirs.Seconds(), metric+"-s/op")
+	return ratio
+}
+
 func tbMkdirAll(tb testing.TB, dir string) {
 	tb.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		tb.Fatal(err)
 	}
-}
-
-func tbReadFile(tb testing.TB, name string) []byte {
-	tb.Helper()
-	data, err := os.ReadFile(name)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return data
 }
 
 func tbWriteFile(tb testing.TB, name string, data []byte) {

@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -17,42 +14,8 @@ import (
 
 	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
-
-// hookBinaries are dkmsd-apt and dkmsd-kernel-install, built once per test
-// process into a dkmsd-testhooks-* dir under os.TempDir (left in place, as
-// dkmsdBinary's is).
-var hookBinaries struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// hookBinaryDir builds ./cmd/dkmsd-apt and ./cmd/dkmsd-kernel-install and
-// returns the directory holding them.
-func hookBinaryDir(tb testing.TB) string {
-	tb.Helper()
-	hookBinaries.once.Do(func() {
-		dir, err := os.MkdirTemp("", "dkmsd-testhooks-")
-		if err != nil {
-			hookBinaries.err = err
-			return
-		}
-		for _, pkg := range []string{"dkmsd-apt", "dkmsd-kernel-install"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, pkg), "./cmd/"+pkg)
-			cmd.Dir = filepath.Join("..", "..")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				hookBinaries.err = fmt.Errorf("go build ./cmd/%s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-		hookBinaries.dir = dir
-	})
-	if hookBinaries.err != nil {
-		tb.Fatal(hookBinaries.err)
-	}
-	return hookBinaries.dir
-}
 
 // TestConcurrentHooksAndCLIRealHeaders starts, at the same moment, on one
 // tree holding two added (unbuilt) modules whose PRE_BUILD appends
@@ -69,9 +32,6 @@ func hookBinaryDir(tb testing.TB) string {
 // build and listed in modules.dep; no intent or temporary file is left.
 func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 	b := newBatchRoot(t)
-	hooks := hookBinaryDir(t)
-	k1, k2 := b.kernels[0], b.kernels[1]
-	counter := b.path("var/lib/dkms/dkmsd_conc.builds")
 	mods := []string{"dkmsd_conc_a", "dkmsd_conc_b"}
 	for _, m := range mods {
 		b.cloneHello(t, m, "1.0",
@@ -79,22 +39,33 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 			map[string]string{"count.sh": "#!/bin/sh\necho \"$2 $3\" >> \"$1\"\n"})
 		b.mustRun(t, "add", m+"/1.0")
 	}
-	entry := t.TempDir()
-	rootEnv := append(slices.Clone(b.env), "DKMSD_ROOT="+b.root)
-
-	type proc struct {
-		name   string
-		cmd    *exec.Cmd
-		locks  bool // takes the tree lock
-		out    bytes.Buffer
-		errb   bytes.Buffer
-		err    error
-		took   time.Duration
-		status bool
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	stopStatus := make(chan struct{})
+	procs := concurrentProcs(t, ctx, b)
+	statusRuns := runConcurrently(t, ctx, b, procs)
+	checkConcurrentProcs(t, b, procs, statusRuns)
+	checkBuiltOncePerKernel(t, b, mods)
+	checkInstalledEverywhere(t, b, mods)
+}
+
+// concurrentProc is one of the processes started at the same moment.
+type concurrentProc struct {
+	name   string
+	cmd    *exec.Cmd
+	locks  bool // takes the tree lock
+	status bool // is `dkms status`
+	res    testkit.Result
+	err    error
+	took   time.Duration
+}
+
+// concurrentProcs are the hooks, the CLI and the boot unit on both
+// kernels, and one `dkms status`, all killed when ctx ends.
+func concurrentProcs(t *testing.T, ctx context.Context, b *batchRoot) []*concurrentProc {
+	hooks := testkit.Binaries(t)
+	k1, k2 := b.kernels[0], b.kernels[1]
+	entry := t.TempDir()
+	rootEnv := append(slices.Clone(b.env), "DKMSD_ROOT="+b.root)
 	hook := func(bin string, args ...string) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, filepath.Join(hooks, bin), args...)
 		cmd.Env, cmd.Dir = rootEnv, b.root
@@ -106,7 +77,7 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 		cmd.Env, cmd.Dir = rootEnv, b.root
 		return cmd
 	}
-	procs := []*proc{
+	return []*concurrentProc{
 		{name: "dkmsd-apt header_postinst " + k1, cmd: hook("dkmsd-apt", "header_postinst", k1), locks: true},
 		{name: "dkmsd-apt header_postinst " + k2, cmd: hook("dkmsd-apt", "header_postinst", k2), locks: true},
 		{name: "dkmsd-kernel-install add " + k1, cmd: hook("dkmsd-kernel-install", "add", k1, entry, "/boot/vmlinuz-"+k1), locks: true},
@@ -119,25 +90,23 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 		{name: "dkms autoinstall --kernelver " + k2 + " (boot unit)", cmd: unit(k2), locks: true},
 		{name: "dkms status", cmd: b.command(ctx, b.env, "status"), status: true},
 	}
-	// dkms status again and again while they run: it takes no lock, and
-	// must only ever show whole states.
+}
+
+// runConcurrently starts procs at the same moment and waits for them all,
+// running `dkms status` again and again meanwhile (it takes no lock, and
+// must only ever show whole states); it returns those status runs.
+func runConcurrently(t *testing.T, ctx context.Context, b *batchRoot, procs []*concurrentProc) []testkit.Result {
+	stopStatus := make(chan struct{})
 	statusDone := make(chan struct{})
-	var statusRuns []result
+	var statusRuns []testkit.Result
 	go func() {
 		defer close(statusDone)
 		for ctx.Err() == nil {
-			var out, errb bytes.Buffer
-			cmd := b.command(ctx, b.env, "status")
-			cmd.Stdout, cmd.Stderr = &out, &errb
-			err := cmd.Run()
-			code := 0
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				code = ee.ExitCode()
-			} else if err != nil {
-				code = -1
+			r, err := testkit.Exec(b.command(ctx, b.env, "status"))
+			if err != nil {
+				r.Code = -1
 			}
-			statusRuns = append(statusRuns, result{code, out.String(), errb.String()})
+			statusRuns = append(statusRuns, r)
 			select {
 			case <-stopStatus:
 				return
@@ -148,15 +117,11 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 	var wg sync.WaitGroup
 	begin := time.Now()
 	for _, p := range procs {
-		p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.errb
-		if err := p.cmd.Start(); err != nil {
-			t.Fatalf("%s: %v", p.name, err)
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			start := time.Now()
-			p.err = p.cmd.Wait()
+			p.res, p.err = testkit.Exec(p.cmd)
 			p.took = time.Since(start)
 		}()
 	}
@@ -164,22 +129,32 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 	close(stopStatus)
 	<-statusDone
 	t.Logf("%d processes done in %v; dkms status ran %d times meanwhile", len(procs), time.Since(begin).Round(time.Millisecond), len(statusRuns))
+	return statusRuns
+}
 
+// checkConcurrentProcs checks that every process exited 0 without a panic,
+// that every process that takes the lock but the first waited for it, and
+// that every status run (during the others, and the one started with
+// them) printed only whole states.
+func checkConcurrentProcs(t *testing.T, b *batchRoot, procs []*concurrentProc, statusRuns []testkit.Result) {
+	t.Helper()
 	lock := b.path("var/lib/dkms", lifecycle.LockFile)
-	statusLineRE := regexp.MustCompile(`^dkmsd_conc_[ab]/1\.0(: added|, (` + regexp.QuoteMeta(k1) + `|` + regexp.QuoteMeta(k2) + `), ` + machineArch() + `: (built|installed))$`)
 	waited, lockers := 0, 0
 	for _, p := range procs {
-		r := processResult(t, p.name, p.err, &p.out, &p.errb)
-		t.Logf("%s: exit %d in %v\nstdout:\n%s\nstderr:\n%s", p.name, r.code, p.took.Round(time.Millisecond), r.stdout, r.stderr)
-		if r.code != 0 {
-			t.Errorf("%s: exit %d, want 0", p.name, r.code)
+		if p.err != nil {
+			t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s", p.name, p.err, p.res.Stdout, p.res.Stderr)
 		}
-		if strings.Contains(r.stderr, "panic:") {
+		r := p.res
+		t.Logf("%s: exit %d in %v\nstdout:\n%s\nstderr:\n%s", p.name, r.Code, p.took.Round(time.Millisecond), r.Stdout, r.Stderr)
+		if r.Code != 0 {
+			t.Errorf("%s: exit %d, want 0", p.name, r.Code)
+		}
+		if strings.Contains(r.Stderr, "panic:") {
 			t.Errorf("%s panicked", p.name)
 		}
 		if p.locks {
 			lockers++
-			if strings.Contains(r.stderr, "Waiting for "+lock) {
+			if strings.Contains(r.Stderr, "Waiting for "+lock) {
 				waited++
 			}
 		}
@@ -187,11 +162,13 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 			statusRuns = append(statusRuns, r)
 		}
 	}
+	k1, k2 := b.kernels[0], b.kernels[1]
+	statusLineRE := regexp.MustCompile(`^dkmsd_conc_[ab]/1\.0(: added|, (` + regexp.QuoteMeta(k1) + `|` + regexp.QuoteMeta(k2) + `), ` + machineArch() + `: (built|installed))$`)
 	for i, r := range statusRuns {
-		if r.code != 0 || r.stderr != "" {
-			t.Errorf("dkms status #%d during the others: exit %d, stderr %q", i, r.code, r.stderr)
+		if r.Code != 0 || r.Stderr != "" {
+			t.Errorf("dkms status #%d during the others: exit %d, stderr %q", i, r.Code, r.Stderr)
 		}
-		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		for _, l := range strings.Split(strings.TrimSpace(r.Stdout), "\n") {
 			if l != "" && !statusLineRE.MatchString(l) {
 				t.Errorf("dkms status #%d during the others printed %q", i, l)
 			}
@@ -203,9 +180,14 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 	if waited != lockers-1 {
 		t.Errorf("%d of the %d processes that take the lock printed \"Waiting for %s\", want %d", waited, lockers, lock, lockers-1)
 	}
+}
 
+// checkBuiltOncePerKernel reads the counter the modules' PRE_BUILD
+// appends to: each module built once for each kernel.
+func checkBuiltOncePerKernel(t *testing.T, b *batchRoot, mods []string) {
+	t.Helper()
 	builds := map[string]int{}
-	for _, l := range strings.Split(strings.TrimSpace(string(readOrEmpty(counter))), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(string(readOrEmpty(b.path("var/lib/dkms/dkmsd_conc.builds")))), "\n") {
 		if l != "" {
 			builds[l]++
 		}
@@ -217,7 +199,13 @@ func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
 			}
 		}
 	}
+}
 
+// checkInstalledEverywhere checks the end state: every module installed on
+// both kernels, each installed file equal to its build and in modules.dep,
+// and no intent or temporary file left.
+func checkInstalledEverywhere(t *testing.T, b *batchRoot, mods []string) {
+	t.Helper()
 	var want []string
 	for _, m := range mods {
 		for _, k := range sortedKernels(b.kernels) {

@@ -19,7 +19,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -276,7 +275,7 @@ func (h *crashHarness) setup() {
 	if len(h.violations) > 0 {
 		t.Fatalf("the invariants do not hold after setup: %q", h.violations)
 	}
-	h.goodInitrd = readFileT(t, h.initrdPath)
+	h.goodInitrd = mustReadFile(t, h.initrdPath)
 }
 
 // checkProbeLocks verifies that the probe takes the tree lock: while the
@@ -293,7 +292,7 @@ func (h *crashHarness) checkProbeLocks() {
 		t.Fatal(err)
 	}
 	cmd := b.command(t.Context(), b.env, append(slices.Clone(crashProbe), "-k", b.kernels[0])...)
-	var stderr lockedBuffer
+	var stderr testkit.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -376,18 +375,18 @@ func (h *crashHarness) run(n int) {
 	h.checkImmediate(r)
 
 	probe := h.b.run(h.t, append(slices.Clone(crashProbe), "-k", h.b.kernels[0])...)
-	if probe.code != 3 || !strings.Contains(probe.stderr, "is not located in the DKMS tree") {
-		h.violate(r, "probe", "the probe exited %d, want 3\nstdout:\n%s\nstderr:\n%s", probe.code, probe.stdout, probe.stderr)
+	if probe.Code != 3 || !strings.Contains(probe.Stderr, "is not located in the DKMS tree") {
+		h.violate(r, "probe", "the probe exited %d, want 3\nstdout:\n%s\nstderr:\n%s", probe.Code, probe.Stdout, probe.Stderr)
 	}
 	h.checkRecovered(r)
 
 	again := h.b.run(h.t, cmd.args...)
-	ok := again.code == 0
-	if cmd.kind == "remove" && again.code == 3 && strings.Contains(again.stderr, "is not located in the DKMS tree") {
+	ok := again.Code == 0
+	if cmd.kind == "remove" && again.Code == 3 && strings.Contains(again.Stderr, "is not located in the DKMS tree") {
 		ok = true // the killed run had removed it already
 	}
 	if !ok {
-		h.violate(r, "(d) rerun", "the rerun of dkms %s exited %d\nstdout:\n%s\nstderr:\n%s", strings.Join(cmd.args, " "), again.code, again.stdout, again.stderr)
+		h.violate(r, "(d) rerun", "the rerun of dkms %s exited %d\nstdout:\n%s\nstderr:\n%s", strings.Join(cmd.args, " "), again.Code, again.Stdout, again.Stderr)
 	}
 	h.checkOutcome(r)
 	h.checkEnd(r)
@@ -428,24 +427,6 @@ func (h *crashHarness) kill(args []string, delay time.Duration) (killed bool, pg
 		}
 		return false, pgid, buf.String()
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe to read while a process writes to it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // checkOrphans reports processes of the killed command that escaped the
@@ -608,10 +589,10 @@ func (h *crashHarness) checkRecovered(r *crashRun) {
 		h.violate(r, "intent left", "intents left after a command took the lock: %q", intents)
 	}
 	st := h.b.run(h.t, "status")
-	if st.code != 0 {
-		h.violate(r, "status", "dkms status exited %d: %s", st.code, st.stderr)
+	if st.Code != 0 {
+		h.violate(r, "status", "dkms status exited %d: %s", st.Code, st.Stderr)
 	}
-	for _, l := range strings.Split(strings.TrimSpace(st.stdout), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(st.Stdout), "\n") {
 		if l == "" {
 			continue
 		}
@@ -656,7 +637,7 @@ func (h *crashHarness) installState(m *crashModule, k string) []string {
 			rel := "updates/dkms/" + filepath.Base(built)
 			inst := h.b.path("lib/modules", k, rel)
 			got, err := os.ReadFile(inst)
-			if err != nil || !bytes.Equal(got, readFileT(h.t, built)) {
+			if err != nil || !bytes.Equal(got, mustReadFile(h.t, built)) {
 				bad = append(bad, fmt.Sprintf("%s is installed on %s but %s is missing or differs from %s (%v)", m.name, k, inst, built, err))
 			}
 			if !listed(rel) {
@@ -896,15 +877,7 @@ func (h *crashHarness) installed(m *crashModule, k string) bool {
 	return err == nil && target == m.version+"/"+k+"/"+h.arch && h.built(m, k)
 }
 
-func readFileT(t *testing.T, p string) []byte {
-	t.Helper()
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
-
+// readOrEmpty is the file p holds, or nothing when it cannot be read.
 func readOrEmpty(p string) []byte {
 	data, _ := os.ReadFile(p)
 	return data
@@ -919,15 +892,7 @@ func readOrEmpty(p string) []byte {
 // this window only now and then.
 func TestCrashSafetyKillBeforeInitrdRealHeaders(t *testing.T) {
 	b := newBatchRoot(t)
-	k := ""
-	for _, kk := range b.kernels {
-		if _, err := os.Stat("/boot/initrd.img-" + kk); err == nil {
-			k = kk
-		}
-	}
-	if k == "" {
-		testkit.Missing(t, "an initrd for "+strings.Join(b.kernels, " or ")+" in /boot (apt-get install -y linux-image-cloud-amd64)")
-	}
+	k := b.kernelWithInitrd(t)
 	img := b.path("boot", "initrd.img-"+k)
 	copyBootFile(t, "/boot/initrd.img-"+k, img)
 	b.cloneHello(t, "dkmsd_crashinitrd", "1.0", []string{`REMAKE_INITRD="yes"`}, nil)
@@ -958,12 +923,12 @@ func TestCrashSafetyKillBeforeInitrdRealHeaders(t *testing.T) {
 		// back as such a kill would have left it.
 		markInitrdPending(t, b.root, k)
 		r := b.run(t, c.args...)
-		if r.code != 0 && !(c.mayBe3 && r.code == 3) {
-			t.Errorf("%s again: exit %d\nstderr:\n%s", what, r.code, r.stderr)
+		if r.Code != 0 && !(c.mayBe3 && r.Code == 3) {
+			t.Errorf("%s again: exit %d\nstderr:\n%s", what, r.Code, r.Stderr)
 		}
 		if got := holds(); got != c.holds {
 			t.Errorf("after %s was cut before its initrd step and run again (exit %d), %s holds dkmsd_crashinitrd: %v, want %v\nstdout:\n%s\nstderr:\n%s",
-				what, r.code, img, got, c.holds, r.stdout, r.stderr)
+				what, r.Code, img, got, c.holds, r.Stdout, r.Stderr)
 		}
 		if c.restore != nil {
 			b.mustRun(t, c.restore...)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -25,31 +27,25 @@ type side struct {
 	env  []string
 }
 
-type result struct {
-	code           int
-	stdout, stderr string
+// command is `dkms args…` with the tree options of this side's root, in
+// its environment, killed when ctx ends.
+func (s side) command(ctx context.Context, args ...string) *exec.Cmd {
+	full := slices.Concat(args, []string{"--dkmstree", filepath.Join(s.root, "var/lib/dkms"),
+		"--sourcetree", filepath.Join(s.root, "usr/src"),
+		"--installtree", filepath.Join(s.root, "lib/modules")})
+	cmd := exec.CommandContext(ctx, s.bin, full...)
+	cmd.Env, cmd.Dir = s.env, s.root
+	return cmd
 }
 
 // run runs `dkms args…` with the tree options of this side's root.
-func (s side) run(t *testing.T, args ...string) result {
+func (s side) run(t *testing.T, args ...string) testkit.Result {
 	t.Helper()
-	full := append([]string{}, args...)
-	full = append(full, "--dkmstree", filepath.Join(s.root, "var/lib/dkms"),
-		"--sourcetree", filepath.Join(s.root, "usr/src"),
-		"--installtree", filepath.Join(s.root, "lib/modules"))
-	cmd := exec.Command(s.bin, full...)
-	cmd.Env = s.env
-	cmd.Dir = s.root
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
+	r, err := testkit.Exec(s.command(context.Background(), args...))
+	if err != nil {
 		t.Fatalf("%s %v: %v", s.name, args, err)
 	}
-	return result{code, out.String(), errb.String()}
+	return r
 }
 
 // differentialSetup prepares two roots over the same kernels, one for each
@@ -70,7 +66,7 @@ func differentialSetup(t *testing.T) (dkmsd, ref side, kernels []string) {
 		t.Fatalf("openssl: %v: %s", err, out)
 	}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root", "mok_signing_key=" + key, "mok_certificate=" + cert, "parallel_jobs=2"}
-	dkmsd = side{name: "dkmsd", bin: dkmsdBinary(t), root: testkit.NewRoot(t, kernels...), env: env}
+	dkmsd = side{name: "dkmsd", bin: testkit.Binary(t, "dkms"), root: testkit.NewRoot(t, kernels...), env: env}
 	ref = side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, kernels...), env: env}
 	return dkmsd, ref, kernels
 }
@@ -189,8 +185,8 @@ func TestDifferentialDkms3010RealHeaders(t *testing.T) {
 		t.Helper()
 		for _, q := range statuses {
 			a, b := dkmsd.run(t, q...), ref.run(t, q...)
-			if a.code != b.code || dkmsd.normalize(a.stdout) != ref.normalize(b.stdout) {
-				t.Errorf("after %s: dkms %s\n--- dkmsd (exit %d):\n%s--- dkms 3.0.10 (exit %d):\n%s", step, strings.Join(q, " "), a.code, a.stdout, b.code, b.stdout)
+			if a.Code != b.Code || dkmsd.normalize(a.Stdout) != ref.normalize(b.Stdout) {
+				t.Errorf("after %s: dkms %s\n--- dkmsd (exit %d):\n%s--- dkms 3.0.10 (exit %d):\n%s", step, strings.Join(q, " "), a.Code, a.Stdout, b.Code, b.Stdout)
 			}
 		}
 	}
@@ -229,11 +225,11 @@ func TestDifferentialDkms3010RealHeaders(t *testing.T) {
 		a, b := dkmsd.run(t, step...), ref.run(t, step...)
 		if want, ok := deviations[name]; ok {
 			// A documented difference: dkmsd follows upstream's fix.
-			if a.code != want.dkmsd || b.code != want.ref {
-				t.Errorf("%s: exit %d (want %d), dkms 3.0.10 exit %d (want %d)", name, a.code, want.dkmsd, b.code, want.ref)
+			if a.Code != want.dkmsd || b.Code != want.ref {
+				t.Errorf("%s: exit %d (want %d), dkms 3.0.10 exit %d (want %d)", name, a.Code, want.dkmsd, b.Code, want.ref)
 			}
-		} else if a.code != b.code {
-			t.Errorf("%s: exit %d, dkms 3.0.10 exit %d\n--- dkmsd stderr:\n%s--- dkms 3.0.10 stderr:\n%s", name, a.code, b.code, a.stderr, b.stderr)
+		} else if a.Code != b.Code {
+			t.Errorf("%s: exit %d, dkms 3.0.10 exit %d\n--- dkmsd stderr:\n%s--- dkms 3.0.10 stderr:\n%s", name, a.Code, b.Code, a.Stderr, b.Stderr)
 		}
 		compareStatus(t, name)
 		if d := diffFileSets(fileSet(t, filepath.Join(dkmsd.root, "lib/modules")), fileSet(t, filepath.Join(ref.root, "lib/modules"))); len(d) > 0 {
@@ -263,47 +259,47 @@ func TestDifferentialTreeInteropRealHeaders(t *testing.T) {
 	testkit.CopyModule(t, ref.root, "dkmsd_twomods-2.1")
 	testkit.CopyModule(t, ref.root, "dkmsd_hello-1.0")
 	testkit.CopyModule(t, dkmsd.root, "dkmsd_hello-1.0")
-	if r := ref.run(t, "install", "dkmsd_twomods/2.1", "-k", k1, "-k", k2, "--no-depmod"); r.code != 0 {
-		t.Fatalf("dkms 3.0.10 install: %d %s", r.code, r.stderr)
+	if r := ref.run(t, "install", "dkmsd_twomods/2.1", "-k", k1, "-k", k2, "--no-depmod"); r.Code != 0 {
+		t.Fatalf("dkms 3.0.10 install: %d %s", r.Code, r.Stderr)
 	}
-	if r := ref.run(t, "build", "dkmsd_hello/1.0", "-k", k2); r.code != 0 {
-		t.Fatalf("dkms 3.0.10 build: %d %s", r.code, r.stderr)
+	if r := ref.run(t, "build", "dkmsd_hello/1.0", "-k", k2); r.Code != 0 {
+		t.Fatalf("dkms 3.0.10 build: %d %s", r.Code, r.Stderr)
 	}
-	if r := dkmsd.run(t, "install", "dkmsd_hello/1.0", "-k", k1, "--no-depmod"); r.code != 0 {
-		t.Fatalf("dkmsd install: %d %s", r.code, r.stderr)
+	if r := dkmsd.run(t, "install", "dkmsd_hello/1.0", "-k", k1, "--no-depmod"); r.Code != 0 {
+		t.Fatalf("dkmsd install: %d %s", r.Code, r.Stderr)
 	}
 	// Each implementation reads the other's tree with identical status.
 	for _, tr := range []side{ref, dkmsd} {
 		a := side{name: "dkmsd", bin: dkmsd.bin, root: tr.root, env: dkmsd.env}.run(t, "status")
 		b := side{name: "dkms", bin: ref.bin, root: tr.root, env: ref.env}.run(t, "status")
-		if a.stdout != b.stdout || a.stdout == "" {
-			t.Errorf("status of the tree %s wrote:\n--- dkmsd:\n%s--- dkms 3.0.10:\n%s", tr.name, a.stdout, b.stdout)
+		if a.Stdout != b.Stdout || a.Stdout == "" {
+			t.Errorf("status of the tree %s wrote:\n--- dkmsd:\n%s--- dkms 3.0.10:\n%s", tr.name, a.Stdout, b.Stdout)
 		}
 	}
 	// dkmsd uninstalls and removes what dkms installed.
 	onRef := side{name: "dkmsd-on-ref", bin: dkmsd.bin, root: ref.root, env: dkmsd.env}
-	if r := onRef.run(t, "uninstall", "dkmsd_twomods/2.1", "-k", k1, "--no-depmod"); r.code != 0 {
-		t.Fatalf("dkmsd uninstall of dkms's install: %d %s", r.code, r.stderr)
+	if r := onRef.run(t, "uninstall", "dkmsd_twomods/2.1", "-k", k1, "--no-depmod"); r.Code != 0 {
+		t.Fatalf("dkmsd uninstall of dkms's install: %d %s", r.Code, r.Stderr)
 	}
 	if d := fileSet(t, filepath.Join(ref.root, "lib/modules", k1)); len(d) != 0 {
 		t.Errorf("dkmsd left files of dkms's install on %s: %v", k1, d)
 	}
-	if r := onRef.run(t, "remove", "dkmsd_twomods/2.1", "--all", "--no-depmod"); r.code != 0 {
-		t.Fatalf("dkmsd remove: %d %s", r.code, r.stderr)
+	if r := onRef.run(t, "remove", "dkmsd_twomods/2.1", "--all", "--no-depmod"); r.Code != 0 {
+		t.Fatalf("dkmsd remove: %d %s", r.Code, r.Stderr)
 	}
 	b := ref.run(t, "status")
-	if b.stdout != "dkmsd_hello/1.0, "+k2+", x86_64: built\n" {
-		t.Errorf("dkms 3.0.10 status after dkmsd's remove:\n%s", b.stdout)
+	if b.Stdout != "dkmsd_hello/1.0, "+k2+", x86_64: built\n" {
+		t.Errorf("dkms 3.0.10 status after dkmsd's remove:\n%s", b.Stdout)
 	}
 	// dkms 3.0.10 uninstalls what dkmsd installed.
 	onOurs := side{name: "dkms-on-dkmsd", bin: ref.bin, root: dkmsd.root, env: ref.env}
-	if r := onOurs.run(t, "remove", "dkmsd_hello/1.0", "--all", "--no-depmod"); r.code != 0 {
-		t.Fatalf("dkms 3.0.10 remove of dkmsd's install: %d %s", r.code, r.stderr)
+	if r := onOurs.run(t, "remove", "dkmsd_hello/1.0", "--all", "--no-depmod"); r.Code != 0 {
+		t.Fatalf("dkms 3.0.10 remove of dkmsd's install: %d %s", r.Code, r.Stderr)
 	}
 	if d := fileSet(t, filepath.Join(dkmsd.root, "lib/modules", k1)); len(d) != 0 {
 		t.Errorf("dkms 3.0.10 left files of dkmsd's install: %v", d)
 	}
-	if a := dkmsd.run(t, "status"); a.stdout != "" {
-		t.Errorf("dkmsd status after dkms's remove: %q", a.stdout)
+	if a := dkmsd.run(t, "status"); a.Stdout != "" {
+		t.Errorf("dkmsd status after dkms's remove: %q", a.Stdout)
 	}
 }

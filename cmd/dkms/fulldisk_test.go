@@ -6,9 +6,7 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,31 +110,6 @@ type treeState struct {
 	status []string
 }
 
-// contentDigests maps every path under dir (not following symlinks) to its
-// mode and content hash, or its link target; a file rewritten with the
-// same bytes is the same.
-func contentDigests(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for _, p := range testkit.Tree(t, dir) {
-		if strings.HasSuffix(p, "/") || strings.Contains(p, " -> ") {
-			out[p] = ""
-			continue
-		}
-		full := filepath.Join(dir, p)
-		fi, err := os.Lstat(full)
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := os.ReadFile(full)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[p] = fmt.Sprintf("%v %x", fi.Mode(), sha256.Sum256(data))
-	}
-	return out
-}
-
 func (b *batchRoot) state(t *testing.T) treeState {
 	t.Helper()
 	files := map[string]string{}
@@ -186,14 +159,14 @@ func (b *batchRoot) sameState(t *testing.T, what string, before treeState) {
 
 // wantFailure checks that a refused command exited with code (0: any
 // non-zero) and that its stderr holds every text of want.
-func wantFailure(t *testing.T, what string, r result, code int, want ...string) {
+func wantFailure(t *testing.T, what string, r testkit.Result, code int, want ...string) {
 	t.Helper()
-	if r.code == 0 || (code != 0 && r.code != code) {
-		t.Errorf("%s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", what, r.code, code, r.stdout, r.stderr)
+	if r.Code == 0 || (code != 0 && r.Code != code) {
+		t.Errorf("%s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", what, r.Code, code, r.Stdout, r.Stderr)
 	}
 	for _, w := range want {
-		if !strings.Contains(r.stderr, w) {
-			t.Errorf("%s: stderr lacks %q:\n%s", what, w, r.stderr)
+		if !strings.Contains(r.Stderr, w) {
+			t.Errorf("%s: stderr lacks %q:\n%s", what, w, r.Stderr)
 		}
 	}
 }
@@ -285,7 +258,7 @@ func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
 	fillTo(t, kdir, 0)
 
 	r := b.run(t, "uninstall", "dkmsd_hello/1.0", "-k", k)
-	t.Logf("uninstall on a full %s: exit %d\nstdout:\n%s\nstderr:\n%s", kdir, r.code, r.stdout, r.stderr)
+	t.Logf("uninstall on a full %s: exit %d\nstdout:\n%s\nstderr:\n%s", kdir, r.Code, r.Stdout, r.Stderr)
 	inPlace, _ := os.ReadFile(orig)
 	archived, _ := os.ReadFile(saved)
 	origin, _ := os.ReadFile(saved + ".origin")
@@ -308,15 +281,7 @@ func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
 // temporary file beside it. The install itself stands.
 func TestFullDiskBootRealHeaders(t *testing.T) {
 	b := newBatchRoot(t)
-	k := ""
-	for _, kk := range b.kernels {
-		if _, err := os.Stat("/boot/initrd.img-" + kk); err == nil {
-			k = kk
-		}
-	}
-	if k == "" {
-		testkit.Missing(t, "an initrd in /boot for "+strings.Join(b.kernels, " or ")+" (apt-get install -y linux-image-cloud-amd64)")
-	}
+	k := b.kernelWithInitrd(t)
 	src := "/boot/initrd.img-" + k
 	fi, err := os.Stat(src)
 	if err != nil {
@@ -386,20 +351,21 @@ func TestReadOnlyDKMSTreeRealHeaders(t *testing.T) {
 		what := "dkms " + strings.Join(c.args, " ") + " on a read-only tree"
 		r := b.run(t, c.args...)
 		wantFailure(t, what, r, 1, c.want)
-		if c.want == lock && !strings.Contains(r.stderr, "read-only file system") {
-			t.Errorf("%s: stderr does not say the file system is read-only:\n%s", what, r.stderr)
+		if c.want == lock && !strings.Contains(r.Stderr, "read-only file system") {
+			t.Errorf("%s: stderr does not say the file system is read-only:\n%s", what, r.Stderr)
 		}
 		b.sameState(t, what, before)
 	}
 
-	hooks := hookBinaryDir(t)
+	hooks := testkit.Binaries(t)
 	cmd := exec.CommandContext(t.Context(), filepath.Join(hooks, "dkmsd-apt"), "header_postinst", k)
 	cmd.Env = append(slices.Clone(b.env), "DKMSD_ROOT="+b.root)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	r := processResult(t, "dkmsd-apt header_postinst", cmd.Run(), &out, &errb)
-	if r.code != 0 || !strings.Contains(r.stderr, lock) {
-		t.Errorf("dkmsd-apt header_postinst on a read-only tree: exit %d (want 0), stderr should name %s:\n%s", r.code, lock, r.stderr)
+	r, err := testkit.Exec(cmd)
+	if err != nil {
+		t.Fatalf("dkmsd-apt header_postinst: %v\nstdout:\n%s\nstderr:\n%s", err, r.Stdout, r.Stderr)
+	}
+	if r.Code != 0 || !strings.Contains(r.Stderr, lock) {
+		t.Errorf("dkmsd-apt header_postinst on a read-only tree: exit %d (want 0), stderr should name %s:\n%s", r.Code, lock, r.Stderr)
 	}
 	b.sameState(t, "dkmsd-apt on a read-only tree", before)
 	if st := b.status(t); !slices.Equal(st, []string{"dkmsd_hello/1.0, " + k + ", " + machineArch() + ": installed", "dkmsd_twomods/2.1: added"}) {
@@ -443,8 +409,8 @@ func TestReadOnlyInstallTreeRealHeaders(t *testing.T) {
 
 	// The next command that takes the lock recovers what they left.
 	probe := b.run(t, "uninstall", "dkmsd_nonexistent/0", "-k", k)
-	if probe.code != 3 {
-		t.Errorf("probe: exit %d, want 3: %s", probe.code, probe.stderr)
+	if probe.Code != 3 {
+		t.Errorf("probe: exit %d, want 3: %s", probe.Code, probe.Stderr)
 	}
 	b.sameState(t, "the recovery after them", before)
 }

@@ -200,7 +200,7 @@ func checkHelloInitrd(t *testing.T, root, bootKernel, initrdPath string) *initrd
 func TestBootQEMURealInitrdHello(t *testing.T) {
 	bootKernel := requireBootKernel(t)
 	testkit.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
-	bin := dkmsdBinary(t)
+	bin := testkit.Binary(t, "dkms")
 	original := "/boot/initrd.img-" + bootKernel
 
 	// The original initrd boots meanwhile: without the module.

@@ -6,6 +6,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,11 +65,11 @@ func journalPrereqs(t *testing.T) {
 func inJournalNamespace(t *testing.T, jdir string, env []string, args ...string) dkmsResult {
 	t.Helper()
 	full := append([]string{"--mount", "--propagation", "private", "sh", "-c", journalNamespaceScript, "sh",
-		jdir, filepath.Join(filepath.Dir(jdir), "journald.log"), dkmsdBinary(t)}, args...)
+		jdir, filepath.Join(filepath.Dir(jdir), "journald.log"), testkit.Binary(t, "dkms")}, args...)
 	r := runCommand(t, 4*time.Minute, env, "unshare", full...)
-	if r.code == 125 {
+	if r.Code == 125 {
 		b, _ := os.ReadFile(filepath.Join(filepath.Dir(jdir), "journald.log"))
-		t.Fatalf("the namespace's journald: %s\n%s", r.stderr, b)
+		t.Fatalf("the namespace's journald: %s\n%s", r.Stderr, b)
 	}
 	return r
 }
@@ -110,77 +111,84 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 	journalPrereqs(t)
 	testkit.RequireTool(t, "openssl", "openssl")
 	t.Parallel()
-	k := testkit.Kernels(t, 1)[0]
-	arch := machineArch()
+	root, k := moduleRoot(t, "dkmsd_hello-1.0", "dkmsd_failbuild-1.0")
 	tmp := t.TempDir()
 	jdir := filepath.Join(tmp, "journal")
 	if err := os.Mkdir(jdir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	root := testkit.NewRoot(t, k)
-	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
-	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	// No system bus here: the logger's notice about it goes to the journal
 	// too.
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(tmp, "no-bus"))
 
-	if r := inJournalNamespace(t, jdir, env, "--root", root, "install", "dkmsd_hello/1.0", "-k", k); r.code != 0 {
-		t.Fatalf("install: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := inJournalNamespace(t, jdir, env, "--root", root, "install", "dkmsd_hello/1.0", "-k", k); r.Code != 0 {
+		t.Fatalf("install: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := inJournalNamespace(t, jdir, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.code != 0 {
-		t.Fatalf("add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := inJournalNamespace(t, jdir, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.Code != 0 {
+		t.Fatalf("add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := inJournalNamespace(t, jdir, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.code != 10 {
-		t.Fatalf("failing build: exit %d, want 10\n%s%s", r.code, r.stdout, r.stderr)
+	if r := inJournalNamespace(t, jdir, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.Code != 10 {
+		t.Fatalf("failing build: exit %d, want 10\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 
 	entries := journalEntries(t, jdir)
-	find := func(typ lifecycle.EventType, module string) map[string]string {
-		t.Helper()
-		for _, e := range entries {
-			if e["MESSAGE_ID"] == report.MessageIDs[typ] && e["DKMS_MODULE"] == module {
-				return e
-			}
-		}
-		t.Fatalf("no %v entry for %s in the journal; entries:\n%s", typ, module, dumpEntries(entries))
-		return nil
-	}
-	check := func(e map[string]string, want map[string]string) {
-		t.Helper()
-		for k, v := range want {
-			if e[k] != v {
-				t.Errorf("%s entry: %s=%q, want %q", e["DKMS_EVENT"], k, e[k], v)
-			}
-		}
-	}
-	target := map[string]string{"SYSLOG_IDENTIFIER": "dkmsd", "DKMS_VERSION": "1.0", "KERNEL_VERSION": k, "DKMS_ARCH": arch, "_TRANSPORT": "journal"}
-	with := func(extra map[string]string) map[string]string {
-		m := map[string]string{}
-		for k, v := range target {
-			m[k] = v
-		}
-		for k, v := range extra {
-			m[k] = v
-		}
-		return m
-	}
+	failed := checkEventEntries(t, entries, k)
+	checkDiagnosticEntries(t, entries)
+	checkCatalogExplains(t, tmp, jdir, k, failed["DKMS_LOG"])
+}
 
-	added := find(lifecycle.Added, "dkmsd_hello")
-	check(added, map[string]string{"SYSLOG_IDENTIFIER": "dkmsd", "PRIORITY": "6", "DKMS_RESULT": "added", "DKMS_VERSION": "1.0", "MESSAGE": "Added dkmsd_hello/1.0"})
-	check(find(lifecycle.BuildStarted, "dkmsd_hello"), with(map[string]string{"PRIORITY": "7", "DKMS_RESULT": "started", "DKMS_HOOK": "dkms install"}))
-	built := find(lifecycle.BuildFinished, "dkmsd_hello")
-	check(built, with(map[string]string{"PRIORITY": "6", "DKMS_RESULT": "built", "DKMS_HOOK": "dkms install"}))
+// journalEntry is the entry of event typ for module; the test fails
+// without one.
+func journalEntry(t *testing.T, entries []map[string]string, typ lifecycle.EventType, module string) map[string]string {
+	t.Helper()
+	for _, e := range entries {
+		if e["MESSAGE_ID"] == report.MessageIDs[typ] && e["DKMS_MODULE"] == module {
+			return e
+		}
+	}
+	t.Fatalf("no %v entry for %s in the journal; entries:\n%s", typ, module, dumpEntries(entries))
+	return nil
+}
+
+// checkEntry checks that entry e has every field of want.
+func checkEntry(t *testing.T, e map[string]string, want map[string]string) {
+	t.Helper()
+	for k, v := range want {
+		if e[k] != v {
+			t.Errorf("%s entry: %s=%q, want %q", e["DKMS_EVENT"], k, e[k], v)
+		}
+	}
+}
+
+// withFields is base with extra added.
+func withFields(base, extra map[string]string) map[string]string {
+	m := maps.Clone(base)
+	maps.Copy(m, extra)
+	return m
+}
+
+// checkEventEntries checks the entries of dkmsd_hello's install and
+// dkmsd_failbuild's failed build on k, and returns the failed build's.
+func checkEventEntries(t *testing.T, entries []map[string]string, k string) map[string]string {
+	t.Helper()
+	arch := machineArch()
+	target := map[string]string{"SYSLOG_IDENTIFIER": "dkmsd", "DKMS_VERSION": "1.0", "KERNEL_VERSION": k, "DKMS_ARCH": arch, "_TRANSPORT": "journal"}
+	added := journalEntry(t, entries, lifecycle.Added, "dkmsd_hello")
+	checkEntry(t, added, map[string]string{"SYSLOG_IDENTIFIER": "dkmsd", "PRIORITY": "6", "DKMS_RESULT": "added", "DKMS_VERSION": "1.0", "MESSAGE": "Added dkmsd_hello/1.0"})
+	checkEntry(t, journalEntry(t, entries, lifecycle.BuildStarted, "dkmsd_hello"), withFields(target, map[string]string{"PRIORITY": "7", "DKMS_RESULT": "started", "DKMS_HOOK": "dkms install"}))
+	built := journalEntry(t, entries, lifecycle.BuildFinished, "dkmsd_hello")
+	checkEntry(t, built, withFields(target, map[string]string{"PRIORITY": "6", "DKMS_RESULT": "built", "DKMS_HOOK": "dkms install"}))
 	if us, err := strconv.ParseInt(built["DKMS_DURATION_USEC"], 10, 64); err != nil || us <= 0 {
 		t.Errorf("BuildFinished DKMS_DURATION_USEC=%q", built["DKMS_DURATION_USEC"])
 	}
 	if _, err := os.Stat(built["DKMS_LOG"]); err != nil {
 		t.Errorf("BuildFinished DKMS_LOG: %v", err)
 	}
-	check(find(lifecycle.Installed, "dkmsd_hello"), with(map[string]string{"PRIORITY": "6", "DKMS_RESULT": "installed", "DKMS_HOOK": "dkms install",
+	checkEntry(t, journalEntry(t, entries, lifecycle.Installed, "dkmsd_hello"), withFields(target, map[string]string{"PRIORITY": "6", "DKMS_RESULT": "installed", "DKMS_HOOK": "dkms install",
 		"MESSAGE": fmt.Sprintf("Installed dkmsd_hello/1.0 for %s (%s)", k, arch)}))
 
-	failed := find(lifecycle.BuildFailed, "dkmsd_failbuild")
-	check(failed, with(map[string]string{"PRIORITY": "3", "DKMS_RESULT": "failed", "DKMS_HOOK": "dkms build"}))
+	failed := journalEntry(t, entries, lifecycle.BuildFailed, "dkmsd_failbuild")
+	checkEntry(t, failed, withFields(target, map[string]string{"PRIORITY": "3", "DKMS_RESULT": "failed", "DKMS_HOOK": "dkms build"}))
 	if b, err := os.ReadFile(failed["DKMS_LOG"]); err != nil || !strings.Contains(string(b), "deliberate build failure") {
 		t.Errorf("BuildFailed DKMS_LOG=%q: %v", failed["DKMS_LOG"], err)
 	}
@@ -193,9 +201,14 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 	if failed["DKMS_ERROR"] == "" {
 		t.Errorf("BuildFailed has no DKMS_ERROR")
 	}
+	return failed
+}
 
-	// Every dkmsd entry is an event with a known MESSAGE_ID, or a logrus
-	// diagnostic (here: no system bus) with its fields.
+// checkDiagnosticEntries checks that every dkmsd entry is an event with a
+// known MESSAGE_ID, or a logrus diagnostic (here: no system bus) with its
+// fields.
+func checkDiagnosticEntries(t *testing.T, entries []map[string]string) {
+	t.Helper()
 	known := map[string]bool{}
 	for _, id := range report.MessageIDs {
 		known[id] = true
@@ -218,9 +231,14 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 		t.Errorf("the logger's diagnostics did not reach the journal")
 	}
 
-	// journalctl -x explains the failure with dist/journal/dkmsd.catalog,
-	// compiled into a temporary catalog database that a second namespace
-	// puts where journalctl looks for it.
+}
+
+// checkCatalogExplains checks that journalctl -x explains the failed build
+// on k, whose log is failedLog, with dist/journal/dkmsd.catalog, compiled
+// into a temporary catalog database (under tmp) that a second namespace
+// puts where journalctl looks for it.
+func checkCatalogExplains(t *testing.T, tmp, jdir, k, failedLog string) {
+	t.Helper()
 	if _, err := os.Stat("/var/lib/systemd/catalog"); err != nil {
 		t.Logf("no /var/lib/systemd/catalog to mount over; journalctl -x not checked")
 		return
@@ -230,7 +248,7 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 	if err := os.MkdirAll(catDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(repoDir(), "dist/journal/dkmsd.catalog"))
+	b, err := os.ReadFile(filepath.Join(testkit.RepoRoot(), "dist/journal/dkmsd.catalog"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +267,7 @@ func TestJournalRealJournalRealHeaders(t *testing.T) {
 	for _, want := range []string{
 		fmt.Sprintf("Subject: Kernel module dkmsd_failbuild/1.0 failed to build for %s", k),
 		"Defined-By: dkmsd",
-		"The build log is " + failed["DKMS_LOG"],
+		"The build log is " + failedLog,
 		"dkms autoinstall -k " + k,
 	} {
 		if !strings.Contains(string(out), want) {
@@ -291,19 +309,19 @@ until [ -S /run/systemd/journal/socket ]; do i=$((i+1)); [ $i -lt 200 ] || exit 
 				{"--root", root, "status"},
 				{"--root", root, "remove", "dkmsd_hello/1.0", "--all"},
 			} {
-				full := append([]string{"--mount", "--propagation", "private", "sh", "-c", "set -eu\n" + setup + "\nexec \"$@\"", "sh", dkmsdBinary(t)}, args...)
+				full := append([]string{"--mount", "--propagation", "private", "sh", "-c", "set -eu\n" + setup + "\nexec \"$@\"", "sh", testkit.Binary(t, "dkms")}, args...)
 				r := runCommand(t, time.Minute, baseEnv(), "unshare", full...)
-				if r.code == 125 {
-					t.Fatalf("namespace setup failed: %s", r.stderr)
+				if r.Code == 125 {
+					t.Fatalf("namespace setup failed: %s", r.Stderr)
 				}
-				if r.code != 0 {
-					t.Errorf("dkms %s: exit %d\n%s%s", strings.Join(args[2:], " "), r.code, r.stdout, r.stderr)
+				if r.Code != 0 {
+					t.Errorf("dkms %s: exit %d\n%s%s", strings.Join(args[2:], " "), r.Code, r.Stdout, r.Stderr)
 				}
 				if r.took > 10*time.Second {
 					t.Errorf("dkms %s took %v", strings.Join(args[2:], " "), r.took)
 				}
 				busNotices := 0
-				for _, l := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+				for _, l := range strings.Split(strings.TrimSpace(r.Stderr), "\n") {
 					switch {
 					case l == "":
 					case strings.Contains(strings.ToLower(l), "journal"):

@@ -8,7 +8,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"image/png"
 	"os"
 	"os/exec"
@@ -83,43 +82,11 @@ func (f *fakeNotifications) take() []notifyCall {
 	return c
 }
 
-// notifyBinary builds cmd/dkmsd-notify once per test process, where any
-// uid can run it.
-var notifyBin struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-func notifyBinary(t *testing.T) string {
-	t.Helper()
-	notifyBin.once.Do(func() {
-		dir, err := os.MkdirTemp("", "dkmsd-testbin-")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
-		if err != nil {
-			notifyBin.err = err
-			return
-		}
-		bin := filepath.Join(dir, "dkmsd-notify")
-		if out, err := exec.Command("go", "build", "-o", bin, "../dkmsd-notify").CombinedOutput(); err != nil {
-			notifyBin.err = fmt.Errorf("go build ./cmd/dkmsd-notify: %v\n%s", err, out)
-			return
-		}
-		notifyBin.path = bin
-	})
-	if notifyBin.err != nil {
-		t.Fatal(notifyBin.err)
-	}
-	return notifyBin.path
-}
-
 // startNotifier runs dkmsd-notify as uid and waits until it listens on the
 // system bus (its match rule is in place).
 func startNotifier(t *testing.T, uid int, systemBus, sessionBus string, root *dbus.Conn) {
 	t.Helper()
-	cmd := exec.Command(notifyBinary(t))
+	cmd := exec.Command(testkit.Binary(t, "dkmsd-notify"))
 	cmd.Env = baseEnv("DBUS_SYSTEM_BUS_ADDRESS="+systemBus, "DBUS_SESSION_BUS_ADDRESS="+sessionBus)
 	cmd.Dir = "/"
 	cmd = asUser(uid, cmd)
@@ -344,13 +311,68 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	testkit.RequireTool(t, "Xvfb", "xvfb")
 	testkit.RequireTool(t, "import", "imagemagick")
 	t.Parallel()
-	k := testkit.Kernels(t, 1)[0]
+	root, k := moduleRoot(t, "dkmsd_failbuild-1.0")
 	dir := sharedDir(t)
 	system := startSystemBus(t, dir, true)
 	session := startSessionBus(t, dir, nobody)
-	home := nobodyDir(t, dir, "home")
+	display := startXvfb(t)
+	desk := startDunst(t, nobodyDir(t, dir, "home"), display, session)
+	rec := listen(t, system, report.Interface)
+	startNotifier(t, nobody, system, session, rec.conn)
 
-	// The display.
+	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + system)
+
+	// A success-only no-op transaction: nothing to show.
+	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.Code != 0 {
+		t.Fatalf("no-op autoinstall: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	rec.waitFor(t, "no-op TransactionFinished", named(report.Interface+".TransactionFinished"))
+	rec.take()
+
+	// A failing autoinstall.
+	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.Code != 0 {
+		t.Fatalf("add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.Code != 11 {
+		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	failed := rec.waitFor(t, "BuildFailed", named(report.Interface+".BuildFailed"))
+	log, _ := failed.Body[4].(string)
+	rec.waitFor(t, "TransactionFinished", named(report.Interface+".TransactionFinished"))
+	// Let dunst draw what it was sent.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && strings.TrimSpace(desk.ctl(t, "count", "displayed")) != "2" {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	checkCriticalOnScreen(t, display)
+
+	desk.ctl(t, "close-all")
+	history := dunstHistory(t, desk.ctl(t, "history"))
+	checkAutoinstallNotifications(t, history, k, log)
+
+	// A failing `dkms build`: BuildFailed is the command's last signal.
+	before := len(history)
+	if r := dkms(t, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.Code != 10 {
+		t.Errorf("failing build: exit %d, want 10\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	rec.waitFor(t, "BuildFailed of dkms build", func(s *dbus.Signal) bool {
+		return s.Name == report.Interface+".BuildFailed" && s.Sender != failed.Sender
+	})
+	deadline = time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && strings.TrimSpace(desk.ctl(t, "count", "displayed")) == "0" {
+		time.Sleep(100 * time.Millisecond)
+	}
+	desk.ctl(t, "close-all")
+	if after := dunstHistory(t, desk.ctl(t, "history")); len(after) != before+1 {
+		t.Errorf("a failing `dkms build` gave %d notifications, want 1 "+
+			"(report.RunNotifier asks for the uid of a sender that has already exited, and drops the signal)", len(after)-before)
+	}
+}
+
+// startXvfb starts a virtual display and returns its name (":N").
+func startXvfb(t *testing.T) string {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -359,69 +381,57 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	x.ExtraFiles = []*os.File{w}
 	startDaemon(t, "Xvfb", x)
 	w.Close()
-	display := ":" + readLineFrom(t, r, "Xvfb -displayfd")
+	return ":" + readLineFrom(t, r, "Xvfb -displayfd")
+}
 
-	// The desktop user's notification server and agent.
+// dunstUser is the desktop user (nobody) running dunst.
+type dunstUser struct {
+	env []string
+}
+
+// startDunst starts the desktop user's notification server on display,
+// configured from home, and waits until it owns
+// org.freedesktop.Notifications on the session bus.
+func startDunst(t *testing.T, home, display, session string) dunstUser {
+	t.Helper()
 	if err := os.WriteFile(filepath.Join(home, "dunstrc"), []byte(dunstConfig), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	userEnv := baseEnv("HOME="+home, "DISPLAY="+display, "DBUS_SESSION_BUS_ADDRESS="+session)
+	u := dunstUser{env: baseEnv("HOME="+home, "DISPLAY="+display, "DBUS_SESSION_BUS_ADDRESS="+session)}
 	d := exec.Command("dunst", "-config", filepath.Join(home, "dunstrc"))
-	d.Env, d.Dir = userEnv, home
+	d.Env, d.Dir = u.env, home
 	startDaemon(t, "dunst", asUser(nobody, d))
-	dunstctl := func(args ...string) string {
-		t.Helper()
-		c := asUser(nobody, exec.Command("dunstctl", args...))
-		c.Env = userEnv
-		out, err := c.CombinedOutput()
-		if err != nil {
-			t.Fatalf("dunstctl %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
 	waitDunst := time.Now().Add(10 * time.Second)
 	for {
 		c := asUser(nobody, exec.Command("dunstctl", "count", "displayed"))
-		c.Env = userEnv
+		c.Env = u.env
 		if c.Run() == nil {
-			break
+			return u
 		}
 		if time.Now().After(waitDunst) {
 			t.Fatal("dunst did not take org.freedesktop.Notifications")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	rec := listen(t, system, report.Interface)
-	startNotifier(t, nobody, system, session, rec.conn)
+}
 
-	root := testkit.NewRoot(t, k)
-	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
-	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + system)
+// ctl runs dunstctl as the desktop user and returns what it printed.
+func (u dunstUser) ctl(t *testing.T, args ...string) string {
+	t.Helper()
+	c := asUser(nobody, exec.Command("dunstctl", args...))
+	c.Env = u.env
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Fatalf("dunstctl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
 
-	// A success-only no-op transaction: nothing to show.
-	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.code != 0 {
-		t.Fatalf("no-op autoinstall: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	rec.waitFor(t, "no-op TransactionFinished", named(report.Interface+".TransactionFinished"))
-	rec.take()
-
-	// A failing autoinstall.
-	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.code != 0 {
-		t.Fatalf("add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	if r := dkms(t, env, "--root", root, "autoinstall", "-k", k); r.code != 11 {
-		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	failed := rec.waitFor(t, "BuildFailed", named(report.Interface+".BuildFailed"))
-	log, _ := failed.Body[4].(string)
-	rec.waitFor(t, "TransactionFinished", named(report.Interface+".TransactionFinished"))
-	// Let dunst draw what it was sent.
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && strings.TrimSpace(dunstctl("count", "displayed")) != "2" {
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond)
-
+// checkCriticalOnScreen takes a screenshot of display and checks that it
+// shows a critical notification; DKMSD_NOTIFICATION_SCREENSHOT names
+// where to keep it.
+func checkCriticalOnScreen(t *testing.T, display string) {
+	t.Helper()
 	shot := filepath.Join(t.TempDir(), "notification-failure.png")
 	imp := exec.Command("import", "-display", display, "-window", "root", shot)
 	if out, err := imp.CombinedOutput(); err != nil {
@@ -439,9 +449,13 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 			t.Errorf("saving the screenshot: %v", err)
 		}
 	}
+}
 
-	dunstctl("close-all")
-	history := dunstHistory(t, dunstctl("history"))
+// checkAutoinstallNotifications checks what dunst showed for the failing
+// autoinstall on k: one build-failed notification naming the module, the
+// kernel and log, and one summary (none for the no-op before it).
+func checkAutoinstallNotifications(t *testing.T, history []dunstNotification, k, log string) {
+	t.Helper()
 	var buildFailed, summaries []dunstNotification
 	for _, n := range history {
 		switch {
@@ -473,24 +487,6 @@ func TestNotifyRealDunstRealBusRealHeaders(t *testing.T) {
 	if len(summaries) != 1 || summaries[0].Summary != "Kernel modules: some failed to build" || summaries[0].Body != "0 installed, 1 failed, 0 skipped" {
 		t.Errorf("summary notifications %+v, want one \"Kernel modules: some failed to build\" for the failing autoinstall and none for the no-op "+
 			"(dkms exits right after TransactionFinished; report.RunNotifier then cannot get the sender's uid and drops it)", summaries)
-	}
-
-	// A failing `dkms build`: BuildFailed is the command's last signal.
-	before := len(history)
-	if r := dkms(t, env, "--root", root, "build", "dkmsd_failbuild/1.0", "-k", k); r.code != 10 {
-		t.Errorf("failing build: exit %d, want 10\n%s%s", r.code, r.stdout, r.stderr)
-	}
-	rec.waitFor(t, "BuildFailed of dkms build", func(s *dbus.Signal) bool {
-		return s.Name == report.Interface+".BuildFailed" && s.Sender != failed.Sender
-	})
-	deadline = time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && strings.TrimSpace(dunstctl("count", "displayed")) == "0" {
-		time.Sleep(100 * time.Millisecond)
-	}
-	dunstctl("close-all")
-	if after := dunstHistory(t, dunstctl("history")); len(after) != before+1 {
-		t.Errorf("a failing `dkms build` gave %d notifications, want 1 "+
-			"(report.RunNotifier asks for the uid of a sender that has already exited, and drops the signal)", len(after)-before)
 	}
 }
 

@@ -26,7 +26,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,12 +46,6 @@ const nobody = 65534
 // testInterface marks signals the tests send to find where they are in a
 // stream of signals.
 const testInterface = "org.dkmsd.Test1"
-
-// repoDir is the repository's top directory.
-func repoDir() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
 
 // reportingPrereqs checks what every test here needs.
 func reportingPrereqs(t *testing.T) {
@@ -105,8 +98,8 @@ func asUser(uid int, cmd *exec.Cmd) *exec.Cmd {
 // daemon is a long-running program a test started.
 type daemon struct {
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
-	done chan struct{} // closed when it has exited
+	out  *testkit.Buffer // its output, unless the caller took it
+	done chan struct{}   // closed when it has exited
 }
 
 // startDaemon starts a long-running program in its own process group and
@@ -114,9 +107,9 @@ type daemon struct {
 // messages.
 func startDaemon(t *testing.T, name string, cmd *exec.Cmd) *daemon {
 	t.Helper()
-	d := &daemon{cmd: cmd, out: &bytes.Buffer{}, done: make(chan struct{})}
+	d := &daemon{cmd: cmd, out: &testkit.Buffer{}, done: make(chan struct{})}
 	if cmd.Stdout == nil {
-		cmd.Stdout = &lockedWriter{w: d.out}
+		cmd.Stdout = d.out
 	}
 	if cmd.Stderr == nil {
 		cmd.Stderr = cmd.Stdout
@@ -141,24 +134,8 @@ func startDaemon(t *testing.T, name string, cmd *exec.Cmd) *daemon {
 	return d
 }
 
-func (d *daemon) output() string {
-	if lw, ok := d.cmd.Stdout.(*lockedWriter); ok {
-		lw.mu.Lock()
-		defer lw.mu.Unlock()
-	}
-	return d.out.String()
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
+// output is what the daemon wrote so far.
+func (d *daemon) output() string { return d.out.String() }
 
 // readLineFrom reads the first line a daemon writes on a pipe (the bus
 // address, the display number).
@@ -232,7 +209,7 @@ func startSystemBus(t *testing.T, dir string, withPolicy bool) string {
 	t.Helper()
 	include := "<!-- dkmsd's policy is not installed on this bus -->"
 	if withPolicy {
-		policy, err := filepath.Abs(filepath.Join(repoDir(), "dist", "dbus"))
+		policy, err := filepath.Abs(filepath.Join(testkit.RepoRoot(), "dist", "dbus"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -358,19 +335,21 @@ func named(name string) func(*dbus.Signal) bool {
 	return func(s *dbus.Signal) bool { return s.Name == name }
 }
 
-// dkmsResult is one run of the dkms command.
+// dkmsResult is one run of the dkms command (or another program).
 type dkmsResult struct {
-	code           int
-	stdout, stderr string
-	took           time.Duration
+	testkit.Result
+	took time.Duration
 }
 
 // dkms runs the dkms command built for these tests with env.
 func dkms(t *testing.T, env []string, args ...string) dkmsResult {
 	t.Helper()
-	return runCommand(t, 4*time.Minute, env, dkmsdBinary(t), args...)
+	return runCommand(t, 4*time.Minute, env, testkit.Binary(t, "dkms"), args...)
 }
 
+// runCommand runs prog in env from /, in a process group of its own that
+// goes whole on a time-out (make, a namespace's journald); a run that
+// outlasts limit fails the test as a hang.
 func runCommand(t *testing.T, limit time.Duration, env []string, prog string, args ...string) dkmsResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
@@ -378,28 +357,36 @@ func runCommand(t *testing.T, limit time.Duration, env []string, prog string, ar
 	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.Env = env
 	cmd.Dir = "/"
-	// On a time-out, the whole group goes (make, a namespace's journald).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
-	err := cmd.Run()
-	res := dkmsResult{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
+	r, err := testkit.Exec(cmd)
+	res := dkmsResult{Result: r, took: time.Since(start)}
 	if ctx.Err() != nil {
-		t.Fatalf("%s %s: still running after %v (hangs)\nstdout:\n%s\nstderr:\n%s", prog, strings.Join(args, " "), limit, res.stdout, res.stderr)
+		t.Fatalf("%s %s: still running after %v (hangs)\nstdout:\n%s\nstderr:\n%s", prog, strings.Join(args, " "), limit, r.Stdout, r.Stderr)
 	}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		res.code = ee.ExitCode()
-	case err != nil:
+	if err != nil {
 		t.Fatalf("%s %s: %v", prog, strings.Join(args, " "), err)
 	}
 	return res
 }
 
+// moduleRoot is a relocated root over the oldest kernel with headers,
+// holding the test modules named (testdata/modules dirs such as
+// "dkmsd_hello-1.0").
+func moduleRoot(t *testing.T, modules ...string) (root, kernel string) {
+	t.Helper()
+	kernel = testkit.Kernels(t, 1)[0]
+	root = testkit.NewRoot(t, kernel)
+	for _, m := range modules {
+		testkit.CopyModule(t, root, m)
+	}
+	return root, kernel
+}
+
+// baseEnv is the whole environment of the processes these tests start:
+// a fixed PATH, the C locale, root's HOME, and extra.
 func baseEnv(extra ...string) []string {
 	return append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root"}, extra...)
 }
@@ -631,20 +618,46 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	reportingPrereqs(t)
 	testkit.RequireTool(t, "openssl", "openssl")
 	t.Parallel()
-	k := testkit.Kernels(t, 1)[0]
-	arch := machineArch()
+	root, k := moduleRoot(t, "dkmsd_hello-1.0", "dkmsd_failbuild-1.0")
 	dir := sharedDir(t)
 	bus := startSystemBus(t, dir, true)
 	rec := listen(t, bus, report.Interface)
-	root := testkit.NewRoot(t, k)
-	testkit.CopyModule(t, root, "dkmsd_hello-1.0")
-	testkit.CopyModule(t, root, "dkmsd_failbuild-1.0")
 	env := baseEnv("DBUS_SYSTEM_BUS_ADDRESS=" + bus)
 
-	// A successful install: BuildStarted, BuildFinished, Installed.
+	checkInstallSignals(t, rec, env, root, k)
+	last := checkFailedAutoinstallSignals(t, rec, env, root, k)
+
+	// The service: root owns the name; nobody calls the methods.
+	svc := exec.Command(testkit.Binary(t, "dkms"), "--root", root, "dbus-service")
+	svc.Env = env
+	service := startDaemon(t, "dkms dbus-service", svc)
+	waitForOwner(t, rec.conn, report.BusName)
+	var got helperReport
+	runHelper(t, helperCmd(helperBinary(t, dir), nobody, "call", bus), &got)
+	checkServiceStatus(t, got, env, root)
+	checkServiceTransaction(t, got, last, root)
+	checkServiceIntrospection(t, got)
+
+	// The service leaves on SIGTERM, with status 0.
+	svc.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-service.done:
+		if !svc.ProcessState.Success() {
+			t.Errorf("dbus-service on SIGTERM: %v\n%s", svc.ProcessState, service.output())
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("dbus-service still running 5s after SIGTERM")
+	}
+}
+
+// checkInstallSignals runs a successful install: BuildStarted,
+// BuildFinished (with the build's duration), Installed.
+func checkInstallSignals(t *testing.T, rec *recorder, env []string, root, k string) {
+	t.Helper()
+	arch := machineArch()
 	r := dkms(t, env, "--root", root, "install", "dkmsd_hello/1.0", "-k", k)
-	if r.code != 0 {
-		t.Fatalf("install: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("install: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rec.waitFor(t, "Installed", named(report.Interface+".Installed"))
 	sigs := rec.take()
@@ -665,20 +678,32 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	} else if len(sigs) >= 2 {
 		t.Errorf("BuildFinished args = %v, want 5", sigs[1].Body)
 	}
+}
 
-	// A failing autoinstall: BuildFailed with its log, then the summary.
-	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.code != 0 {
-		t.Fatalf("add: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+// lastAutoinstall is what a transaction reported, and when it ran.
+type lastAutoinstall struct {
+	summary       []any    // hook, summary, installed, failed, skipped
+	lines         []string // the lines it printed
+	before, after time.Time
+}
+
+// checkFailedAutoinstallSignals runs a failing autoinstall: BuildFailed
+// with its log, then the summary (TransactionFinished).
+func checkFailedAutoinstallSignals(t *testing.T, rec *recorder, env []string, root, k string) lastAutoinstall {
+	t.Helper()
+	arch := machineArch()
+	if r := dkms(t, env, "--root", root, "add", "dkmsd_failbuild/1.0"); r.Code != 0 {
+		t.Fatalf("add: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rec.take()
 	before := time.Now()
-	r = dkms(t, env, "--root", root, "autoinstall", "-k", k)
+	r := dkms(t, env, "--root", root, "autoinstall", "-k", k)
 	after := time.Now()
-	if r.code != 11 {
-		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != 11 {
+		t.Errorf("failing autoinstall: exit %d, want 11\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	summary := rec.waitFor(t, "TransactionFinished", named(report.Interface+".TransactionFinished"))
-	sigs = rec.take()
+	sigs := rec.take()
 	checkSignals(t, sigs, []string{"BuildStarted", "BuildFailed", "TransactionFinished"})
 	for _, s := range sigs {
 		if member(s) != "BuildFailed" {
@@ -707,21 +732,19 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 		t.Errorf("TransactionFinished has no lines")
 	}
 	for _, l := range lines {
-		if !strings.Contains(r.stdout, l+"\n") {
-			t.Errorf("TransactionFinished line %q is not what autoinstall printed:\n%s", l, r.stdout)
+		if !strings.Contains(r.Stdout, l+"\n") {
+			t.Errorf("TransactionFinished line %q is not what autoinstall printed:\n%s", l, r.Stdout)
 		}
 	}
+	return lastAutoinstall{summary: wantSummary, lines: lines, before: before, after: after}
+}
 
-	// The service: root owns the name; nobody calls the methods.
-	svc := exec.Command(dkmsdBinary(t), "--root", root, "dbus-service")
-	svc.Env = env
-	service := startDaemon(t, "dkms dbus-service", svc)
-	waitForOwner(t, rec.conn, report.BusName)
-	var got helperReport
-	runHelper(t, helperCmd(helperBinary(t, dir), nobody, "call", bus), &got)
-
+// checkServiceStatus compares GetStatus, called as nobody, with dkms
+// status.
+func checkServiceStatus(t *testing.T, got helperReport, env []string, root string) {
+	t.Helper()
 	status := dkms(t, env, "--root", root, "status")
-	want := strings.Split(strings.TrimSpace(status.stdout), "\n")
+	want := strings.Split(strings.TrimSpace(status.Stdout), "\n")
 	var rows []string
 	for _, c := range got.StatusRows {
 		if len(c) != 5 {
@@ -742,16 +765,21 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 	if got.StatusSignature != "a(sssss)" {
 		t.Errorf("GetStatus replies with signature %q; its introspection (and the README) declare a(sssss)", got.StatusSignature)
 	}
+}
 
+// checkServiceTransaction compares GetLastTransaction, called as nobody,
+// with the last autoinstall and its record.
+func checkServiceTransaction(t *testing.T, got helperReport, last lastAutoinstall, root string) {
+	t.Helper()
 	if got.TxError != "" {
 		t.Errorf("GetLastTransaction as uid %d: %s", nobody, got.TxError)
 	} else {
 		tx := []any{got.Hook, got.Summary, got.Installed, got.Failed, got.Skipped}
-		if !reflect.DeepEqual(tx, wantSummary) || !reflect.DeepEqual(got.Lines, lines) {
-			t.Errorf("GetLastTransaction = %v %q, want the last autoinstall's %v %q", tx, got.Lines, wantSummary, lines)
+		if !reflect.DeepEqual(tx, last.summary) || !reflect.DeepEqual(got.Lines, last.lines) {
+			t.Errorf("GetLastTransaction = %v %q, want the last autoinstall's %v %q", tx, got.Lines, last.summary, last.lines)
 		}
-		if got.Time < before.Unix() || got.Time > after.Unix() {
-			t.Errorf("GetLastTransaction time %d is not during the autoinstall (%d–%d)", got.Time, before.Unix(), after.Unix())
+		if got.Time < last.before.Unix() || got.Time > last.after.Unix() {
+			t.Errorf("GetLastTransaction time %d is not during the autoinstall (%d–%d)", got.Time, last.before.Unix(), last.after.Unix())
 		}
 		var saved lifecycle.Transaction
 		if b, err := os.ReadFile(filepath.Join(root, "var/lib/dkms/.dkmsd/last-transaction.json")); err != nil || json.Unmarshal(b, &saved) != nil {
@@ -760,7 +788,12 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 			t.Errorf("GetLastTransaction %d %q differs from the recorded %v %q", got.Time, got.Summary, saved.Time, saved.Summary)
 		}
 	}
+}
 
+// checkServiceIntrospection checks Introspect, called as nobody, and that
+// the policy refused every other method.
+func checkServiceIntrospection(t *testing.T, got helperReport) {
+	t.Helper()
 	if got.IntrospectError != "" {
 		t.Errorf("Introspect as uid %d: %s", nobody, got.IntrospectError)
 	}
@@ -775,17 +808,6 @@ func TestSignalsAndServiceRealBusRealHeaders(t *testing.T) {
 		if name != "org.freedesktop.DBus.Error.AccessDenied" {
 			t.Errorf("uid %d calling %s: error %q, want the policy's AccessDenied", nobody, m, name)
 		}
-	}
-
-	// The service leaves on SIGTERM, with status 0.
-	svc.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-service.done:
-		if !svc.ProcessState.Success() {
-			t.Errorf("dbus-service on SIGTERM: %v\n%s", svc.ProcessState, service.output())
-		}
-	case <-time.After(5 * time.Second):
-		t.Errorf("dbus-service still running 5s after SIGTERM")
 	}
 }
 

@@ -41,12 +41,12 @@ var tarballEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOM
 func tarballDkmsd(t *testing.T, env []string, kernels ...string) side {
 	t.Helper()
 	root := testkit.NewRoot(t, kernels...)
-	return side{name: "dkmsd", bin: dkmsdBinary(t), root: root, env: slices.Concat(env, []string{"DKMSD_ROOT=" + root})}
+	return side{name: "dkmsd", bin: testkit.Binary(t, "dkms"), root: root, env: slices.Concat(env, []string{"DKMSD_ROOT=" + root})}
 }
 
 // tarballRun is side.run with a deadline, so a command that hangs (on a
 // lock it already holds, say) fails the test instead of stalling it.
-func tarballRun(t *testing.T, s side, args ...string) result {
+func tarballRun(t *testing.T, s side, args ...string) testkit.Result {
 	t.Helper()
 	limit := 30 * time.Second // loading, archiving, status: well under a second
 	if len(args) > 0 && (args[0] == "build" || args[0] == "install") {
@@ -54,48 +54,39 @@ func tarballRun(t *testing.T, s side, args ...string) result {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), limit)
 	defer cancel()
-	full := slices.Concat(args, []string{"--dkmstree", filepath.Join(s.root, "var/lib/dkms"),
-		"--sourcetree", filepath.Join(s.root, "usr/src"),
-		"--installtree", filepath.Join(s.root, "lib/modules")})
-	cmd := exec.CommandContext(ctx, s.bin, full...)
-	cmd.Env, cmd.Dir = s.env, s.root
+	cmd := s.command(ctx, args...)
 	cmd.WaitDelay = 5 * time.Second
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	r, err := testkit.Exec(cmd)
 	if ctx.Err() != nil {
-		t.Fatalf("%s %s did not finish within %v (deadlock?)\n--- stdout:\n%s--- stderr:\n%s", s.name, strings.Join(args, " "), limit, out.String(), errb.String())
+		t.Fatalf("%s %s did not finish within %v (deadlock?)\n--- stdout:\n%s--- stderr:\n%s", s.name, strings.Join(args, " "), limit, r.Stdout, r.Stderr)
 	}
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
+	if err != nil {
 		t.Fatalf("%s %v: %v", s.name, args, err)
 	}
-	return result{code, out.String(), errb.String()}
+	return r
 }
 
 // mustSucceed runs a command that must exit 0.
-func mustSucceed(t *testing.T, s side, args ...string) result {
+func mustSucceed(t *testing.T, s side, args ...string) testkit.Result {
 	t.Helper()
 	r := tarballRun(t, s, args...)
-	if r.code != 0 {
-		t.Fatalf("%s %s: exit %d\n--- stdout:\n%s--- stderr:\n%s", s.name, strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("%s %s: exit %d\n--- stdout:\n%s--- stderr:\n%s", s.name, strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
 	}
 	return r
 }
 
 // wantExit runs a command that must exit with code and whose stderr must
 // hold each of msgs.
-func wantExit(t *testing.T, s side, code int, msgs []string, args ...string) result {
+func wantExit(t *testing.T, s side, code int, msgs []string, args ...string) testkit.Result {
 	t.Helper()
 	r := tarballRun(t, s, args...)
-	if r.code != code {
-		t.Errorf("%s %s: exit %d, want %d\n--- stdout:\n%s--- stderr:\n%s", s.name, strings.Join(args, " "), r.code, code, r.stdout, r.stderr)
+	if r.Code != code {
+		t.Errorf("%s %s: exit %d, want %d\n--- stdout:\n%s--- stderr:\n%s", s.name, strings.Join(args, " "), r.Code, code, r.Stdout, r.Stderr)
 	}
 	for _, m := range msgs {
-		if !strings.Contains(r.stderr, m) {
-			t.Errorf("%s %s: stderr does not say %q:\n%s", s.name, strings.Join(args, " "), m, r.stderr)
+		if !strings.Contains(r.Stderr, m) {
+			t.Errorf("%s %s: stderr does not say %q:\n%s", s.name, strings.Join(args, " "), m, r.Stderr)
 		}
 	}
 	return r
@@ -216,11 +207,12 @@ var twomodsSource = []string{"dkms_source_tree", "dkms_source_tree/dkms.conf", "
 
 var twomodsKos = []string{"dkmsd_alpha", "dkmsd_beta_renamed"}
 
-func mustReadFile(t *testing.T, p string) []byte {
-	t.Helper()
+// mustReadFile is the file p holds; the test fails when it cannot be read.
+func mustReadFile(tb testing.TB, p string) []byte {
+	tb.Helper()
 	b, err := os.ReadFile(p)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return b
 }
@@ -411,8 +403,8 @@ func TestTarballExitCodes(t *testing.T) {
 	t.Run("add FILE", func(t *testing.T) {
 		fresh := tarballDkmsd(t, tarballEnv)
 		mustSucceed(t, fresh, "add", srcOnly)
-		if r := tarballRun(t, fresh, "status"); r.stdout != "dkmsd_hello/1.0: added\n" {
-			t.Errorf("status after dkms add %s: %q", srcOnly, r.stdout)
+		if r := tarballRun(t, fresh, "status"); r.Stdout != "dkmsd_hello/1.0: added\n" {
+			t.Errorf("status after dkms add %s: %q", srcOnly, r.Stdout)
 		}
 		sameBytes(t, filepath.Join(fresh.root, "usr/src/dkmsd_hello-1.0/dkmsd_hello.c"), filepath.Join(s.root, "usr/src/dkmsd_hello-1.0/dkmsd_hello.c"))
 	})
@@ -420,8 +412,8 @@ func TestTarballExitCodes(t *testing.T) {
 	t.Run("ldtarball --config", func(t *testing.T) {
 		fresh := tarballDkmsd(t, tarballEnv)
 		mustSucceed(t, fresh, "ldtarball", "--config", srcOnly)
-		if r := tarballRun(t, fresh, "status"); r.stdout != "dkmsd_hello/1.0: added\n" {
-			t.Errorf("status after dkms ldtarball --config %s: %q", srcOnly, r.stdout)
+		if r := tarballRun(t, fresh, "status"); r.Stdout != "dkmsd_hello/1.0: added\n" {
+			t.Errorf("status after dkms ldtarball --config %s: %q", srcOnly, r.Stdout)
 		}
 	})
 }
@@ -505,8 +497,8 @@ func TestTarballRealHeadersRoundTrip(t *testing.T) {
 	t.Run("ldtarball and install without building", func(t *testing.T) {
 		b := tarballDkmsd(t, tarballEnv, ks...)
 		mustSucceed(t, b, "ldtarball", full)
-		if r := tarballRun(t, b, "status"); r.stdout != builtLines("dkmsd_twomods", "2.1", k1, k2) {
-			t.Errorf("status after ldtarball:\n%s", r.stdout)
+		if r := tarballRun(t, b, "status"); r.Stdout != builtLines("dkmsd_twomods", "2.1", k1, k2) {
+			t.Errorf("status after ldtarball:\n%s", r.Stdout)
 		}
 		bSource := filepath.Join(b.root, "usr/src/dkmsd_twomods-2.1")
 		sameBytes(t, filepath.Join(bSource, "dkms.conf"), filepath.Join(aSource, "dkms.conf"))
@@ -537,16 +529,16 @@ func TestTarballRealHeadersRoundTrip(t *testing.T) {
 	t.Run("ldtarball --archive=x.tar.xz", func(t *testing.T) {
 		c := tarballDkmsd(t, tarballEnv, ks...)
 		mustSucceed(t, c, "ldtarball", "--archive="+xzFile)
-		if r := tarballRun(t, c, "status"); r.stdout != builtLines("dkmsd_twomods", "2.1", k1, k2) {
-			t.Errorf("status after ldtarball --archive=%s:\n%s", xzFile, r.stdout)
+		if r := tarballRun(t, c, "status"); r.Stdout != builtLines("dkmsd_twomods", "2.1", k1, k2) {
+			t.Errorf("status after ldtarball --archive=%s:\n%s", xzFile, r.Stdout)
 		}
 	})
 
 	t.Run("add binaries-only and install", func(t *testing.T) {
 		d := tarballDkmsd(t, tarballEnv, ks...)
 		mustSucceed(t, d, "add", binOnly)
-		if r := tarballRun(t, d, "status"); r.stdout != builtLines("dkmsd_twomods", "2.1", k1) {
-			t.Errorf("status after dkms add %s:\n%s", binOnly, r.stdout)
+		if r := tarballRun(t, d, "status"); r.Stdout != builtLines("dkmsd_twomods", "2.1", k1) {
+			t.Errorf("status after dkms add %s:\n%s", binOnly, r.Stdout)
 		}
 		if !pathMissing(filepath.Join(d.root, "usr/src/dkmsd_twomods-2.1")) {
 			t.Errorf("a binaries-only tarball put sources in %s", filepath.Join(d.root, "usr/src"))
@@ -560,8 +552,8 @@ func TestTarballRealHeadersRoundTrip(t *testing.T) {
 	t.Run("ldtarball --source-only", func(t *testing.T) {
 		e := tarballDkmsd(t, tarballEnv, ks...)
 		mustSucceed(t, e, "ldtarball", srcOnly)
-		if r := tarballRun(t, e, "status"); r.stdout != "dkmsd_twomods/2.1: added\n" {
-			t.Errorf("status after ldtarball of the source-only tarball: %q", r.stdout)
+		if r := tarballRun(t, e, "status"); r.Stdout != "dkmsd_twomods/2.1: added\n" {
+			t.Errorf("status after ldtarball of the source-only tarball: %q", r.Stdout)
 		}
 		sameBytes(t, filepath.Join(e.root, "usr/src/dkmsd_twomods-2.1/sub/dkmsd_beta.c"), filepath.Join(aSource, "sub/dkmsd_beta.c"))
 		wantExit(t, e, 6, []string{"No modules built for " + k1}, "mktarball", "dkmsd_twomods/2.1", "-k", k1)
@@ -621,8 +613,8 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 	t.Run("dkms 3.0.10 binaries-only to dkmsd", func(t *testing.T) {
 		d := tarballDkmsd(t, env, ks...)
 		mustSucceed(t, d, "ldtarball", refBin)
-		if r := tarballRun(t, d, "status"); r.stdout != builtLines("dkmsd_hello", "1.0", k1) {
-			t.Errorf("dkmsd status after loading dkms 3.0.10's tarball:\n%s", r.stdout)
+		if r := tarballRun(t, d, "status"); r.Stdout != builtLines("dkmsd_hello", "1.0", k1) {
+			t.Errorf("dkmsd status after loading dkms 3.0.10's tarball:\n%s", r.Stdout)
 		}
 		// No source anywhere: install can only copy what was loaded.
 		if !pathMissing(filepath.Join(d.root, "usr/src/dkmsd_hello-1.0")) {
@@ -637,8 +629,8 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 	t.Run("dkms 3.0.10 full to dkmsd", func(t *testing.T) {
 		d := tarballDkmsd(t, env, ks...)
 		mustSucceed(t, d, "ldtarball", refFull)
-		if r := tarballRun(t, d, "status"); r.stdout != builtLines("dkmsd_hello", "1.0", k1) {
-			t.Errorf("dkmsd status after loading dkms 3.0.10's tarball:\n%s", r.stdout)
+		if r := tarballRun(t, d, "status"); r.Stdout != builtLines("dkmsd_hello", "1.0", k1) {
+			t.Errorf("dkmsd status after loading dkms 3.0.10's tarball:\n%s", r.Stdout)
 		}
 		for _, f := range []string{"Makefile", "dkmsd_hello.c"} {
 			if err := os.Remove(filepath.Join(d.root, "usr/src/dkmsd_hello-1.0", f)); err != nil {
@@ -652,7 +644,7 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 	t.Run("dkmsd to dkms 3.0.10", func(t *testing.T) {
 		r2 := side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, ks...), env: ref.env}
 		mustSucceed(t, r2, "ldtarball", ourFull)
-		st := tarballRun(t, r2, "status").stdout
+		st := tarballRun(t, r2, "status").Stdout
 		if !strings.Contains(st, fmt.Sprintf("dkmsd_hello/1.0, %s, %s: built\n", k1, tarballArch)) {
 			t.Errorf("dkms 3.0.10 status after loading dkmsd's tarball:\n%s", st)
 		}
@@ -671,10 +663,10 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 		own := tarballRun(t, r3, "ldtarball", refBin)
 		r4 := side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, ks...), env: ref.env}
 		ours := tarballRun(t, r4, "ldtarball", ourK2Bin)
-		if ours.code != own.code {
-			t.Errorf("dkms 3.0.10 ldtarball of dkmsd's binaries-only tarball: exit %d, of its own: exit %d\n%s", ours.code, own.code, ours.stderr)
+		if ours.Code != own.Code {
+			t.Errorf("dkms 3.0.10 ldtarball of dkmsd's binaries-only tarball: exit %d, of its own: exit %d\n%s", ours.Code, own.Code, ours.Stderr)
 		}
-		if st := tarballRun(t, r4, "status").stdout; st != builtLines("dkmsd_hello", "1.0", k2) {
+		if st := tarballRun(t, r4, "status").Stdout; st != builtLines("dkmsd_hello", "1.0", k2) {
 			t.Errorf("dkms 3.0.10 status after loading dkmsd's binaries-only tarball:\n%s", st)
 		}
 		mustSucceed(t, r4, "install", "dkmsd_hello/1.0", "-k", k2, "--no-depmod")
@@ -713,8 +705,8 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 			{[]string{"mktarball", "dkmsd_nonesuch/1.0", "-k", k1}, 3, s, ref},
 		} {
 			a, b := tarballRun(t, c.ours, c.args...), tarballRun(t, c.ref, c.args...)
-			if a.code != c.code || b.code != c.code {
-				t.Errorf("dkms %s: dkmsd exit %d, dkms 3.0.10 exit %d, want %d\n--- dkmsd stderr:\n%s--- dkms 3.0.10 stderr:\n%s", strings.Join(c.args, " "), a.code, b.code, c.code, a.stderr, b.stderr)
+			if a.Code != c.code || b.Code != c.code {
+				t.Errorf("dkms %s: dkmsd exit %d, dkms 3.0.10 exit %d, want %d\n--- dkmsd stderr:\n%s--- dkms 3.0.10 stderr:\n%s", strings.Join(c.args, " "), a.Code, b.Code, c.code, a.Stderr, b.Stderr)
 			}
 		}
 	})

@@ -1,8 +1,6 @@
 package testkit
 
 import (
-	"bytes"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -60,16 +58,8 @@ func (c Cmd) Run(tb testing.TB) Result {
 	if c.Stdin != "" {
 		cmd.Stdin = strings.NewReader(c.Stdin)
 	}
-	var out, stdout, stderr bytes.Buffer
-	var mu sync.Mutex
-	cmd.Stdout = io.MultiWriter(&stdout, lockedWriter{&mu, &out})
-	cmd.Stderr = io.MultiWriter(&stderr, lockedWriter{&mu, &out})
-	err := cmd.Run()
-	r := Result{Out: out.String(), Stdout: stdout.String(), Stderr: stderr.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		r.Code = ee.ExitCode()
-	} else if err != nil {
+	r, err := Exec(cmd)
+	if err != nil {
 		tb.Fatalf("%s: %v", strings.Join(c.Argv, " "), err)
 	}
 	return r
