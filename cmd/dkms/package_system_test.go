@@ -405,23 +405,23 @@ func pkgBuildReference(t *testing.T, mods []*pkgModule, kernels []string) *pkgRe
 		env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root", "mok_signing_key=" + key, "mok_certificate=" + cert}}
 	setup := pkgSetup{root: root, dkms: func(args ...string) pkgStatus {
 		r := ref.run(t, args...)
-		return pkgStatus{r.stdout, r.code}
+		return pkgStatus{r.Stdout, r.Code}
 	}}
 	rep := &pkgReference{built: map[string]map[string]bool{}}
 	for _, m := range mods {
-		if r := ref.run(t, "add", "-m", m.name, "-v", m.version); r.code != 0 {
-			t.Fatalf("dkms 3.0.10 add %s/%s: exit %d\n%s%s", m.name, m.version, r.code, r.stdout, r.stderr)
+		if r := ref.run(t, "add", "-m", m.name, "-v", m.version); r.Code != 0 {
+			t.Fatalf("dkms 3.0.10 add %s/%s: exit %d\n%s%s", m.name, m.version, r.Code, r.Stdout, r.Stderr)
 		}
 		rep.built[m.name] = map[string]bool{}
 		for _, k := range kernels {
 			r := ref.run(t, "install", m.name+"/"+m.version, "-k", k, "--no-depmod")
-			switch r.code {
+			switch r.Code {
 			case 0:
 				rep.built[m.name][k] = true
 			case 77: // BUILD_EXCLUSIVE: not for this kernel
 				t.Logf("dkms 3.0.10: %s/%s is not for %s (BUILD_EXCLUSIVE)", m.name, m.version, k)
 			default:
-				t.Fatalf("dkms 3.0.10 install %s/%s -k %s: exit %d\n%s%s", m.name, m.version, k, r.code, r.stdout, r.stderr)
+				t.Fatalf("dkms 3.0.10 install %s/%s -k %s: exit %d\n%s%s", m.name, m.version, k, r.Code, r.Stdout, r.Stderr)
 			}
 		}
 		if !slices.ContainsFunc(kernels, func(k string) bool { return rep.built[m.name][k] }) {
@@ -430,8 +430,8 @@ func pkgBuildReference(t *testing.T, mods []*pkgModule, kernels []string) *pkgRe
 	}
 	rep.installed = pkgViewOf(t, setup, mods, kernels)
 	t.Logf("dkms 3.0.10 on the relocated root:\n%s", rep.installed.status["status"].out)
-	if r := ref.run(t, "remove", "acpi-call/"+pkgModuleNamed(mods, "acpi-call").version, "--all", "--no-depmod"); r.code != 0 {
-		t.Fatalf("dkms 3.0.10 remove acpi-call --all: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := ref.run(t, "remove", "acpi-call/"+pkgModuleNamed(mods, "acpi-call").version, "--all", "--no-depmod"); r.Code != 0 {
+		t.Fatalf("dkms 3.0.10 remove acpi-call --all: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	rep.removed = pkgViewOf(t, setup, mods, kernels)
 	return rep
