@@ -255,55 +255,10 @@ func builtLines(module, version string, kernels ...string) string {
 	return strings.Join(lines, "")
 }
 
-// rootState lists every path under root with its mode, a file's content
-// hash or a symlink's target: two equal states mean nothing was written.
-func rootState(t *testing.T, root string) []string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		line := fmt.Sprintf("%s %v", rel, fi.Mode())
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			target, _ := os.Readlink(p)
-			line += " -> " + target
-		case fi.Mode().IsRegular() && fi.Name() != ".dkmsd.lock":
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			line += fmt.Sprintf(" %x", sha256.Sum256(data))
-		}
-		out = append(out, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
+// sameState fails the test if before and after (testkit.Snapshot) differ.
 func sameState(t *testing.T, what string, before, after []string) {
 	t.Helper()
-	var gone, added []string
-	for _, b := range before {
-		if !slices.Contains(after, b) {
-			gone = append(gone, b)
-		}
-	}
-	for _, a := range after {
-		if !slices.Contains(before, a) {
-			added = append(added, a)
-		}
-	}
-	if len(gone) > 0 || len(added) > 0 {
+	if gone, added := testkit.Changes(before, after); len(gone) > 0 || len(added) > 0 {
 		t.Errorf("%s changed the root:\n  gone/changed: %q\n  new/changed:  %q", what, gone, added)
 	}
 }
@@ -373,17 +328,17 @@ func TestTarballExitCodes(t *testing.T) {
 	wantExit(t, s, 2, nil, "ldtarball")
 
 	// dkmsd_hello/1.0 is added: loading it again needs --force.
-	before := rootState(t, s.root)
+	before := testkit.Snapshot(t, s.root)
 	wantExit(t, s, 8, []string{"dkmsd_hello-1.0 is already added!"}, "ldtarball", srcOnly)
-	sameState(t, "ldtarball of an added module", before, rootState(t, s.root))
+	sameState(t, "ldtarball of an added module", before, testkit.Snapshot(t, s.root))
 
 	t.Run("hostile", func(t *testing.T) {
 		evil := filepath.Join(t.TempDir(), "evil.dkms.tar.gz")
 		conf := string(mustReadFile(t, filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0/dkms.conf")))
 		writeTarGz(t, evil, [][2]string{{"dkms_source_tree/", ""}, {"dkms_source_tree/dkms.conf", conf}, {"dkms_source_tree/../../../../victim", "pwned\n"}})
-		before := rootState(t, s.root)
+		before := testkit.Snapshot(t, s.root)
 		wantExit(t, s, 7, []string{`"dkms_source_tree/../../../../victim"`, "Nothing was written."}, "ldtarball", evil, "--force")
-		sameState(t, "ldtarball of a hostile tarball", before, rootState(t, s.root))
+		sameState(t, "ldtarball of a hostile tarball", before, testkit.Snapshot(t, s.root))
 	})
 
 	t.Run("tarball_max_size", func(t *testing.T) {
@@ -395,9 +350,9 @@ func TestTarballExitCodes(t *testing.T) {
 		big := filepath.Join(t.TempDir(), "big.dkms.tar.gz")
 		conf := strings.ReplaceAll(string(mustReadFile(t, filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0/dkms.conf"))), "dkmsd_hello", "dkmsd_big")
 		writeTarGz(t, big, [][2]string{{"dkms_source_tree/", ""}, {"dkms_source_tree/dkms.conf", conf}, {"dkms_source_tree/zeros", strings.Repeat("\x00", 64<<10)}})
-		before := rootState(t, s.root)
+		before := testkit.Snapshot(t, s.root)
 		wantExit(t, s, 7, []string{`"dkms_source_tree/zeros"`, "4096", "Nothing was written."}, "ldtarball", big)
-		sameState(t, "ldtarball of a tarball over tarball_max_size", before, rootState(t, s.root))
+		sameState(t, "ldtarball of a tarball over tarball_max_size", before, testkit.Snapshot(t, s.root))
 	})
 
 	t.Run("add FILE", func(t *testing.T) {
@@ -518,10 +473,10 @@ func TestTarballRealHeadersRoundTrip(t *testing.T) {
 		}
 
 		// Loaded again: already added, unless --force.
-		before := rootState(t, b.root)
+		before := testkit.Snapshot(t, b.root)
 		wantExit(t, b, 8, []string{"dkmsd_twomods-2.1 is already added!"}, "ldtarball", full)
 		wantExit(t, b, 8, []string{"dkmsd_twomods-2.1 is already added!"}, "ldtarball", srcOnly)
-		sameState(t, "ldtarball of an added module", before, rootState(t, b.root))
+		sameState(t, "ldtarball of an added module", before, testkit.Snapshot(t, b.root))
 		mustSucceed(t, b, "ldtarball", full, "--force")
 		sameBytes(t, filepath.Join(bSource, "dkmsd_alpha.c"), filepath.Join(aSource, "dkmsd_alpha.c"))
 	})
@@ -740,9 +695,9 @@ func TestDriverDiskRealHeaders(t *testing.T) {
 	ddDir := filepath.Join(s.root, "var/lib/dkms/dkmsd_twomods/2.1/driver_disk")
 
 	t.Run("suse is not supported", func(t *testing.T) {
-		before := rootState(t, filepath.Join(s.root, "var/lib/dkms"))
+		before := testkit.Snapshot(t, filepath.Join(s.root, "var/lib/dkms"))
 		wantExit(t, s, 1, []string{"suse", "not supported"}, "mkdriverdisk", "-d", "suse", "-m", "dkmsd_twomods", "-v", "2.1", "-k", k1)
-		sameState(t, "mkdriverdisk -d suse", before, rootState(t, filepath.Join(s.root, "var/lib/dkms")))
+		sameState(t, "mkdriverdisk -d suse", before, testkit.Snapshot(t, filepath.Join(s.root, "var/lib/dkms")))
 	})
 
 	mustSucceed(t, s, "mkdriverdisk", "-d", "redhat", "-m", "dkmsd_twomods", "-v", "2.1", "-k", k1+","+k2)
