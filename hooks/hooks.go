@@ -110,28 +110,29 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		st.clearPending(req.Kernel)
 		return Result{Skipped: "already done for this kernel and tree"}
 	}
-	sum := &lifecycle.Summary{}
-	template := runningKernel()
-	if template != req.Kernel && env.Layout.Kernel(template).Exists() {
-		m, err := lifecycle.Match(ctx, env, template, req.Kernel, req.Arch, "")
-		if err != nil {
-			return fail(env, req, err)
-		}
-		sum.Results = append(sum.Results, m.Results...)
+	arrival := lifecycle.KernelArrival{
+		Name:          req.Hook,
+		Kernels:       []string{req.Kernel},
+		Arch:          req.Arch,
+		InitrdFollows: req.InitrdFollows,
+		Defer:         req.DeferSummary,
+		InitrdFailed:  func(err error) { warn(env, "dkmsd: %v", err) },
+		RecordFailed:  func(err error) { warn(env, "dkmsd: %v", err) },
 	}
-	a, err := lifecycle.Autoinstall(ctx, env, []string{req.Kernel}, req.Arch)
+	// The running kernel is the template: what it has installed, the new
+	// kernel gets too.
+	if template := runningKernel(); template != req.Kernel && env.Layout.Kernel(template).Exists() {
+		arrival.Template = template
+	}
+	sum, err := lifecycle.KernelArrived(ctx, env, arrival)
 	if err != nil {
 		return fail(env, req, err)
 	}
-	sum.Results = append(sum.Results, a.Results...)
-	if req.InitrdFollows {
-		env.InitrdHandled(req.Kernel)
-	} else if _, err := lifecycle.RegenerateInitrd(ctx, env, req.Kernel, req.Arch, lifecycle.InitrdOptions{}); err != nil {
-		warn(env, "dkmsd: %v", err)
-	}
 	st.setDone(req.Kernel, fingerprint(env, req.Kernel, req.Arch))
 	st.clearPending(req.Kernel)
-	reportSummary(env, req, sum)
+	if req.DeferSummary {
+		st.addDeferred(sum)
+	}
 	if sum.Failed() && failOnError(env) {
 		return Result{ExitCode: 1, Summary: sum}
 	}
@@ -163,28 +164,11 @@ func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	}
 	sum := st.takeDeferred()
 	if len(sum.Results) > 0 {
-		lines := sum.Lines(lifecycle.ExitCode)
-		if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, &sum, lines)); err != nil {
+		if err := lifecycle.RecordTransaction(env, req.Hook, &sum); err != nil {
 			warn(env, "dkmsd: %v", err)
 		}
 	}
 	return Result{Summary: &sum}
-}
-
-// reportSummary prints the summary and reports it now, or leaves it for the
-// transaction's end.
-func reportSummary(env *lifecycle.Env, req Request, sum *lifecycle.Summary) {
-	lines := sum.Lines(lifecycle.ExitCode)
-	for _, l := range lines {
-		info(env, "%s", l)
-	}
-	if req.DeferSummary {
-		newState(env).addDeferred(sum)
-		return
-	}
-	if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, sum, lines)); err != nil {
-		warn(env, "dkmsd: %v", err)
-	}
 }
 
 func fail(env *lifecycle.Env, req Request, err error) Result {
@@ -231,7 +215,7 @@ func fingerprint(env *lifecycle.Env, kernel, arch string) string {
 type state struct{ dir string }
 
 func newState(env *lifecycle.Env) state {
-	return state{dir: filepath.Join(env.Layout.DKMSTree, ".dkmsd", "hooks")}
+	return state{dir: env.Layout.HookStateDir()}
 }
 
 func (s state) path(parts ...string) string {

@@ -203,11 +203,10 @@ func (e *Env) build(ctx context.Context, t Target) error {
 	return nil
 }
 
-// failedLog is where the log of a failed build of t is kept:
-// <dkms_tree>/.dkmsd/failed/<m>-<v>-<k>-<a>.log (a dot dir, out of dkms's
-// globs). A later successful build or remove deletes it.
+// failedLog is where the log of a failed build of t is kept. A later
+// successful build or remove deletes it.
 func (e *Env) failedLog(t Target) string {
-	return filepath.Join(e.Layout.DKMSTree, ".dkmsd", "failed", fmt.Sprintf("%s-%s-%s-%s.log", t.Module, t.Version, t.Kernel, t.Arch))
+	return e.Layout.FailedLog(t.Module, t.Version, t.Kernel, t.Arch)
 }
 
 // replaceDir moves the complete dir src to dst; an existing dst (a forced

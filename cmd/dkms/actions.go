@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -17,7 +18,7 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return lifecycle.GenerateMOK(ctx, env)
 	case "add", "build", "install":
 		if a.all {
-			return &usageError{code: 5, lines: []string{fmt.Sprintf("The action %s does not support the --all parameter.", a.action)}}
+			return usageErr(lifecycle.KindNoAll, fmt.Sprintf("The action %s does not support the --all parameter.", a.action))
 		}
 	case "remove", "unbuild", "uninstall":
 		if err := requireModuleArgs(a); err != nil {
@@ -137,3 +138,5 @@ func status(ctx context.Context, a *args, env *lifecycle.Env) error {
 	}
 	return nil
 }
+
+func bufferedStdout() *bufio.Writer { return bufio.NewWriterSize(os.Stdout, 64*1024) }

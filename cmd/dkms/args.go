@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
 )
 
 // args is a parsed dkms command line. The grammar is dkms's: options and
@@ -38,14 +40,11 @@ type args struct {
 	warnings                                         []string
 }
 
-// usageError is a command-line error with dkms's exit code.
-type usageError struct {
-	code      int
-	lines     []string
-	showUsage bool
+// usageErr is a command-line error; its exit code comes from lifecycle's
+// table, like every other failure's.
+func usageErr(kind lifecycle.Kind, lines ...string) error {
+	return &lifecycle.Error{Kind: kind, Lines: lines}
 }
-
-func (u *usageError) Error() string { return strings.Join(u.lines, "\n") }
 
 var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|initrd|initrd-modules|dbus-service|kernel_(preinst|postinst|prerm))$`)
 
@@ -179,7 +178,7 @@ func parseArgs(argv []string) (*args, error) {
 			continue
 		}
 		if strings.HasPrefix(w, "-") {
-			return nil, &usageError{code: 2, lines: []string{" Unknown option: " + w}, showUsage: true}
+			return nil, usageErr(lifecycle.KindUnknownOption, " Unknown option: "+w)
 		}
 		if a.firstWord == "" && !actionRE.MatchString(w) {
 			a.firstWord = w
@@ -187,7 +186,7 @@ func parseArgs(argv []string) (*args, error) {
 		switch {
 		case actionRE.MatchString(w):
 			if a.action != "" {
-				return nil, &usageError{code: 4, lines: []string{"Cannot specify more than one action."}}
+				return nil, usageErr(lifecycle.KindTwoActions, "Cannot specify more than one action.")
 			}
 			a.action = w
 		case isFile(w) && strings.HasSuffix(w, "dkms.conf"):
@@ -244,20 +243,20 @@ func (a *args) addKernel(s string) {
 
 func (a *args) validate() error {
 	if a.binariesOnly && a.sourceOnly {
-		return &usageError{code: 8, lines: []string{" You have specified both --binaries-only and --source-only.", "You cannot do this."}}
+		return usageErr(lifecycle.KindBinariesAndSource, " You have specified both --binaries-only and --source-only.", "You cannot do this.")
 	}
 	if len(a.arches) > 1 && len(a.arches) != len(a.kernels) {
-		return &usageError{code: 1, lines: []string{" If more than one arch is specified on the command line, then there", "must be an equal number of kernel versions also specified (1:1 relationship)."}}
+		return usageErr(lifecycle.KindBadArch, " If more than one arch is specified on the command line, then there", "must be an equal number of kernel versions also specified (1:1 relationship).")
 	}
 	if len(a.kernels) > 0 && a.all {
-		return &usageError{code: 2, lines: []string{" You cannot specify a kernel version and also specify", "--all on the command line."}}
+		return usageErr(lifecycle.KindUsage, " You cannot specify a kernel version and also specify", "--all on the command line.")
 	}
 	if len(a.arches) > 0 && a.all {
-		return &usageError{code: 3, lines: []string{" You cannot specify an arch and also specify", "--all on the command line."}}
+		return usageErr(lifecycle.KindArchAndAll, " You cannot specify an arch and also specify", "--all on the command line.")
 	}
 	if a.jobs != "" {
 		if n, err := strconv.Atoi(a.jobs); err != nil || n < 0 {
-			return &usageError{code: 2, lines: []string{"-j takes a number of jobs, not '" + a.jobs + "'."}}
+			return usageErr(lifecycle.KindUsage, "-j takes a number of jobs, not '"+a.jobs+"'.")
 		}
 	}
 	return nil

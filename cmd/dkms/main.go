@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/dkmsd/dkmsd/hooks/report"
+	"github.com/dkmsd/dkmsd/lifecycle"
 )
 
 func main() {
@@ -28,11 +29,10 @@ func realMain(argv []string) int {
 	}
 	if err != nil {
 		printError(err)
-		var ue *usageError
-		if errors.As(err, &ue) && ue.showUsage {
+		if lifecycle.KindOf(err) == lifecycle.KindUnknownOption {
 			usage()
 		}
-		return exitCode(err)
+		return lifecycle.ExitCode(err)
 	}
 	for _, w := range a.warnings {
 		fmt.Fprintln(os.Stderr, w)
@@ -69,7 +69,7 @@ func realMain(argv []string) int {
 	if err != nil && !errors.As(err, &r) {
 		printError(err)
 	}
-	return exitCode(err)
+	return lifecycle.ExitCode(err)
 }
 
 func usage() {

@@ -75,10 +75,10 @@ func targets(env *lifecycle.Env, a *args) ([]lifecycle.Target, error) {
 	var out []lifecycle.Target
 	for i, k := range kernels {
 		if k == "" {
-			return nil, &usageError{code: 16, lines: []string{fmt.Sprintf("Empty kernelver[%d]", i)}}
+			return nil, usageErr(lifecycle.KindEmptyTarget, fmt.Sprintf("Empty kernelver[%d]", i))
 		}
 		if arches[i] == "" {
-			return nil, &usageError{code: 16, lines: []string{fmt.Sprintf("Empty arch[%d]", i)}}
+			return nil, usageErr(lifecycle.KindEmptyTarget, fmt.Sprintf("Empty arch[%d]", i))
 		}
 		out = append(out, lifecycle.Target{Module: a.module, Version: a.version, Kernel: k, Arch: arches[i]})
 	}
@@ -109,7 +109,7 @@ func requireRoot(env *lifecycle.Env) error {
 	if os.Geteuid() == 0 || relocated(env) {
 		return nil
 	}
-	return &usageError{code: 1, lines: []string{"You must be root to use this command."}}
+	return usageErr(lifecycle.KindNotRoot, "You must be root to use this command.")
 }
 
 func requireWritableTree(env *lifecycle.Env) error {
@@ -119,7 +119,7 @@ func requireWritableTree(env *lifecycle.Env) error {
 		}
 	}
 	if unix.Access(env.Layout.DKMSTree, unix.W_OK) != nil {
-		return &usageError{code: 1, lines: []string{"No write access to DKMS tree at " + env.Layout.DKMSTree}}
+		return usageErr(lifecycle.KindNotRoot, "No write access to DKMS tree at "+env.Layout.DKMSTree)
 	}
 	return nil
 }
@@ -129,10 +129,10 @@ func requireModuleArgs(a *args) error {
 		return nil
 	}
 	act := a.action
-	return &usageError{code: 1, lines: []string{"Arguments <module> and <module-version> are not specified.",
-		"Usage: " + act + " <module>/<module-version> or",
-		"       " + act + " -m <module>/<module-version> or",
-		"       " + act + " -m <module> -v <module-version>"}}
+	return usageErr(lifecycle.KindMissingArgs, "Arguments <module> and <module-version> are not specified.",
+		"Usage: "+act+" <module>/<module-version> or",
+		"       "+act+" -m <module>/<module-version> or",
+		"       "+act+" -m <module> -v <module-version>")
 }
 
 // eachTarget runs op for every target, as dkms does, going on after a
@@ -178,10 +178,7 @@ func (r reported) Unwrap() error { return r.err }
 // printError prints an error as dkms does: "Error! " and its lines.
 func printError(err error) {
 	var le *lifecycle.Error
-	var ue *usageError
 	switch {
-	case errors.As(err, &ue):
-		printLines(ue.lines)
 	case errors.As(err, &le) && len(le.Lines) > 0:
 		printLines(le.Lines)
 	default:

@@ -45,7 +45,7 @@ func ldtarball(ctx context.Context, a *args, env *lifecycle.Env) error {
 		archive = a.firstWord // a file that does not exist: LoadTarball says so
 	}
 	if archive == "" {
-		return &usageError{code: 2, lines: []string{"ldtarball needs an archive: dkms ldtarball FILE"}}
+		return usageErr(lifecycle.KindNoArchive, "ldtarball needs an archive: dkms ldtarball FILE")
 	}
 	if a.force {
 		if err := requireRoot(env); err != nil {
@@ -71,7 +71,7 @@ func mkdriverdisk(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return err
 	}
 	if a.distro == "" {
-		return &usageError{code: 1, lines: []string{"mkdriverdisk needs the distribution: -d redhat"}}
+		return usageErr(lifecycle.KindMissingArgs, "mkdriverdisk needs the distribution: -d redhat")
 	}
 	ts, err := targets(env, a)
 	if err != nil {
