@@ -24,9 +24,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/tree"
 )
 
 // Action is what happened to the kernel.
@@ -71,7 +70,7 @@ type Result struct {
 // hook_fail_on_error, except for errors in its own arguments.
 func Run(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	if req.Arch == "" {
-		req.Arch = machineArch()
+		req.Arch = tree.MachineArch()
 	}
 	unlock, err := lifecycle.LockTree(ctx, env)
 	if err != nil {
@@ -121,7 +120,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	}
 	// The running kernel is the template: what it has installed, the new
 	// kernel gets too.
-	if template := runningKernel(); template != req.Kernel && env.Layout.Kernel(template).Exists() {
+	if template := tree.RunningKernel(); template != req.Kernel && env.Layout.Kernel(template).Exists() {
 		arrival.Template = template
 	}
 	sum, err := lifecycle.KernelArrived(ctx, env, arrival)
@@ -207,7 +206,7 @@ func fingerprint(env *lifecycle.Env, kernel, arch string) string {
 	if fi, err := os.Stat(filepath.Join(env.Layout.Kernel(kernel).BuildDir, "include")); err == nil {
 		fmt.Fprintf(h, "headers=%d\n", fi.ModTime().UnixNano())
 	}
-	fmt.Fprintf(h, "template=%s\n", runningKernel())
+	fmt.Fprintf(h, "template=%s\n", tree.RunningKernel())
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -290,20 +289,4 @@ func info(env *lifecycle.Env, format string, args ...any) {
 
 func warn(env *lifecycle.Env, format string, args ...any) {
 	env.Sink.Emit(lifecycle.Event{Type: lifecycle.Warning, Text: fmt.Sprintf(format, args...)})
-}
-
-func runningKernel() string {
-	var u unix.Utsname
-	if unix.Uname(&u) != nil {
-		return ""
-	}
-	return unix.ByteSliceToString(u.Release[:])
-}
-
-func machineArch() string {
-	var u unix.Utsname
-	if unix.Uname(&u) != nil {
-		return ""
-	}
-	return unix.ByteSliceToString(u.Machine[:])
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kernel is one kernel known to the install tree.
@@ -129,4 +131,24 @@ func (k Kernel) Release() string {
 		}
 	}
 	return k.Version
+}
+
+// RunningKernel is the release of the kernel this machine runs ("" if
+// uname fails): the template a new kernel's modules are matched from, and
+// dkms's default -k.
+func RunningKernel() string {
+	return uname(func(u *unix.Utsname) []byte { return u.Release[:] })
+}
+
+// MachineArch is this machine's arch as uname says it (dkms's default -a).
+func MachineArch() string {
+	return uname(func(u *unix.Utsname) []byte { return u.Machine[:] })
+}
+
+func uname(field func(*unix.Utsname) []byte) string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(field(&u))
 }

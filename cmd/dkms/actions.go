@@ -87,14 +87,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
 	}
 	// remove, unbuild, uninstall work on modules in the tree.
-	if _, ok := env.Layout.Lookup(a.module, a.version); !ok {
-		return &lifecycle.Error{Kind: lifecycle.KindNotAdded, Lines: []string{
-			fmt.Sprintf("The module/version combo: %s-%s is not located in the DKMS tree.", a.module, a.version)}}
-	}
-	if mv, _ := env.Layout.Lookup(a.module, a.version); mv.Broken {
-		return &lifecycle.Error{Kind: lifecycle.KindBroken, Lines: []string{
-			fmt.Sprintf("%s/%s is broken!", a.module, a.version),
-			"Missing the source directory or the symbolic link pointing to it.", "Manual intervention is required!"}}
+	if err := env.RequireAdded(a.module, a.version); err != nil {
+		return err
 	}
 	switch a.action {
 	case "uninstall":

@@ -6,6 +6,7 @@ import (
 
 	"github.com/dkmsd/dkmsd/initrd"
 	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/tree"
 )
 
 // batch runs the actions that schedule many module×kernel jobs:
@@ -109,5 +110,5 @@ func batchKernels(env *lifecycle.Env, a *args) ([]string, error) {
 		}
 		return out, nil
 	}
-	return []string{runningKernel()}, nil
+	return []string{tree.RunningKernel()}, nil
 }

@@ -52,14 +52,7 @@ func realMain(argv []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	tty := term.IsTerminal(int(os.Stdout.Fd()))
-	sinks := &report.Sinks{
-		Terminal: report.NewTerminal(os.Stdout, os.Stderr, tty),
-		Hook:     "dkms " + a.action,
-		Log:      report.NewLogger(os.Stderr),
-	}
-	if j := report.NewJournal(sinks.Hook); j != nil {
-		sinks.Journal = j
-	}
+	sinks := report.NewSinks("dkms "+a.action, os.Stdout, os.Stderr, tty)
 	defer sinks.Close()
 	env, err := newEnv(ctx, a, sinks)
 	if err == nil {

@@ -63,7 +63,7 @@ func targets(env *lifecycle.Env, a *args) ([]lifecycle.Target, error) {
 	}
 	kernels := a.kernels
 	if len(kernels) == 0 {
-		kernels = []string{runningKernel()}
+		kernels = []string{tree.RunningKernel()}
 	}
 	arches := a.arches
 	if len(arches) == 0 {
@@ -85,21 +85,8 @@ func targets(env *lifecycle.Env, a *args) ([]lifecycle.Target, error) {
 	return out, nil
 }
 
-func runningKernel() string {
-	return unameField(func(u *unix.Utsname) []byte { return u.Release[:] })
-}
-
-func machineArch() string {
-	return unameField(func(u *unix.Utsname) []byte { return u.Machine[:] })
-}
-
-func unameField(f func(*unix.Utsname) []byte) string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return ""
-	}
-	return unix.ByteSliceToString(f(&u))
-}
+// machineArch is dkms's default -a (the tests expect it too).
+func machineArch() string { return tree.MachineArch() }
 
 // relocated reports whether the command works on a sandbox rather than the
 // machine's own trees (then root is not required).
