@@ -26,6 +26,7 @@ import (
 
 	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
 // Action is what happened to the kernel.
@@ -225,10 +226,8 @@ func (s state) write(p string, data []byte) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return
 	}
-	tmp := p + ".tmp"
-	if os.WriteFile(tmp, data, 0o644) == nil {
-		_ = os.Rename(tmp, p)
-	}
+	// A record is a hint: a failed write only means the work is redone.
+	_ = atomicfile.Write(p, data, 0o644, "")
 }
 
 func (s state) done(kernel string) string {
@@ -248,7 +247,8 @@ func (s state) pending() []string {
 	entries, _ := os.ReadDir(s.path("pending"))
 	var out []string
 	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".tmp") {
+		// Skip the temporary files of a write a kill interrupted.
+		if !strings.HasPrefix(e.Name(), ".") && !strings.HasSuffix(e.Name(), ".tmp") {
 			out = append(out, e.Name())
 		}
 	}

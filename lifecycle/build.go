@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
 // Build compiles t's module version for t's kernel with the kernel's own
@@ -225,7 +226,7 @@ func replaceDir(src, dst string) error {
 		}
 		return fmt.Errorf("replace %s: %w", dst, err)
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return err
 	}
 	if old != "" {
