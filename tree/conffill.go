@@ -247,14 +247,8 @@ func (k *confCheck) fillPatches(vals map[string]Value, ctx ConfContext) {
 // excludedBy names the BUILD_EXCLUSIVE_* directive that rules the kernel
 // and arch out.
 func excludedBy(vals map[string]Value, c ConfContext) (string, error) {
-	if re := vals["BUILD_EXCLUSIVE_KERNEL"].Scalar(); re != "" {
-		ok, err := matchERE(re, c.Kernel)
-		if err != nil {
-			return "", fmt.Errorf("'BUILD_EXCLUSIVE_KERNEL' is not a valid regular expression: %v", err)
-		}
-		if !ok {
-			return "BUILD_EXCLUSIVE_KERNEL", nil
-		}
+	if by, err := excludedByRE(vals, "BUILD_EXCLUSIVE_KERNEL", c.Kernel); by != "" || err != nil {
+		return by, err
 	}
 	if min := vals["BUILD_EXCLUSIVE_KERNEL_MIN"].Scalar(); min != "" && CompareVersions(c.Kernel, min) < 0 {
 		return "BUILD_EXCLUSIVE_KERNEL_MIN", nil
@@ -266,14 +260,8 @@ func excludedBy(vals map[string]Value, c ConfContext) (string, error) {
 	if max != "" && CompareVersions(c.Kernel, max) > 0 {
 		return "BUILD_EXCLUSIVE_KERNEL_MAX", nil
 	}
-	if re := vals["BUILD_EXCLUSIVE_ARCH"].Scalar(); re != "" {
-		ok, err := matchERE(re, c.Arch)
-		if err != nil {
-			return "", fmt.Errorf("'BUILD_EXCLUSIVE_ARCH' is not a valid regular expression: %v", err)
-		}
-		if !ok {
-			return "BUILD_EXCLUSIVE_ARCH", nil
-		}
+	if by, err := excludedByRE(vals, "BUILD_EXCLUSIVE_ARCH", c.Arch); by != "" || err != nil {
+		return by, err
 	}
 	if cfgs := strings.Fields(vals["BUILD_EXCLUSIVE_CONFIG"].Scalar()); len(cfgs) > 0 && c.KernelConfig != "" {
 		set, err := readKconfig(c.KernelConfig)
@@ -285,6 +273,23 @@ func excludedBy(vals map[string]Value, c ConfContext) (string, error) {
 				}
 			}
 		}
+	}
+	return "", nil
+}
+
+// excludedByRE names the directive when s does not match the regexp it
+// holds (an unset one rules nothing out).
+func excludedByRE(vals map[string]Value, name, s string) (string, error) {
+	re := vals[name].Scalar()
+	if re == "" {
+		return "", nil
+	}
+	ok, err := matchERE(re, s)
+	if err != nil {
+		return "", fmt.Errorf("'%s' is not a valid regular expression: %v", name, err)
+	}
+	if !ok {
+		return name, nil
 	}
 	return "", nil
 }

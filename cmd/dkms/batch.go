@@ -26,10 +26,7 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if len(arch) == 0 {
 		arch = []string{machineArch()}
 	}
-	if err := requireWritableTree(env); err != nil {
-		return err
-	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockWritableTree(ctx, env)
 	if err != nil {
 		return err
 	}

@@ -111,6 +111,14 @@ func requireWritableTree(env *lifecycle.Env) error {
 	return nil
 }
 
+// lockWritableTree checks that the tree can be written and takes its lock.
+func lockWritableTree(ctx context.Context, env *lifecycle.Env) (func(), error) {
+	if err := requireWritableTree(env); err != nil {
+		return nil, err
+	}
+	return lifecycle.LockTree(ctx, env)
+}
+
 func requireModuleArgs(a *args) error {
 	if a.module != "" && a.version != "" {
 		return nil

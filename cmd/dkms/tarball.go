@@ -52,10 +52,7 @@ func ldtarball(ctx context.Context, a *args, env *lifecycle.Env) error {
 			return err
 		}
 	}
-	if err := requireWritableTree(env); err != nil {
-		return err
-	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockWritableTree(ctx, env)
 	if err != nil {
 		return err
 	}
