@@ -3,13 +3,16 @@
 // /etc/kernel/*.d and apt, dnf) become a Request, and Run does the work
 // once per kernel and tree state:
 //
-//	req, err := hooks.KernelInstall(os.Args[1:], os.Environ())
-//	res := hooks.Run(ctx, env, req)   // env: a lifecycle.Env for the machine
-//	os.Exit(res.ExitCode)
+//	req, ok, err := hooks.KernelInstall(os.Args[1:], os.Getenv)
+//	if err == nil && ok {
+//		os.Exit(hooks.Main(req)) // or hooks.Run(ctx, env, req).ExitCode
+//	}
 //
-// Adding a kernel matches the modules installed for the running kernel
-// onto it and autoinstalls the rest, building in parallel; removing one
-// uninstalls and unbuilds every module for it.
+// The work itself is lifecycle's kernel transaction: adding a kernel
+// (lifecycle.KernelArrived) matches the modules installed for the running
+// kernel onto it and autoinstalls the rest, building in parallel; removing
+// one (lifecycle.KernelPrerm) uninstalls and unbuilds every module for it.
+// hooks keeps the protocols, the once-per-kernel record and the reporting.
 package hooks
 
 import (

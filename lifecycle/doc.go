@@ -4,8 +4,10 @@
 // results leave as Events to a Sink, failures as *Error values whose Kind
 // the command maps to an exit code.
 //
-//	env := lifecycle.NewEnv(ctx, tree.NewLayout(root), sink)
+//	env, err := lifecycle.NewEnv(ctx, tree.NewLayout(root), sink)
 //	unlock, err := lifecycle.LockTree(ctx, env)
 //	defer unlock()
 //	err = lifecycle.Install(ctx, env, lifecycle.Target{Module: "foo", Version: "1.0", Kernel: k, Arch: "x86_64"})
+//	// A kernel arrived: build and install what it needs, update its initrd.
+//	sum, err := lifecycle.KernelArrived(ctx, env, lifecycle.KernelArrival{Name: "dkms autoinstall", Kernels: []string{k}, Arch: "x86_64"})
 package lifecycle
