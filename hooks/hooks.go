@@ -17,8 +17,6 @@ package hooks
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -108,7 +106,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		st.markPending(req.Kernel)
 		return Result{Skipped: "no headers"}
 	}
-	fp := fingerprint(env, req.Kernel, req.Arch)
+	fp := lifecycle.KernelFingerprint(env, req.Kernel, req.Arch, tree.RunningKernel())
 	if st.done(req.Kernel) == fp {
 		st.clearPending(req.Kernel)
 		return Result{Skipped: "already done for this kernel and tree"}
@@ -131,7 +129,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	if err != nil {
 		return fail(env, req, err)
 	}
-	st.setDone(req.Kernel, fingerprint(env, req.Kernel, req.Arch))
+	st.setDone(req.Kernel, lifecycle.KernelFingerprint(env, req.Kernel, req.Arch, tree.RunningKernel()))
 	st.clearPending(req.Kernel)
 	if req.DeferSummary {
 		st.addDeferred(sum)
@@ -191,27 +189,6 @@ func fail(env *lifecycle.Env, req Request, err error) Result {
 // module fail the package transaction.
 func failOnError(env *lifecycle.Env) bool {
 	return strings.EqualFold(env.Framework.HookFailOnError, "yes")
-}
-
-// fingerprint sums up what a hook run depends on for a kernel: the module
-// versions in the tree (and their dkms.conf), which is installed for the
-// kernel, and the kernel's headers. Equal fingerprints mean a second run
-// would do nothing; computing one reads no dkms.conf.
-func fingerprint(env *lifecycle.Env, kernel, arch string) string {
-	h := sha256.New()
-	mvs, _ := env.Layout.ModuleVersions("", "")
-	for _, mv := range mvs {
-		fmt.Fprintf(h, "%s/%s broken=%v installed=%s", mv.Name, mv.Version, mv.Broken, env.Layout.InstalledVersion(mv.Name, kernel, arch))
-		if fi, err := os.Stat(filepath.Join(env.Layout.VersionDir(mv.Name, mv.Version), "source", "dkms.conf")); err == nil {
-			fmt.Fprintf(h, " conf=%d/%d", fi.Size(), fi.ModTime().UnixNano())
-		}
-		fmt.Fprintln(h)
-	}
-	if fi, err := os.Stat(filepath.Join(env.Layout.Kernel(kernel).BuildDir, "include")); err == nil {
-		fmt.Fprintf(h, "headers=%d\n", fi.ModTime().UnixNano())
-	}
-	fmt.Fprintf(h, "template=%s\n", tree.RunningKernel())
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // state is what hooks remember between runs, under <dkms_tree>/.dkmsd.

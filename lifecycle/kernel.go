@@ -1,6 +1,12 @@
 package lifecycle
 
-import "context"
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+)
 
 // KernelArrival is one "kernel K arrived" transaction, as dkms's
 // autoinstall, kernel_postinst, kernel_preinst and match and every package
@@ -118,4 +124,26 @@ func (a KernelArrival) updateInitrds(ctx context.Context, e *Env) error {
 // kept for D-Bus's GetLastTransaction and reported to every sink.
 func RecordTransaction(e *Env, name string, sum *Summary) error {
 	return SaveTransaction(e, TransactionOf(name, sum, sum.Lines(ExitCode)))
+}
+
+// KernelFingerprint sums up what a KernelArrived for kernel depends on: the
+// module versions in the tree (and their dkms.conf), which is installed
+// for the kernel, the kernel's headers and the template kernel. Equal
+// fingerprints mean a second arrival would do nothing; computing one reads
+// no dkms.conf.
+func KernelFingerprint(e *Env, kernel, arch, template string) string {
+	h := sha256.New()
+	mvs, _ := e.Layout.ModuleVersions("", "")
+	for _, mv := range mvs {
+		fmt.Fprintf(h, "%s/%s broken=%v installed=%s", mv.Name, mv.Version, mv.Broken, e.Layout.InstalledVersion(mv.Name, kernel, arch))
+		if fi, err := os.Stat(e.Layout.ConfFile(mv.Name, mv.Version)); err == nil {
+			fmt.Fprintf(h, " conf=%d/%d", fi.Size(), fi.ModTime().UnixNano())
+		}
+		fmt.Fprintln(h)
+	}
+	if fi, err := os.Stat(e.Layout.Kernel(kernel).HeadersDir()); err == nil {
+		fmt.Fprintf(h, "headers=%d\n", fi.ModTime().UnixNano())
+	}
+	fmt.Fprintf(h, "template=%s\n", template)
+	return hex.EncodeToString(h.Sum(nil))
 }

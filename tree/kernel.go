@@ -58,9 +58,12 @@ func (k Kernel) Exists() bool {
 // HasHeaders reports whether the kernel's build dir has headers
 // (<build>/include), the test dkms uses.
 func (k Kernel) HasHeaders() bool {
-	fi, err := os.Stat(filepath.Join(k.BuildDir, "include"))
+	fi, err := os.Stat(k.HeadersDir())
 	return err == nil && fi.IsDir()
 }
+
+// HeadersDir is <build>/include, which a headers package brings.
+func (k Kernel) HeadersDir() string { return filepath.Join(k.BuildDir, "include") }
 
 // ConfigFile is the kernel configuration in the build dir ("" if none):
 // include/config/auto.conf as kbuild wrote it, else .config.

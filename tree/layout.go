@@ -74,6 +74,12 @@ func (l Layout) OriginalDir(module, kernel, arch string) string {
 	return filepath.Join(l.DKMSTree, module, "original_module", kernel, arch)
 }
 
+// ConfFile is the tree's copy of a module version's dkms.conf:
+// <dkms_tree>/<module>/<version>/source/dkms.conf.
+func (l Layout) ConfFile(module, version string) string {
+	return filepath.Join(l.VersionDir(module, version), "source", "dkms.conf")
+}
+
 // SourceDir is <source_tree>/<module>-<version>.
 func (l Layout) SourceDir(module, version string) string {
 	return filepath.Join(l.SourceTree, module+"-"+version)
