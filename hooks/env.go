@@ -17,14 +17,7 @@ import (
 // trees (or DKMSD_ROOT's, for tests), reporting to the terminal, the
 // journal and the system bus. close releases the bus.
 func NewEnv(ctx context.Context, hook string, stdout, stderr io.Writer) (env *lifecycle.Env, close func(), err error) {
-	sinks := &report.Sinks{
-		Terminal: report.NewTerminal(stdout, stderr, false),
-		Hook:     hook,
-		Log:      report.NewLogger(stderr),
-	}
-	if j := report.NewJournal(hook); j != nil {
-		sinks.Journal = j
-	}
+	sinks := report.NewSinks(hook, stdout, stderr, false)
 	env, err = lifecycle.NewEnv(ctx, tree.NewLayout(os.Getenv("DKMSD_ROOT")), sinks)
 	if err != nil {
 		sinks.Close()

@@ -11,15 +11,15 @@
 //		os.Exit(hooks.Main(req)) // Main = NewEnv + Run on the machine's trees
 //	}
 //
-// Adding a kernel matches the modules installed for the running kernel
-// onto it and autoinstalls the rest, building in parallel; removing one
-// uninstalls and unbuilds every module for it.
+// The work itself is lifecycle's kernel transaction: adding a kernel
+// (lifecycle.KernelArrived) matches the modules installed for the running
+// kernel onto it and autoinstalls the rest, building in parallel; removing
+// one (lifecycle.KernelPrerm) uninstalls and unbuilds every module for it.
+// hooks keeps the protocols, the once-per-kernel record and the reporting.
 package hooks
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -28,9 +28,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
 // Action is what happened to the kernel.
@@ -75,7 +75,7 @@ type Result struct {
 // hook_fail_on_error, except for errors in its own arguments.
 func Run(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	if req.Arch == "" {
-		req.Arch = machineArch()
+		req.Arch = tree.MachineArch()
 	}
 	unlock, err := lifecycle.LockTree(ctx, env)
 	if err != nil {
@@ -109,33 +109,34 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		st.markPending(req.Kernel)
 		return Result{Skipped: "no headers"}
 	}
-	fp := fingerprint(env, req.Kernel, req.Arch)
+	fp := lifecycle.KernelFingerprint(env, req.Kernel, req.Arch, tree.RunningKernel())
 	if st.done(req.Kernel) == fp {
 		st.clearPending(req.Kernel)
 		return Result{Skipped: "already done for this kernel and tree"}
 	}
-	sum := &lifecycle.Summary{}
-	template := runningKernel()
-	if template != req.Kernel && env.Layout.Kernel(template).Exists() {
-		m, err := lifecycle.Match(ctx, env, template, req.Kernel, req.Arch, "")
-		if err != nil {
-			return fail(env, req, err)
-		}
-		sum.Results = append(sum.Results, m.Results...)
+	arrival := lifecycle.KernelArrival{
+		Name:          req.Hook,
+		Kernels:       []string{req.Kernel},
+		Arch:          req.Arch,
+		InitrdFollows: req.InitrdFollows,
+		Defer:         req.DeferSummary,
+		InitrdFailed:  func(err error) { warn(env, "dkmsd: %v", err) },
+		RecordFailed:  func(err error) { warn(env, "dkmsd: %v", err) },
 	}
-	a, err := lifecycle.Autoinstall(ctx, env, []string{req.Kernel}, req.Arch)
+	// The running kernel is the template: what it has installed, the new
+	// kernel gets too.
+	if template := tree.RunningKernel(); template != req.Kernel && env.Layout.Kernel(template).Exists() {
+		arrival.Template = template
+	}
+	sum, err := lifecycle.KernelArrived(ctx, env, arrival)
 	if err != nil {
 		return fail(env, req, err)
 	}
-	sum.Results = append(sum.Results, a.Results...)
-	if req.InitrdFollows {
-		env.InitrdHandled(req.Kernel)
-	} else if _, err := lifecycle.RegenerateInitrd(ctx, env, req.Kernel, req.Arch, lifecycle.InitrdOptions{}); err != nil {
-		warn(env, "dkmsd: %v", err)
-	}
-	st.setDone(req.Kernel, fingerprint(env, req.Kernel, req.Arch))
+	st.setDone(req.Kernel, lifecycle.KernelFingerprint(env, req.Kernel, req.Arch, tree.RunningKernel()))
 	st.clearPending(req.Kernel)
-	reportSummary(env, req, sum)
+	if req.DeferSummary {
+		st.addDeferred(sum)
+	}
 	if sum.Failed() && failOnError(env) {
 		return Result{ExitCode: 1, Summary: sum}
 	}
@@ -167,28 +168,11 @@ func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	}
 	sum := st.takeDeferred()
 	if len(sum.Results) > 0 {
-		lines := sum.Lines(lifecycle.ExitCode)
-		if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, &sum, lines)); err != nil {
+		if err := lifecycle.RecordTransaction(env, req.Hook, &sum); err != nil {
 			warn(env, "dkmsd: %v", err)
 		}
 	}
 	return Result{Summary: &sum}
-}
-
-// reportSummary prints the summary and reports it now, or leaves it for the
-// transaction's end.
-func reportSummary(env *lifecycle.Env, req Request, sum *lifecycle.Summary) {
-	lines := sum.Lines(lifecycle.ExitCode)
-	for _, l := range lines {
-		info(env, "%s", l)
-	}
-	if req.DeferSummary {
-		newState(env).addDeferred(sum)
-		return
-	}
-	if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf(req.Hook, sum, lines)); err != nil {
-		warn(env, "dkmsd: %v", err)
-	}
 }
 
 func fail(env *lifecycle.Env, req Request, err error) Result {
@@ -210,32 +194,11 @@ func failOnError(env *lifecycle.Env) bool {
 	return strings.EqualFold(env.Framework.HookFailOnError, "yes")
 }
 
-// fingerprint sums up what a hook run depends on for a kernel: the module
-// versions in the tree (and their dkms.conf), which is installed for the
-// kernel, and the kernel's headers. Equal fingerprints mean a second run
-// would do nothing; computing one reads no dkms.conf.
-func fingerprint(env *lifecycle.Env, kernel, arch string) string {
-	h := sha256.New()
-	mvs, _ := env.Layout.ModuleVersions("", "")
-	for _, mv := range mvs {
-		fmt.Fprintf(h, "%s/%s broken=%v installed=%s", mv.Name, mv.Version, mv.Broken, env.Layout.InstalledVersion(mv.Name, kernel, arch))
-		if fi, err := os.Stat(filepath.Join(env.Layout.VersionDir(mv.Name, mv.Version), "source", "dkms.conf")); err == nil {
-			fmt.Fprintf(h, " conf=%d/%d", fi.Size(), fi.ModTime().UnixNano())
-		}
-		fmt.Fprintln(h)
-	}
-	if fi, err := os.Stat(filepath.Join(env.Layout.Kernel(kernel).BuildDir, "include")); err == nil {
-		fmt.Fprintf(h, "headers=%d\n", fi.ModTime().UnixNano())
-	}
-	fmt.Fprintf(h, "template=%s\n", runningKernel())
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // state is what hooks remember between runs, under <dkms_tree>/.dkmsd.
 type state struct{ dir string }
 
 func newState(env *lifecycle.Env) state {
-	return state{dir: filepath.Join(env.Layout.DKMSTree, ".dkmsd", "hooks")}
+	return state{dir: env.Layout.HookStateDir()}
 }
 
 func (s state) path(parts ...string) string {
@@ -246,10 +209,8 @@ func (s state) write(p string, data []byte) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return
 	}
-	tmp := p + ".tmp"
-	if os.WriteFile(tmp, data, 0o644) == nil {
-		_ = os.Rename(tmp, p)
-	}
+	// A record is a hint: a failed write only means the work is redone.
+	_ = atomicfile.Write(p, data, 0o644, "")
 }
 
 func (s state) done(kernel string) string {
@@ -269,7 +230,8 @@ func (s state) pending() []string {
 	entries, _ := os.ReadDir(s.path("pending"))
 	var out []string
 	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".tmp") {
+		// Skip the temporary files of a write a kill interrupted.
+		if !strings.HasPrefix(e.Name(), ".") && !strings.HasSuffix(e.Name(), ".tmp") {
 			out = append(out, e.Name())
 		}
 	}
@@ -310,20 +272,4 @@ func info(env *lifecycle.Env, format string, args ...any) {
 
 func warn(env *lifecycle.Env, format string, args ...any) {
 	env.Sink.Emit(lifecycle.Event{Type: lifecycle.Warning, Text: fmt.Sprintf(format, args...)})
-}
-
-func runningKernel() string {
-	var u unix.Utsname
-	if unix.Uname(&u) != nil {
-		return ""
-	}
-	return unix.ByteSliceToString(u.Release[:])
-}
-
-func machineArch() string {
-	var u unix.Utsname
-	if unix.Uname(&u) != nil {
-		return ""
-	}
-	return unix.ByteSliceToString(u.Machine[:])
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/pierrec/lz4/v4"
 	"github.com/ulikunitz/xz"
 	"github.com/ulikunitz/xz/lzma"
+
+	"github.com/dkmsd/dkmsd/tree/kcompress"
 )
 
 // Compression is how one segment of an initrd is stored.
@@ -259,42 +261,15 @@ func lz4LegacyLen(data []byte) (int, error) {
 }
 
 // compress encodes a segment with c, in a form the kernel's decompressors
-// accept (xz with CRC32 and a 1 MiB dictionary). small trades time for
-// size, for whole-archive rewrites.
+// accept. small trades time for size, for whole-archive rewrites.
 func compress(c Compression, data []byte, small bool) ([]byte, error) {
-	var buf bytes.Buffer
-	var w io.WriteCloser
-	var err error
 	switch c {
 	case None:
 		return data, nil
-	case Gzip:
-		level := gzip.BestSpeed
-		if small {
-			level = gzip.BestCompression
-		}
-		w, err = gzip.NewWriterLevel(&buf, level)
-	case Zstd:
-		level := zstd.SpeedDefault
-		if small {
-			level = zstd.SpeedBestCompression
-		}
-		w, err = zstd.NewWriter(&buf, zstd.WithEncoderLevel(level), zstd.WithWindowSize(8<<20))
-	case Xz:
-		w, err = xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 1 << 20}.NewWriter(&buf)
-	default:
-		return nil, fmt.Errorf("cannot write %s segments", c)
+	case Gzip, Zstd, Xz:
+		return kcompress.Encode(kcompress.Format(c), data, small)
 	}
-	if err != nil {
-		return nil, err
-	}
-	if _, err := w.Write(data); err != nil {
-		return nil, err
-	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return nil, fmt.Errorf("cannot write %s segments", c)
 }
 
 // writable is the compression new segments get for an image whose main

@@ -10,6 +10,8 @@ import (
 
 	"crypto/sha256"
 	"encoding/hex"
+
+	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
 // WriteAtomic replaces the image at path with data: written beside it,
@@ -29,41 +31,22 @@ func WriteAtomic(path string, data []byte) error {
 	if fi, err := os.Stat(path); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".dkmsd-*")
-	if err != nil {
-		return fmt.Errorf("write initrd %s: %w", path, err)
+	err := atomicfile.Write(path, data, mode, "."+filepath.Base(path)+".dkmsd-*")
+	var ae *atomicfile.Error
+	if !errors.As(err, &ae) {
+		return err
 	}
-	name := tmp.Name()
-	fail := func(err error) error {
-		tmp.Close()
-		os.Remove(name)
-		if errors.Is(err, syscall.ENOSPC) {
+	switch ae.Op {
+	case atomicfile.OpSyncDir:
+		return nil // the new image is in place
+	case atomicfile.OpWrite:
+		if errors.Is(ae.Err, syscall.ENOSPC) {
 			return fmt.Errorf("no space left in %s for the new initrd (%d bytes); %s is unchanged", dir, len(data), path)
 		}
-		return fmt.Errorf("write initrd %s: %w; it is unchanged", path, err)
+		return fmt.Errorf("write initrd %s: %w; it is unchanged", path, ae.Err)
+	default:
+		return fmt.Errorf("write initrd %s: %w", path, ae.Err)
 	}
-	if _, err := tmp.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write initrd %s: %w", path, err)
-	}
-	if err := os.Rename(name, path); err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write initrd %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }
 
 // State records where the image's own bytes end when dkmsd appended a
@@ -117,9 +100,5 @@ func (s *State) Save(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, append(b, '\n'), 0o644, "")
 }

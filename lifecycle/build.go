@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
 // Build compiles t's module version for t's kernel with the kernel's own
@@ -41,13 +42,28 @@ func Build(ctx context.Context, e *Env, t Target) error {
 	return e.build(ctx, t)
 }
 
-// moduleSuffix is the suffix of module files for kernel: the kernel's
+// buildKernel is the kernel a build is for: its directories and its
+// configuration (--config, else the build dir's), parsed once for the
+// compiler, the make line, signing and the module suffix.
+type buildKernel struct {
+	tree.Kernel
+	// ConfigFile is "" when the kernel has none.
+	ConfigFile string
+	Config     tree.KernelConfig
+}
+
+func (e *Env) buildKernel(kernel string) buildKernel {
+	file := e.kernelConfig(kernel)
+	return buildKernel{Kernel: e.Layout.Kernel(kernel), ConfigFile: file, Config: tree.ReadKernelConfig(file)}
+}
+
+// moduleSuffix is the suffix of module files for the kernel: its
 // CONFIG_MODULE_COMPRESS_*, or what its modules.dep shows.
-func (e *Env) moduleSuffix(kernel string) string {
-	if s := tree.ReadKernelConfig(e.kernelConfig(kernel)).ModuleSuffix(); s != ".ko" {
+func (k buildKernel) moduleSuffix() string {
+	if s := k.Config.ModuleSuffix(); s != ".ko" {
 		return s
 	}
-	dep, err := os.ReadFile(filepath.Join(e.Layout.KernelDir(kernel), "modules.dep"))
+	dep, err := os.ReadFile(filepath.Join(k.Dir, "modules.dep"))
 	if err != nil {
 		return ".ko"
 	}
@@ -59,14 +75,40 @@ func (e *Env) moduleSuffix(kernel string) string {
 	return ".ko"
 }
 
+// build runs one build: checks, the build dir, patches, PRE_BUILD, make,
+// then the finished modules into place.
 func (e *Env) build(ctx context.Context, t Target) error {
 	start := time.Now()
-	vdir := e.Layout.VersionDir(t.Module, t.Version)
-	buildDir := filepath.Join(vdir, "build")
 	conf, err := e.readConf(ctx, e.confFile(t.Module, t.Version), t, true)
 	if err != nil {
 		return err
 	}
+	if err := e.checkBuildable(t, conf); err != nil {
+		return err
+	}
+	k := e.buildKernel(t.Kernel)
+	sign, err := e.prepareSigning(ctx, k)
+	if err != nil {
+		return err
+	}
+	e.info("")
+	e.Sink.Emit(Event{Type: BuildStarted, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch})
+	r, err := e.startBuild(t, start)
+	if err != nil {
+		return err
+	}
+	defer r.log.Close()
+	cc := k.cc()
+	if err := r.compile(ctx, conf, k, cc); err != nil {
+		return err
+	}
+	return r.store(ctx, conf, k, cc, sign)
+}
+
+// checkBuildable refuses what dkms refuses before building: a kernel
+// BUILD_EXCLUSIVE rules out, an empty source dir, missing headers or
+// BUILD_DEPENDS.
+func (e *Env) checkBuildable(t Target, conf *tree.Conf) error {
 	if conf.Excluded != "" {
 		e.Sink.Emit(Event{Type: BuildSkipped, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 			Text: fmt.Sprintf("%s/%s is not built for %s (%s): %s rules it out", t.Module, t.Version, t.Kernel, t.Arch, conf.Excluded)})
@@ -74,94 +116,112 @@ func (e *Env) build(ctx context.Context, t Target) error {
 			fmt.Sprintf("The %s for module %s/%s includes a BUILD_EXCLUSIVE directive (%s) which does not match this kernel/arch/config.", conf.File, t.Module, t.Version, conf.Excluded),
 			"This indicates that it should not be built.")
 	}
-	sourceDir := filepath.Join(vdir, "source")
+	sourceDir := filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "source")
 	if entries, _ := os.ReadDir(sourceDir); len(entries) < 2 {
 		return fail(KindEmptySource, fmt.Sprintf("The directory %s does not appear to have module source located within it.", sourceDir), "Build halted.")
 	}
 	if err := e.checkHeaders(t.Kernel); err != nil {
 		return err
 	}
-	if err := e.checkBuildDepends(t, conf); err != nil {
-		return err
-	}
-	sign, err := e.prepareSigning(ctx, t.Kernel)
-	if err != nil {
-		return err
-	}
-	e.info("")
-	e.Sink.Emit(Event{Type: BuildStarted, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch})
+	return e.checkBuildDepends(t, conf)
+}
 
-	// The build happens in <m>/<v>/build: dkms.conf MAKE lines name that
-	// path, so it cannot move. It is kept, with its make.log, on failure.
-	if err := os.RemoveAll(buildDir); err != nil {
-		return fmt.Errorf("clean %s: %w", buildDir, err)
+// buildRun is one build under way in <m>/<v>/build, logging to its
+// make.log.
+type buildRun struct {
+	e                  *Env
+	t                  Target
+	start              time.Time
+	vdir, dir, logPath string
+	log                *os.File
+}
+
+// startBuild makes a fresh build dir from the source. The build happens
+// in <m>/<v>/build: dkms.conf MAKE lines name that path, so it cannot
+// move. It is kept, with its make.log, on failure.
+func (e *Env) startBuild(t Target, start time.Time) (*buildRun, error) {
+	vdir := e.Layout.VersionDir(t.Module, t.Version)
+	r := &buildRun{e: e, t: t, start: start, vdir: vdir, dir: filepath.Join(vdir, "build")}
+	sourceDir := filepath.Join(vdir, "source")
+	if err := os.RemoveAll(r.dir); err != nil {
+		return nil, fmt.Errorf("clean %s: %w", r.dir, err)
 	}
-	if err := copyTree(sourceDir, buildDir); err != nil {
-		return fmt.Errorf("copy %s to %s: %w", sourceDir, buildDir, err)
+	if err := copyTree(sourceDir, r.dir); err != nil {
+		return nil, fmt.Errorf("copy %s to %s: %w", sourceDir, r.dir, err)
 	}
-	logPath := filepath.Join(buildDir, "make.log")
-	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	r.logPath = filepath.Join(r.dir, "make.log")
+	log, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return diskError(logPath, err)
+		return nil, diskError(r.logPath, err)
 	}
-	defer log.Close()
+	r.log = log
 	fmt.Fprintf(log, "DKMS (dkmsd) make.log for %s/%s for kernel %s (%s)\n%s\n\n", t.Module, t.Version, t.Kernel, t.Arch, time.Now().Format(time.UnixDate))
+	return r, nil
+}
 
-	failed := func(kind Kind, err error, lines ...string) error {
-		// build/make.log is where dkms users look, but the next kernel's
-		// build replaces it: keep a copy per kernel for the report.
-		kept := logPath
-		if os.MkdirAll(filepath.Dir(e.failedLog(t)), 0o755) == nil && copyFileAtomic(logPath, e.failedLog(t)) == nil {
-			kept = e.failedLog(t)
-		}
-		e.Sink.Emit(Event{Type: BuildFailed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
-			Log: kept, Duration: time.Since(start), Err: err, Text: strings.Join(lines, " ")})
-		return &Error{Kind: kind, Lines: lines, Err: err, Code: exitCode(err)}
+// failed reports the build's failure, keeping its log: build/make.log is
+// where dkms users look, but the next kernel's build replaces it, so a
+// copy per kernel is kept for the report.
+func (r *buildRun) failed(kind Kind, err error, lines ...string) error {
+	e, t := r.e, r.t
+	kept := r.logPath
+	if os.MkdirAll(filepath.Dir(e.failedLog(t)), 0o755) == nil && copyFileAtomic(r.logPath, e.failedLog(t)) == nil {
+		kept = e.failedLog(t)
 	}
+	e.Sink.Emit(Event{Type: BuildFailed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
+		Log: kept, Duration: time.Since(r.start), Err: err, Text: strings.Join(lines, " ")})
+	return &Error{Kind: kind, Lines: lines, Err: err, Code: exitCode(err)}
+}
 
+// compile applies the patches, runs PRE_BUILD and make, and checks that
+// every module the dkms.conf names was built.
+func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel, cc []string) error {
+	e, t, buildDir, log, logPath := r.e, r.t, r.dir, r.log, r.logPath
 	for _, p := range conf.Patches {
 		patch := filepath.Join(buildDir, "patches", p)
 		if !exists(patch) {
-			return failed(KindPatchMissing, nil, fmt.Sprintf("Patch %s as specified in dkms.conf cannot be", p), fmt.Sprintf("found in %s/patches/.", buildDir))
+			return r.failed(KindPatchMissing, nil, fmt.Sprintf("Patch %s as specified in dkms.conf cannot be", p), fmt.Sprintf("found in %s/patches/.", buildDir))
 		}
 		e.info("Applying patch %s...", p)
 		blk := startLogBlock(log, "Applying patch "+p, "patch -p1 < ./patches/"+p)
 		err := runArgv(ctx, buildDir, e.buildEnviron(), log, "patch", "-p1", "-i", patch)
 		blk.end(err)
 		if err != nil {
-			return failed(KindPatchFailed, err, fmt.Sprintf("Application of patch %s failed.", p), fmt.Sprintf("Check %s for more information.", buildDir))
+			return r.failed(KindPatchFailed, err, fmt.Sprintf("Application of patch %s failed.", p), fmt.Sprintf("Check %s for more information.", buildDir))
 		}
 	}
-
-	cc := e.kernelCC(t.Kernel)
 	if conf.PreBuild != "" {
 		if err := e.buildScript(ctx, "pre_build", buildDir, conf.PreBuild, log, cc); err != nil {
-			return failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
+			return r.failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
-
-	makeCmd := e.makeCommand(conf, t)
+	makeCmd := e.makeCommand(conf, t, k)
 	e.info("Building module(s)...")
 	if e.Verbose {
 		e.info("%s", makeCmd)
 	}
 	blk := startLogBlock(log, "Building module(s)", makeCmd)
-	err = e.runMake(ctx, buildDir, makeCmd, cc, log)
+	err := e.runMake(ctx, buildDir, makeCmd, cc, log)
 	blk.end(err)
 	if err != nil {
-		return failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
+		return r.failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
 	}
 	for _, m := range conf.Modules {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if !exists(ko) {
-			return failed(KindNoModuleBuilt, nil, fmt.Sprintf("Build of %s%s.ko failed for: %s (%s)", m.BuiltLocation, m.BuiltName, t.Kernel, t.Arch),
+			return r.failed(KindNoModuleBuilt, nil, fmt.Sprintf("Build of %s%s.ko failed for: %s (%s)", m.BuiltLocation, m.BuiltName, t.Kernel, t.Arch),
 				"Make sure the name and location of the generated module are correct,", fmt.Sprintf("or consult %s for more information.", logPath))
 		}
 	}
+	return nil
+}
 
-	// Stage module/ and log/ in a temporary dir beside the final one and
-	// rename it into place: the build is then either complete or absent.
-	kdir := filepath.Join(vdir, t.Kernel)
+// store stages module/ and log/ in a temporary dir beside the final one,
+// runs POST_BUILD, and renames the stage into place: the build is then
+// either complete or absent.
+func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, cc []string, sign *signer) error {
+	e, t, buildDir, log, logPath := r.e, r.t, r.dir, r.log, r.logPath
+	kdir := filepath.Join(r.vdir, t.Kernel)
 	if err := os.MkdirAll(kdir, 0o755); err != nil {
 		return diskError(kdir, err)
 	}
@@ -171,12 +231,12 @@ func (e *Env) build(ctx context.Context, t Target) error {
 		return diskError(kdir, err)
 	}
 	defer os.RemoveAll(stage)
-	if err := e.stageModules(ctx, t, conf, buildDir, stage, sign); err != nil {
-		return failed(KindInternal, err, err.Error())
+	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign); err != nil {
+		return r.failed(KindInternal, err, err.Error())
 	}
 	if conf.PostBuild != "" {
 		if err := e.buildScript(ctx, "post_build", buildDir, conf.PostBuild, log, cc); err != nil {
-			return failed(KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
+			return r.failed(KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
 	log.Close()
@@ -186,7 +246,7 @@ func (e *Env) build(ctx context.Context, t Target) error {
 	if err := copyFileAtomic(logPath, filepath.Join(stage, "log", "make.log")); err != nil {
 		return err
 	}
-	if cfg := e.kernelConfig(t.Kernel); cfg != "" {
+	if cfg := k.ConfigFile; cfg != "" {
 		_ = copyFileAtomic(cfg, filepath.Join(stage, "log", filepath.Base(cfg)))
 	}
 	if err := os.Chmod(stage, 0o755); err != nil {
@@ -199,15 +259,14 @@ func (e *Env) build(ctx context.Context, t Target) error {
 	os.RemoveAll(buildDir)
 	os.Remove(e.failedLog(t))
 	e.Sink.Emit(Event{Type: BuildFinished, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
-		Log: filepath.Join(final, "log", "make.log"), Duration: time.Since(start)})
+		Log: filepath.Join(final, "log", "make.log"), Duration: time.Since(r.start)})
 	return nil
 }
 
-// failedLog is where the log of a failed build of t is kept:
-// <dkms_tree>/.dkmsd/failed/<m>-<v>-<k>-<a>.log (a dot dir, out of dkms's
-// globs). A later successful build or remove deletes it.
+// failedLog is where the log of a failed build of t is kept. A later
+// successful build or remove deletes it.
 func (e *Env) failedLog(t Target) string {
-	return filepath.Join(e.Layout.DKMSTree, ".dkmsd", "failed", fmt.Sprintf("%s-%s-%s-%s.log", t.Module, t.Version, t.Kernel, t.Arch))
+	return e.Layout.FailedLog(t.Module, t.Version, t.Kernel, t.Arch)
 }
 
 // replaceDir moves the complete dir src to dst; an existing dst (a forced
@@ -226,7 +285,7 @@ func replaceDir(src, dst string) error {
 		}
 		return fmt.Errorf("replace %s: %w", dst, err)
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
 		return err
 	}
 	if old != "" {
@@ -237,12 +296,12 @@ func replaceDir(src, dst string) error {
 
 // stageModules strips, signs and compresses each built module into
 // <stage>/module under its DEST_MODULE_NAME.
-func (e *Env) stageModules(ctx context.Context, t Target, conf *tree.Conf, buildDir, stage string, sign *signer) error {
+func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, buildDir, stage string, sign *signer) error {
 	modDir := filepath.Join(stage, "module")
 	if err := os.MkdirAll(modDir, 0o755); err != nil {
 		return diskError(modDir, err)
 	}
-	suffix := e.moduleSuffix(t.Kernel)
+	suffix := k.moduleSuffix()
 	if sym := filepath.Join(buildDir, "Module.symvers"); exists(sym) {
 		if err := copyFileAtomic(sym, filepath.Join(modDir, "Module.symvers")); err != nil {
 			return err
@@ -280,7 +339,7 @@ func (e *Env) stageModules(ctx context.Context, t Target, conf *tree.Conf, build
 // makeCommand is the make line for t: the dkms.conf's (MAKE/MAKE_MATCH) or
 // the default kbuild call, with a leading "make" given dkms's -j and
 // KERNELRELEASE.
-func (e *Env) makeCommand(conf *tree.Conf, t Target) string {
+func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel) string {
 	cmd := conf.MakeCommand
 	if cmd == "" {
 		cmd = fmt.Sprintf("make -C %s M=%s", e.Layout.KernelBuildDir(t.Kernel), filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "build"))
@@ -297,7 +356,7 @@ func (e *Env) makeCommand(conf *tree.Conf, t Target) string {
 		}
 		cmd = fmt.Sprintf("make %sKERNELRELEASE=%s%s", jobs, t.Kernel, rest)
 	}
-	cfg := tree.ReadKernelConfig(e.kernelConfig(t.Kernel))
+	cfg := k.Config
 	if cfg["CONFIG_CC_IS_CLANG"] == "y" {
 		cmd += " CC=clang"
 	}
@@ -330,10 +389,10 @@ func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, cc []string
 	return runShell(ctx, buildDir, makeCmd, env, log, e.Jobserver.Files()...)
 }
 
-// kernelCC is the compiler the kernel was built with (CONFIG_CC_VERSION_TEXT,
+// cc is the compiler the kernel was built with (CONFIG_CC_VERSION_TEXT,
 // e.g. gcc-12) when it is installed, as CC=… for the build.
-func (e *Env) kernelCC(kernel string) []string {
-	text := tree.ReadKernelConfig(e.kernelConfig(kernel))["CONFIG_CC_VERSION_TEXT"]
+func (k buildKernel) cc() []string {
+	text := k.Config["CONFIG_CC_VERSION_TEXT"]
 	cc, _, _ := strings.Cut(text, " ")
 	if cc == "" {
 		return nil

@@ -11,4 +11,9 @@
 //	defer unlock()
 //	err = lifecycle.Install(ctx, env, lifecycle.Target{Module: "foo", Version: "1.0", Kernel: k, Arch: "x86_64"})
 //	os.Exit(lifecycle.ExitCode(err))
+//
+// A kernel arrived: build and install what it needs, update its initrd,
+// show and record the summary (what dkms autoinstall and every hook do):
+//
+//	sum, err := lifecycle.KernelArrived(ctx, env, lifecycle.KernelArrival{Name: "dkms autoinstall", Kernels: []string{k}, Arch: "x86_64"})
 package lifecycle

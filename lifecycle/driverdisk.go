@@ -32,14 +32,8 @@ type DriverDiskOptions struct {
 // redhat_driver_disk/ directory; as an ISO 9660 image (xorriso) or a
 // tarball. It returns the file written.
 func MakeDriverDisk(ctx context.Context, e *Env, module, version string, targets []Target, opts DriverDiskOptions) (string, error) {
-	if opts.Distro != "redhat" {
-		return "", fail(KindNotSupported, fmt.Sprintf("Driver disks for distribution %q are not supported: only -d redhat.", opts.Distro))
-	}
-	if opts.Media == "" {
-		opts.Media = "iso"
-	}
-	if opts.Media != "iso" && opts.Media != "tar" {
-		return "", fail(KindNotSupported, fmt.Sprintf("Driver disk media %q is not supported: use --media iso or tar.", opts.Media))
+	if err := opts.check(); err != nil {
+		return "", err
 	}
 	if err := e.RequireAdded(module, version); err != nil {
 		return "", err
@@ -52,96 +46,15 @@ func MakeDriverDisk(ctx context.Context, e *Env, module, version string, targets
 		return "", err
 	}
 	defer os.RemoveAll(disk)
-
-	var cpioRecs []cpio.Record
-	dirs := map[string]bool{}
-	infos := map[string]tree.ModInfo{}
-	var names []string
-	for _, t := range targets {
-		conf, err := e.readConf(ctx, e.confFile(module, version), t, false)
-		if err != nil {
-			return "", err
-		}
-		modDir := filepath.Join(e.Layout.BuiltDir(module, version, t.Kernel, t.Arch), "module")
-		if !isDir(modDir) {
-			return "", fail(KindNotBuilt, fmt.Sprintf("No modules built for %s (%s).", t.Kernel, t.Arch), "Modules must already be in the built state before using mkdriverdisk.")
-		}
-		e.info("Marking %s (%s) for the driver disk...", t.Kernel, t.Arch)
-		for _, d := range []string{t.Kernel, t.Kernel + "/" + t.Arch} {
-			if !dirs[d] {
-				dirs[d] = true
-				cpioRecs = append(cpioRecs, cpio.Directory(d, 0o755))
-			}
-		}
-		for _, m := range conf.Modules {
-			f := tree.FindModuleFile(modDir, m.DestName)
-			if f == "" {
-				return "", fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, modDir))
-			}
-			data, err := tree.ReadModuleFile(f)
-			if err != nil {
-				return "", err
-			}
-			name := path.Join(t.Kernel, t.Arch, m.DestName+".ko")
-			cpioRecs = append(cpioRecs, cpio.StaticRecord(data, cpio.Info{Name: name, Mode: cpio.S_IFREG | 0o644, NLink: 1}))
-			if _, seen := infos[m.DestName]; !seen {
-				info, err := tree.ParseModInfo(data)
-				if err != nil {
-					return "", fmt.Errorf("%s: %w", f, err)
-				}
-				infos[m.DestName] = info
-				names = append(names, m.DestName)
-			}
-		}
-	}
-	sort.Strings(names)
-	var arch bytes.Buffer
-	w := cpio.Newc.Writer(&arch)
-	for i, r := range cpioRecs {
-		r.Ino = uint64(i + 1)
-		if err := w.WriteRecord(cpio.MakeReproducible(r)); err != nil {
-			return "", err
-		}
-	}
-	if err := cpio.WriteTrailer(w); err != nil {
+	files, err := e.driverDiskFiles(ctx, module, version, targets)
+	if err != nil {
 		return "", err
-	}
-	var cgz bytes.Buffer
-	zw := gzip.NewWriter(&cgz)
-	if _, err := zw.Write(arch.Bytes()); err != nil {
-		return "", err
-	}
-	if err := zw.Close(); err != nil {
-		return "", err
-	}
-
-	files := map[string][]byte{
-		"rhdd":          []byte(fmt.Sprintf("DKMS driver disk for %s-%s\n", module, version)),
-		"modules.cgz":   cgz.Bytes(),
-		"modinfo":       []byte(ddModinfo(names, infos)),
-		"modules.dep":   []byte(ddModulesDep(names, infos)),
-		"modules.alias": []byte(ddModulesAlias(names, infos)),
-		"pcitable":      []byte(ddPcitable(names, infos)),
-	}
-	// The packager's own files win over the generated ones.
-	extra := filepath.Join(e.Layout.VersionDir(module, version), "source", "redhat_driver_disk")
-	if entries, err := os.ReadDir(extra); err == nil {
-		for _, en := range entries {
-			if en.Type().IsRegular() {
-				data, err := os.ReadFile(filepath.Join(extra, en.Name()))
-				if err != nil {
-					return "", err
-				}
-				files[en.Name()] = data
-			}
-		}
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(disk, name), data, 0o644); err != nil {
 			return "", err
 		}
 	}
-
 	ext := ".iso"
 	if opts.Media == "tar" {
 		ext = ".tar.gz"
@@ -159,29 +72,12 @@ func MakeDriverDisk(ctx context.Context, e *Env, module, version string, targets
 		for name := range files {
 			entries = append(entries, tarEntry{name: name, src: filepath.Join(disk, name)})
 		}
-		if data, err = writeTar(entries, out); err != nil {
-			return "", err
-		}
+		data, err = writeTar(entries, out)
 	} else {
-		isoDir, err := os.MkdirTemp(e.Layout.TmpDir, "dkmsd-iso-")
-		if err != nil {
-			return "", err
-		}
-		defer os.RemoveAll(isoDir)
-		iso := filepath.Join(isoDir, "dd.iso")
-		label := strings.ToUpper(strings.ReplaceAll(module, "-", "_"))
-		if len(label) > 32 {
-			label = label[:32]
-		}
-		var msg strings.Builder
-		cmd := exec.CommandContext(ctx, "xorriso", "-as", "mkisofs", "-quiet", "-V", label, "-R", "-J", "-o", iso, disk)
-		cmd.Stdout, cmd.Stderr = &msg, &msg
-		if err := cmd.Run(); err != nil {
-			return "", &Error{Kind: KindTarball, Lines: []string{"Could not write the ISO image with xorriso (apt-get install xorriso): " + strings.TrimSpace(msg.String())}, Err: err}
-		}
-		if data, err = os.ReadFile(iso); err != nil {
-			return "", err
-		}
+		data, err = e.driverDiskISO(ctx, module, disk)
+	}
+	if err != nil {
+		return "", err
 	}
 	if err := writeFileAtomic(out, data, 0o644); err != nil {
 		return "", err
@@ -189,6 +85,155 @@ func MakeDriverDisk(ctx context.Context, e *Env, module, version string, targets
 	e.info("")
 	e.info("Driver disk: %s", out)
 	return out, nil
+}
+
+// check refuses what dkmsd cannot make; the media defaults to iso.
+func (o *DriverDiskOptions) check() error {
+	if o.Distro != "redhat" {
+		return fail(KindNotSupported, fmt.Sprintf("Driver disks for distribution %q are not supported: only -d redhat.", o.Distro))
+	}
+	if o.Media == "" {
+		o.Media = "iso"
+	}
+	if o.Media != "iso" && o.Media != "tar" {
+		return fail(KindNotSupported, fmt.Sprintf("Driver disk media %q is not supported: use --media iso or tar.", o.Media))
+	}
+	return nil
+}
+
+// driverDiskFiles are the disk's files by name: the generated ones, then
+// the packager's own from redhat_driver_disk/, which win.
+func (e *Env) driverDiskFiles(ctx context.Context, module, version string, targets []Target) (map[string][]byte, error) {
+	mods, err := e.driverDiskModules(ctx, module, version, targets)
+	if err != nil {
+		return nil, err
+	}
+	names, infos := mods.names, mods.infos
+	files := map[string][]byte{
+		"rhdd":          []byte(fmt.Sprintf("DKMS driver disk for %s-%s\n", module, version)),
+		"modules.cgz":   mods.cgz,
+		"modinfo":       []byte(ddModinfo(names, infos)),
+		"modules.dep":   []byte(ddModulesDep(names, infos)),
+		"modules.alias": []byte(ddModulesAlias(names, infos)),
+		"pcitable":      []byte(ddPcitable(names, infos)),
+	}
+	extra := filepath.Join(e.Layout.VersionDir(module, version), "source", "redhat_driver_disk")
+	if entries, err := os.ReadDir(extra); err == nil {
+		for _, en := range entries {
+			if en.Type().IsRegular() {
+				data, err := os.ReadFile(filepath.Join(extra, en.Name()))
+				if err != nil {
+					return nil, err
+				}
+				files[en.Name()] = data
+			}
+		}
+	}
+	return files, nil
+}
+
+// ddModules is what the disk says about its modules: modules.cgz
+// (<kernel>/<arch>/<module>.ko for every target) and each module's
+// modinfo, by name.
+type ddModules struct {
+	cgz   []byte
+	names []string
+	infos map[string]tree.ModInfo
+}
+
+func (e *Env) driverDiskModules(ctx context.Context, module, version string, targets []Target) (*ddModules, error) {
+	var cpioRecs []cpio.Record
+	dirs := map[string]bool{}
+	mods := &ddModules{infos: map[string]tree.ModInfo{}}
+	for _, t := range targets {
+		conf, err := e.readConf(ctx, e.confFile(module, version), t, false)
+		if err != nil {
+			return nil, err
+		}
+		modDir := filepath.Join(e.Layout.BuiltDir(module, version, t.Kernel, t.Arch), "module")
+		if !isDir(modDir) {
+			return nil, fail(KindNotBuilt, fmt.Sprintf("No modules built for %s (%s).", t.Kernel, t.Arch), "Modules must already be in the built state before using mkdriverdisk.")
+		}
+		e.info("Marking %s (%s) for the driver disk...", t.Kernel, t.Arch)
+		for _, d := range []string{t.Kernel, t.Kernel + "/" + t.Arch} {
+			if !dirs[d] {
+				dirs[d] = true
+				cpioRecs = append(cpioRecs, cpio.Directory(d, 0o755))
+			}
+		}
+		for _, m := range conf.Modules {
+			f := tree.FindModuleFile(modDir, m.DestName)
+			if f == "" {
+				return nil, fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, modDir))
+			}
+			data, err := tree.ReadModuleFile(f)
+			if err != nil {
+				return nil, err
+			}
+			name := path.Join(t.Kernel, t.Arch, m.DestName+".ko")
+			cpioRecs = append(cpioRecs, cpio.StaticRecord(data, cpio.Info{Name: name, Mode: cpio.S_IFREG | 0o644, NLink: 1}))
+			if _, seen := mods.infos[m.DestName]; !seen {
+				info, err := tree.ParseModInfo(data)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", f, err)
+				}
+				mods.infos[m.DestName] = info
+				mods.names = append(mods.names, m.DestName)
+			}
+		}
+	}
+	sort.Strings(mods.names)
+	cgz, err := cgzArchive(cpioRecs)
+	if err != nil {
+		return nil, err
+	}
+	mods.cgz = cgz
+	return mods, nil
+}
+
+// cgzArchive is a reproducible gzipped newc archive of recs.
+func cgzArchive(recs []cpio.Record) ([]byte, error) {
+	var arch bytes.Buffer
+	w := cpio.Newc.Writer(&arch)
+	for i, r := range recs {
+		r.Ino = uint64(i + 1)
+		if err := w.WriteRecord(cpio.MakeReproducible(r)); err != nil {
+			return nil, err
+		}
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		return nil, err
+	}
+	var cgz bytes.Buffer
+	zw := gzip.NewWriter(&cgz)
+	if _, err := zw.Write(arch.Bytes()); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return cgz.Bytes(), nil
+}
+
+// driverDiskISO is the ISO 9660 image of the disk dir, made by xorriso.
+func (e *Env) driverDiskISO(ctx context.Context, module, disk string) ([]byte, error) {
+	isoDir, err := os.MkdirTemp(e.Layout.TmpDir, "dkmsd-iso-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(isoDir)
+	iso := filepath.Join(isoDir, "dd.iso")
+	label := strings.ToUpper(strings.ReplaceAll(module, "-", "_"))
+	if len(label) > 32 {
+		label = label[:32]
+	}
+	var msg strings.Builder
+	cmd := exec.CommandContext(ctx, "xorriso", "-as", "mkisofs", "-quiet", "-V", label, "-R", "-J", "-o", iso, disk)
+	cmd.Stdout, cmd.Stderr = &msg, &msg
+	if err := cmd.Run(); err != nil {
+		return nil, &Error{Kind: KindTarball, Lines: []string{"Could not write the ISO image with xorriso (apt-get install xorriso): " + strings.TrimSpace(msg.String())}, Err: err}
+	}
+	return os.ReadFile(iso)
 }
 
 // ddModinfo is anaconda's modinfo file (version 0): each module, its kind

@@ -97,7 +97,7 @@ func (e *Env) confFile(module, version string) string {
 	if e.ConfFile != "" {
 		return e.ConfFile
 	}
-	return filepath.Join(e.Layout.VersionDir(module, version), "source", "dkms.conf")
+	return e.Layout.ConfFile(module, version)
 }
 
 // kernelConfig is the kernel configuration file for BUILD_EXCLUSIVE_CONFIG

@@ -52,6 +52,14 @@ const (
 	KindNoConfInTarball             // ldtarball: no dkms.conf in it
 	KindTarballAdded                // ldtarball: module already added
 	KindVermagic                    // install: a module built for another kernel
+
+	// The command line's own mistakes, each with dkms's exit code.
+	KindUnknownOption     // an option dkms does not have (the usage follows)
+	KindTwoActions        // more than one action
+	KindBinariesAndSource // --binaries-only with --source-only
+	KindArchAndAll        // -a with --all
+	KindNoAll             // --all on an action that takes one module
+	KindEmptyTarget       // an empty kernel version or arch
 )
 
 // Error is a failure with the lines dkms would print after "Error! ".

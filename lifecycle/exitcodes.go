@@ -3,7 +3,8 @@ package lifecycle
 import "errors"
 
 // exitCodes maps failure kinds to dkms's exit codes: the one table every
-// binary (the dkms command, the hooks' summaries) takes them from.
+// binary (the dkms command and its usage errors, the hooks' summaries)
+// takes them from.
 var exitCodes = map[Kind]int{
 	KindInternal:        1,
 	KindUsage:           2,
@@ -46,6 +47,13 @@ var exitCodes = map[Kind]int{
 	KindNoConfInTarball: 3,
 	KindTarballAdded:    8,
 	KindVermagic:        6,
+
+	KindUnknownOption:     2,
+	KindTwoActions:        4,
+	KindBinariesAndSource: 8,
+	KindArchAndAll:        3,
+	KindNoAll:             5,
+	KindEmptyTarget:       16,
 }
 
 // ExitCode is dkms's exit status for err (0 for nil): a failing script's

@@ -9,41 +9,23 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
-// writeFileAtomic writes data to path through a temporary file beside it,
-// fsynced and renamed over path, so a crash leaves the old or the new file
-// and never a torn one.
+// writeFileAtomic writes data to path through atomicfile (the old file or
+// the new one survives a crash, never a torn one), naming the path, and the
+// full disk when that is why, if it fails.
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".dkmsd-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return diskError(path, err)
+	err := atomicfile.Write(path, data, mode, "")
+	var ae *atomicfile.Error
+	if !errors.As(err, &ae) {
+		return err
 	}
-	name := tmp.Name()
-	cleanup := func(err error) error {
-		tmp.Close()
-		os.Remove(name)
-		return diskError(path, err)
+	if ae.Op == atomicfile.OpSyncDir {
+		return ae.Err
 	}
-	if _, err := tmp.Write(data); err != nil {
-		return cleanup(err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return cleanup(err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return cleanup(err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(name)
-		return diskError(path, err)
-	}
-	if err := os.Rename(name, path); err != nil {
-		os.Remove(name)
-		return diskError(path, err)
-	}
-	return syncDir(dir)
+	return diskError(path, ae.Err)
 }
 
 // copyFileAtomic copies src to dst atomically.
@@ -70,19 +52,7 @@ func symlinkAtomic(target, link string) error {
 		os.Remove(tmp)
 		return diskError(link, err)
 	}
-	return syncDir(filepath.Dir(link))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return nil
+	return atomicfile.SyncDir(filepath.Dir(link))
 }
 
 // diskError names the path a write failed on, and the full disk when

@@ -45,7 +45,7 @@ type InitrdOptions struct {
 func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts InitrdOptions) (rep *initrd.Report, err error) {
 	defer func() {
 		if err == nil {
-			os.Remove(e.initrdPendingPath(kernel))
+			os.Remove(e.Layout.InitrdPendingFile(kernel))
 		}
 	}()
 	switch tool := e.Framework.InitrdTool; tool {
@@ -68,7 +68,7 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 	if err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
 	}
-	statePath := filepath.Join(e.Layout.DKMSTree, ".dkmsd", "initrd", kernel+".json")
+	statePath := e.Layout.InitrdStateFile(kernel)
 	state := initrd.LoadState(statePath)
 	baseLen := state.BaseLenOf(img.Data)
 	base := img

@@ -58,31 +58,10 @@ func (e *Env) install(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
-	type planned struct {
-		spec  tree.ModuleSpec
-		built string
+	plan, err := e.planInstall(t, k, conf)
+	if err != nil {
+		return err
 	}
-	var plan []planned
-	release := k.Release()
-	for _, m := range conf.Modules {
-		f := tree.FindModuleFile(builtDir, m.DestName)
-		if f == "" {
-			return fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, builtDir))
-		}
-		// A module built for another kernel would not load: refuse it
-		// before anything is written.
-		info, err := tree.ReadModInfo(f)
-		if err != nil {
-			return fail(KindVermagic, fmt.Sprintf("%s is not a kernel module: %v", f, err))
-		}
-		if got, _, _ := strings.Cut(info.Get("vermagic"), " "); got != release {
-			return fail(KindVermagic, fmt.Sprintf("%s was built for kernel %q (vermagic %q), not for %s.", f, got, info.Get("vermagic"), release),
-				"Refusing to install it; rebuild it with: dkms build --force "+t.Module+"/"+t.Version+" -k "+t.Kernel)
-		}
-		plan = append(plan, planned{m, f})
-	}
-
 	if conf.PreInstall != "" {
 		e.info("")
 		e.info("Running the pre_install script:")
@@ -93,50 +72,9 @@ func (e *Env) install(ctx context.Context, t Target) error {
 			return fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force.")
 		}
 	}
-
-	hadLink := exists(e.Layout.KernelLink(t.Module, t.Kernel, t.Arch))
-	var dests []string
-	for _, p := range plan {
-		dests = append(dests, filepath.Join(k.Dir, p.spec.DestLocation, filepath.Base(p.built)))
-	}
-	if err := e.begin("install", t, dests); err != nil {
+	done, err := e.placeModules(t, k, conf, plan)
+	if err != nil {
 		return err
-	}
-	var done []string
-	for _, p := range plan {
-		name := filepath.Base(p.built)
-		e.info("")
-		e.info("%s:", name)
-		ok, err := e.sanityCheck(t, conf, p.spec, p.built)
-		if err != nil {
-			return e.rollbackInstall(t, done, err)
-		}
-		if !ok {
-			continue
-		}
-		if !hadLink {
-			if err := e.archiveOriginal(t, p.spec, p.built); err != nil {
-				return e.rollbackInstall(t, done, err)
-			}
-		}
-		destDir := filepath.Join(k.Dir, p.spec.DestLocation)
-		if err := os.MkdirAll(destDir, 0o755); err != nil {
-			return e.rollbackInstall(t, done, diskError(destDir, err))
-		}
-		dest := filepath.Join(destDir, name)
-		e.info("Installing %s", dest)
-		if e.SymlinkModules {
-			err = symlinkAtomic(p.built, dest)
-		} else {
-			err = copyFileAtomic(p.built, dest)
-		}
-		if err != nil {
-			return e.rollbackInstall(t, done, err)
-		}
-		done = append(done, dest)
-	}
-	if len(plan) > 0 && len(done) == 0 {
-		return e.rollbackInstall(t, done, fail(KindInstallAborted, "Installation aborted."))
 	}
 	if err := symlinkAtomic(filepath.Join(t.Version, t.Kernel, t.Arch), e.Layout.KernelLink(t.Module, t.Kernel, t.Arch)); err != nil {
 		return e.rollbackInstall(t, done, err)
@@ -148,21 +86,107 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		_, _ = e.runScript(ctx, "post_install", e.sourceDir(t), conf.PostInstall, out)
 		out.Flush()
 	}
-	if e.DeferDepmod {
-		// The batch runs depmod for the kernel and then drops the
-		// intent (commitKernel): a kill before that is rolled forward.
-		e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
-			Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
-		return nil
+	return e.finishInstall(ctx, t)
+}
+
+// plannedModule is a built module file and the record it installs as.
+type plannedModule struct {
+	spec  tree.ModuleSpec
+	built string
+}
+
+// planInstall finds every built module file, refusing, before anything is
+// written, a module built for another kernel: it would not load.
+func (e *Env) planInstall(t Target, k tree.Kernel, conf *tree.Conf) ([]plannedModule, error) {
+	builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
+	var plan []plannedModule
+	release := k.Release()
+	for _, m := range conf.Modules {
+		f := tree.FindModuleFile(builtDir, m.DestName)
+		if f == "" {
+			return nil, fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, builtDir))
+		}
+		info, err := tree.ReadModInfo(f)
+		if err != nil {
+			return nil, fail(KindVermagic, fmt.Sprintf("%s is not a kernel module: %v", f, err))
+		}
+		if got, _, _ := strings.Cut(info.Get("vermagic"), " "); got != release {
+			return nil, fail(KindVermagic, fmt.Sprintf("%s was built for kernel %q (vermagic %q), not for %s.", f, got, info.Get("vermagic"), release),
+				"Refusing to install it; rebuild it with: dkms build --force "+t.Module+"/"+t.Version+" -k "+t.Kernel)
+		}
+		plan = append(plan, plannedModule{m, f})
 	}
-	e.info("Running depmod...")
-	if err := e.depmod(ctx, t.Kernel); err != nil {
-		e.warn("%v", err)
-		_ = e.uninstall(ctx, t)
+	return plan, nil
+}
+
+// placeModules records the intent, then puts each module that passes the
+// sanity check in place, keeping the originals it displaces on a first
+// install. It returns the files placed; on failure, everything is rolled
+// back and the error says why.
+func (e *Env) placeModules(t Target, k tree.Kernel, conf *tree.Conf, plan []plannedModule) ([]string, error) {
+	hadLink := exists(e.Layout.KernelLink(t.Module, t.Kernel, t.Arch))
+	var dests []string
+	for _, p := range plan {
+		dests = append(dests, filepath.Join(k.Dir, p.spec.DestLocation, filepath.Base(p.built)))
+	}
+	if err := e.begin("install", t, dests); err != nil {
+		return nil, err
+	}
+	var done []string
+	for _, p := range plan {
+		name := filepath.Base(p.built)
+		e.info("")
+		e.info("%s:", name)
+		ok, err := e.sanityCheck(t, conf, p.spec, p.built)
+		if err != nil {
+			return nil, e.rollbackInstall(t, done, err)
+		}
+		if !ok {
+			continue
+		}
+		if !hadLink {
+			if err := e.archiveOriginal(t, p.spec, p.built); err != nil {
+				return nil, e.rollbackInstall(t, done, err)
+			}
+		}
+		destDir := filepath.Join(k.Dir, p.spec.DestLocation)
+		if err := os.MkdirAll(destDir, 0o755); err != nil {
+			return nil, e.rollbackInstall(t, done, diskError(destDir, err))
+		}
+		dest := filepath.Join(destDir, name)
+		e.info("Installing %s", dest)
+		if e.SymlinkModules {
+			err = symlinkAtomic(p.built, dest)
+		} else {
+			err = copyFileAtomic(p.built, dest)
+		}
+		if err != nil {
+			return nil, e.rollbackInstall(t, done, err)
+		}
+		done = append(done, dest)
+	}
+	if len(plan) > 0 && len(done) == 0 {
+		return nil, e.rollbackInstall(t, done, fail(KindInstallAborted, "Installation aborted."))
+	}
+	return done, nil
+}
+
+// finishInstall runs depmod (a failure uninstalls the module again) and
+// drops the intent, unless the batch runs depmod once for the kernel.
+func (e *Env) finishInstall(ctx context.Context, t Target) error {
+	// Under DeferDepmod the batch runs depmod for the kernel and then
+	// drops the intent (commitKernel): a kill before that is rolled
+	// forward.
+	if !e.DeferDepmod {
+		e.info("Running depmod...")
+		if err := e.depmod(ctx, t.Kernel); err != nil {
+			e.warn("%v", err)
+			_ = e.uninstall(ctx, t)
+			e.commit(t)
+			return &Error{Kind: KindDepmod, Err: err, Lines: []string{"Problems with depmod detected. Automatically uninstalling this module.", "Install Failed (depmod problems). Module rolled back to built state."}}
+		}
 		e.commit(t)
-		return &Error{Kind: KindDepmod, Err: err, Lines: []string{"Problems with depmod detected. Automatically uninstalling this module.", "Install Failed (depmod problems). Module rolled back to built state."}}
 	}
-	e.commit(t)
 	e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 		Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
 	return nil

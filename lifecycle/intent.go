@@ -21,17 +21,15 @@ type intent struct {
 	Files []string `json:"files"`
 }
 
-func (e *Env) intentDir() string { return filepath.Join(e.Layout.DKMSTree, ".dkmsd", "intent") }
-
 func (e *Env) intentPath(t Target) string {
-	return filepath.Join(e.intentDir(), fmt.Sprintf("%s--%s--%s--%s.json", t.Module, t.Version, t.Kernel, t.Arch))
+	return filepath.Join(e.Layout.IntentDir(), fmt.Sprintf("%s--%s--%s--%s.json", t.Module, t.Version, t.Kernel, t.Arch))
 }
 
 // begin records an intent before the first change.
 func (e *Env) begin(op string, t Target, files []string) error {
 	e.MarkInitrdPending(t.Kernel, t.Arch)
-	if err := os.MkdirAll(e.intentDir(), 0o755); err != nil {
-		return diskError(e.intentDir(), err)
+	if err := os.MkdirAll(e.Layout.IntentDir(), 0o755); err != nil {
+		return diskError(e.Layout.IntentDir(), err)
 	}
 	b, err := json.Marshal(intent{Op: op, Target: t, Files: files})
 	if err != nil {
@@ -48,7 +46,7 @@ func (e *Env) commit(t Target) {
 // commitKernel drops the intents a batch left for kernel once its depmod
 // has run.
 func (e *Env) commitKernel(kernel string) {
-	matches, _ := filepath.Glob(filepath.Join(e.intentDir(), "*--"+kernel+"--*.json"))
+	matches, _ := filepath.Glob(filepath.Join(e.Layout.IntentDir(), "*--"+kernel+"--*.json"))
 	for _, m := range matches {
 		var in intent
 		if b, err := os.ReadFile(m); err == nil && json.Unmarshal(b, &in) == nil && in.Kernel == kernel {
@@ -62,7 +60,7 @@ func (e *Env) commitKernel(kernel string) {
 func Recover(ctx context.Context, e *Env) {
 	e.sweepTemps()
 	e.initrdPending(ctx)
-	entries, err := os.ReadDir(e.intentDir())
+	entries, err := os.ReadDir(e.Layout.IntentDir())
 	if err != nil {
 		return
 	}
@@ -70,7 +68,7 @@ func Recover(ctx context.Context, e *Env) {
 		if !strings.HasSuffix(en.Name(), ".json") {
 			continue
 		}
-		p := filepath.Join(e.intentDir(), en.Name())
+		p := filepath.Join(e.Layout.IntentDir(), en.Name())
 		b, err := os.ReadFile(p)
 		var in intent
 		if err != nil || json.Unmarshal(b, &in) != nil || checkNames(in.Module, in.Version) != nil {
@@ -141,16 +139,16 @@ func (e *Env) sweepTemps() {
 		filepath.Join(t, "*", ".dkmsd-remove-*"),            // remove renames
 		filepath.Join(t, "*", ".dkmsd-link-*"),              // kernel links
 		filepath.Join(t, "*", "original_module", "*", "*", ".dkmsd-*"),
-		filepath.Join(t, ".dkmsd", "*", ".dkmsd-*"),
-		filepath.Join(t, ".dkmsd", ".dkmsd-*"),
+		filepath.Join(e.Layout.StateDir(), "*", ".dkmsd-*"),
+		filepath.Join(e.Layout.StateDir(), ".dkmsd-*"),
 		filepath.Join(e.Layout.InstallTree, "*", "updates", "dkms", ".dkmsd-*"),
 		filepath.Join(e.Layout.BootDir, ".initrd.img-*.dkmsd-*"),
 		filepath.Join(e.Layout.BootDir, ".initramfs-*.dkmsd-*"),
 	}
-	if entries, err := os.ReadDir(e.intentDir()); err == nil {
+	if entries, err := os.ReadDir(e.Layout.IntentDir()); err == nil {
 		for _, en := range entries {
 			var in intent
-			if b, err := os.ReadFile(filepath.Join(e.intentDir(), en.Name())); err == nil && json.Unmarshal(b, &in) == nil {
+			if b, err := os.ReadFile(filepath.Join(e.Layout.IntentDir(), en.Name())); err == nil && json.Unmarshal(b, &in) == nil {
 				for _, f := range in.Files {
 					patterns = append(patterns, filepath.Join(filepath.Dir(f), ".dkmsd-*"))
 				}
@@ -172,12 +170,6 @@ func (e *Env) sweepTemps() {
 	}
 }
 
-// initrdPendingPath marks a kernel whose modules changed and whose initrd
-// has not been brought up to date yet.
-func (e *Env) initrdPendingPath(kernel string) string {
-	return filepath.Join(e.Layout.DKMSTree, ".dkmsd", "initrd", kernel+".pending")
-}
-
 // MarkInitrdPending records that kernel's initrd needs regenerating; the
 // initrd step clears it, and a process killed before that step leaves it
 // for the next one.
@@ -185,7 +177,7 @@ func (e *Env) MarkInitrdPending(kernel, arch string) {
 	if e.NoInitrd || e.InitrdPath(kernel) == "" {
 		return
 	}
-	p := e.initrdPendingPath(kernel)
+	p := e.Layout.InitrdPendingFile(kernel)
 	if os.MkdirAll(filepath.Dir(p), 0o755) == nil {
 		_ = writeFileAtomic(p, []byte(arch+"\n"), 0o644)
 	}
@@ -193,11 +185,11 @@ func (e *Env) MarkInitrdPending(kernel, arch string) {
 
 // InitrdHandled says the kernel's initrd is taken care of by someone else
 // (the distribution's generator runs next): nothing is pending for it.
-func (e *Env) InitrdHandled(kernel string) { os.Remove(e.initrdPendingPath(kernel)) }
+func (e *Env) InitrdHandled(kernel string) { os.Remove(e.Layout.InitrdPendingFile(kernel)) }
 
 // initrdPending regenerates the initrds a killed process left stale.
 func (e *Env) initrdPending(ctx context.Context) {
-	matches, _ := filepath.Glob(filepath.Join(e.Layout.DKMSTree, ".dkmsd", "initrd", "*.pending"))
+	matches, _ := filepath.Glob(e.Layout.InitrdPendingFile("*"))
 	for _, m := range matches {
 		kernel := strings.TrimSuffix(filepath.Base(m), ".pending")
 		b, _ := os.ReadFile(m)

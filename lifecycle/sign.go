@@ -19,17 +19,17 @@ type signer struct {
 // prepareSigning decides how modules for kernel are signed, printing what
 // dkms prints, and generates the MOK key pair on first use. A nil signer
 // means modules are not signed (the reason has been reported).
-func (e *Env) prepareSigning(ctx context.Context, kernel string) (*signer, error) {
+func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error) {
+	kernel := k.Version
 	fw, err := tree.ReadFramework(ctx, e.Layout.ConfDir, kernel, e.Environ, &lineWriter{sink: e.Sink, typ: Warning})
 	if err != nil {
 		return nil, fmt.Errorf("read framework.conf for signing: %w", err)
 	}
-	cfgFile := e.kernelConfig(kernel)
-	if cfgFile == "" {
-		e.info("Kernel config %s not found, modules won't be signed", filepath.Join(e.Layout.KernelBuildDir(kernel), ".config"))
+	if k.ConfigFile == "" {
+		e.info("Kernel config %s not found, modules won't be signed", filepath.Join(k.BuildDir, ".config"))
 		return nil, nil
 	}
-	hash := tree.ReadKernelConfig(cfgFile)["CONFIG_MODULE_SIG_HASH"]
+	hash := k.Config["CONFIG_MODULE_SIG_HASH"]
 	if hash == "" {
 		e.info("The kernel is built without module signing facility, modules won't be signed")
 		return nil, nil
@@ -40,7 +40,7 @@ func (e *Env) prepareSigning(ctx context.Context, kernel string) (*signer, error
 			s.file = fmt.Sprintf("/usr/lib/linux-kbuild-%s/scripts/sign-file", trimLastComponent(kernel))
 		}
 		if !exists(s.file) {
-			s.file = filepath.Join(e.Layout.KernelBuildDir(kernel), "scripts", "sign-file")
+			s.file = filepath.Join(k.BuildDir, "scripts", "sign-file")
 		}
 	}
 	e.info("Sign command: %s", s.file)

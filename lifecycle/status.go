@@ -108,7 +108,7 @@ func (e *Env) moduleStatus(ctx context.Context, mv tree.ModuleVersion, kernelGlo
 			"Manual intervention is required!"}}}
 	}
 	var lines []StatusLine
-	confFile := filepath.Join(e.Layout.VersionDir(mv.Name, mv.Version), "source", "dkms.conf")
+	confFile := e.Layout.ConfFile(mv.Name, mv.Version)
 	for _, b := range e.Layout.Builds(mv.Name, mv.Version, kernelGlob, archGlob) {
 		t := Target{Module: mv.Name, Version: mv.Version, Kernel: b.Kernel, Arch: b.Arch}
 		conf, err := e.statusConf(ctx, confFile, t)

@@ -23,15 +23,15 @@ func TestModuleSuffixFollowsKernelConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := e.moduleSuffix("6.9.0-1-test"); got != ".ko" {
+	if got := e.buildKernel("6.9.0-1-test").moduleSuffix(); got != ".ko" {
 		t.Errorf("no config: %q", got)
 	}
 	write(filepath.Join(kdir, "modules.dep"), "kernel/fs/x.ko.xz:\n")
-	if got := e.moduleSuffix("6.9.0-1-test"); got != ".ko.xz" {
+	if got := e.buildKernel("6.9.0-1-test").moduleSuffix(); got != ".ko.xz" {
 		t.Errorf("modules.dep with .ko.xz: %q", got)
 	}
 	write(filepath.Join(build, ".config"), "CONFIG_MODULE_COMPRESS_ZSTD=y\n")
-	if got := e.moduleSuffix("6.9.0-1-test"); got != ".ko.zst" {
+	if got := e.buildKernel("6.9.0-1-test").moduleSuffix(); got != ".ko.zst" {
 		t.Errorf("CONFIG_MODULE_COMPRESS_ZSTD=y: %q", got)
 	}
 }

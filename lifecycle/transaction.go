@@ -6,12 +6,6 @@ import (
 	"path/filepath"
 )
 
-// transactionFile keeps the last transaction for D-Bus's
-// GetLastTransaction.
-func (e *Env) transactionFile() string {
-	return filepath.Join(e.Layout.DKMSTree, ".dkmsd", "last-transaction.json")
-}
-
 // SaveTransaction records t as the last transaction and reports it.
 func SaveTransaction(e *Env, t Transaction) error {
 	e.Sink.Emit(t.Event())
@@ -19,16 +13,16 @@ func SaveTransaction(e *Env, t Transaction) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(e.transactionFile()), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(e.Layout.TransactionFile()), 0o755); err != nil {
 		return err
 	}
-	return writeFileAtomic(e.transactionFile(), append(b, '\n'), 0o644)
+	return writeFileAtomic(e.Layout.TransactionFile(), append(b, '\n'), 0o644)
 }
 
 // LastTransaction reads the last recorded transaction (zero if none).
 func LastTransaction(e *Env) (Transaction, error) {
 	var t Transaction
-	b, err := os.ReadFile(e.transactionFile())
+	b, err := os.ReadFile(e.Layout.TransactionFile())
 	if os.IsNotExist(err) {
 		return t, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
 // Uninstall removes t's modules from the kernel's module dir, puts back
@@ -66,7 +67,7 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 		if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
 			return fmt.Errorf("uninstall %s: %w", link, err)
 		}
-		if err := syncDir(filepath.Dir(link)); err != nil {
+		if err := atomicfile.SyncDir(filepath.Dir(link)); err != nil {
 			return err
 		}
 	} else {

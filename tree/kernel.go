@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kernel is one kernel known to the install tree.
@@ -56,9 +58,12 @@ func (k Kernel) Exists() bool {
 // HasHeaders reports whether the kernel's build dir has headers
 // (<build>/include), the test dkms uses.
 func (k Kernel) HasHeaders() bool {
-	fi, err := os.Stat(filepath.Join(k.BuildDir, "include"))
+	fi, err := os.Stat(k.HeadersDir())
 	return err == nil && fi.IsDir()
 }
+
+// HeadersDir is <build>/include, which a headers package brings.
+func (k Kernel) HeadersDir() string { return filepath.Join(k.BuildDir, "include") }
 
 // ConfigFile is the kernel configuration in the build dir ("" if none):
 // include/config/auto.conf as kbuild wrote it, else .config.
@@ -129,4 +134,24 @@ func (k Kernel) Release() string {
 		}
 	}
 	return k.Version
+}
+
+// RunningKernel is the release of the kernel this machine runs ("" if
+// uname fails): the template a new kernel's modules are matched from, and
+// dkms's default -k.
+func RunningKernel() string {
+	return uname(func(u *unix.Utsname) []byte { return u.Release[:] })
+}
+
+// MachineArch is this machine's arch as uname says it (dkms's default -a).
+func MachineArch() string {
+	return uname(func(u *unix.Utsname) []byte { return u.Machine[:] })
+}
+
+func uname(field func(*unix.Utsname) []byte) string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(field(&u))
 }

@@ -74,6 +74,12 @@ func (l Layout) OriginalDir(module, kernel, arch string) string {
 	return filepath.Join(l.DKMSTree, module, "original_module", kernel, arch)
 }
 
+// ConfFile is the tree's copy of a module version's dkms.conf:
+// <dkms_tree>/<module>/<version>/source/dkms.conf.
+func (l Layout) ConfFile(module, version string) string {
+	return filepath.Join(l.VersionDir(module, version), "source", "dkms.conf")
+}
+
 // SourceDir is <source_tree>/<module>-<version>.
 func (l Layout) SourceDir(module, version string) string {
 	return filepath.Join(l.SourceTree, module+"-"+version)
@@ -88,6 +94,38 @@ func (l Layout) KernelBuildDir(kernel string) string {
 		return l.KernelSourceDir
 	}
 	return filepath.Join(l.InstallTree, kernel, "build")
+}
+
+// StateDir is <dkms_tree>/.dkmsd, where dkmsd keeps its own records
+// beside dkms's tree: a dot dir, out of dkms's module globs. Every path in
+// it comes from the methods below.
+func (l Layout) StateDir() string { return filepath.Join(l.DKMSTree, ".dkmsd") }
+
+// HookStateDir is what the hooks remember between runs.
+func (l Layout) HookStateDir() string { return filepath.Join(l.StateDir(), "hooks") }
+
+// TransactionFile keeps the last transaction, for D-Bus's
+// GetLastTransaction.
+func (l Layout) TransactionFile() string { return filepath.Join(l.StateDir(), "last-transaction.json") }
+
+// InitrdStateFile records where a kernel's initrd ends when dkmsd appended
+// a segment to it.
+func (l Layout) InitrdStateFile(kernel string) string {
+	return filepath.Join(l.StateDir(), "initrd", kernel+".json")
+}
+
+// InitrdPendingFile marks a kernel whose initrd is not up to date yet;
+// InitrdPendingFile("*") is the glob of them all.
+func (l Layout) InitrdPendingFile(kernel string) string {
+	return filepath.Join(l.StateDir(), "initrd", kernel+".pending")
+}
+
+// IntentDir holds the intents of installs and uninstalls under way.
+func (l Layout) IntentDir() string { return filepath.Join(l.StateDir(), "intent") }
+
+// FailedLog keeps the log of a failed build until a later build or remove.
+func (l Layout) FailedLog(module, version, kernel, arch string) string {
+	return filepath.Join(l.StateDir(), "failed", module+"-"+version+"-"+kernel+"-"+arch+".log")
 }
 
 // Distro is the distribution family as dkms derives it from os-release:

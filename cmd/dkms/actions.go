@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -17,7 +18,7 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return lifecycle.GenerateMOK(ctx, env)
 	case "add", "build", "install":
 		if a.all {
-			return &usageError{code: 5, lines: []string{fmt.Sprintf("The action %s does not support the --all parameter.", a.action)}}
+			return usageErr(lifecycle.KindNoAll, fmt.Sprintf("The action %s does not support the --all parameter.", a.action))
 		}
 	case "remove", "unbuild", "uninstall":
 		if err := requireModuleArgs(a); err != nil {
@@ -86,14 +87,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
 	}
 	// remove, unbuild, uninstall work on modules in the tree.
-	if _, ok := env.Layout.Lookup(a.module, a.version); !ok {
-		return &lifecycle.Error{Kind: lifecycle.KindNotAdded, Lines: []string{
-			fmt.Sprintf("The module/version combo: %s-%s is not located in the DKMS tree.", a.module, a.version)}}
-	}
-	if mv, _ := env.Layout.Lookup(a.module, a.version); mv.Broken {
-		return &lifecycle.Error{Kind: lifecycle.KindBroken, Lines: []string{
-			fmt.Sprintf("%s/%s is broken!", a.module, a.version),
-			"Missing the source directory or the symbolic link pointing to it.", "Manual intervention is required!"}}
+	if err := env.RequireAdded(a.module, a.version); err != nil {
+		return err
 	}
 	switch a.action {
 	case "uninstall":
@@ -137,3 +132,5 @@ func status(ctx context.Context, a *args, env *lifecycle.Env) error {
 	}
 	return nil
 }
+
+func bufferedStdout() *bufio.Writer { return bufio.NewWriterSize(os.Stdout, 64*1024) }

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
 )
 
 // args is a parsed dkms command line. The grammar is dkms's: options and
@@ -38,14 +40,11 @@ type args struct {
 	warnings                                         []string
 }
 
-// usageError is a command-line error with dkms's exit code.
-type usageError struct {
-	code      int
-	lines     []string
-	showUsage bool
+// usageErr is a command-line error; its exit code comes from lifecycle's
+// table, like every other failure's.
+func usageErr(kind lifecycle.Kind, lines ...string) error {
+	return &lifecycle.Error{Kind: kind, Lines: lines}
 }
-
-func (u *usageError) Error() string { return strings.Join(u.lines, "\n") }
 
 var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|initrd|initrd-modules|dbus-service|kernel_(preinst|postinst|prerm))$`)
 
@@ -58,151 +57,157 @@ func parseArgs(argv []string) (*args, error) {
 	a := &args{}
 	for i := 0; i < len(argv); i++ {
 		w := argv[i]
-		// value returns the option's value: after "=" for long forms,
-		// else the next word.
-		value := func(long bool) string {
-			if long {
-				if _, v, ok := strings.Cut(w, "="); ok {
-					return v
-				}
-			}
+		// next takes the following word as the option's value.
+		next := func() string {
 			if i+1 < len(argv) {
 				i++
 				return argv[i]
 			}
 			return ""
 		}
-		switch w {
-		case "-m":
-			a.setModule(value(false))
-			continue
-		case "-v":
-			a.version = value(false)
-			continue
-		case "-k":
-			a.addKernel(value(false))
-			continue
-		case "-a":
-			a.arches = append(a.arches, value(false))
-			continue
-		case "-c":
-			a.conf = value(false)
-			continue
-		case "-j":
-			a.jobs = value(false)
-			continue
-		case "-d":
-			a.distro = value(false)
-			continue
-		case "-q", "--quiet":
-			a.quiet = true
-			continue
-		case "-V", "--version":
-			a.version_ = true
-			continue
-		case "-h", "--help":
-			a.help = true
-			continue
-		case "--no-initrd":
-			a.noInitrd = true // dkmsd regenerates initrds; this turns it off
-			continue
-		case "--no-clean-kernel", "--no-prepare-kernel":
-			a.warnings = append(a.warnings, "Deprecated feature: "+w)
-			continue
-		case "--binaries-only":
-			a.binariesOnly = true
-			continue
-		case "--source-only":
-			a.sourceOnly = true
-			continue
-		case "--force":
-			a.force = true
-			continue
-		case "--force-version-override":
-			a.forceVersionOverride = true
-			continue
-		case "--all":
-			a.all = true
-			continue
-		case "--verbose":
-			a.verbose = true
-			continue
-		case "--rpm_safe_upgrade":
-			a.force = true
-			continue
-		case "--no-depmod":
-			a.noDepmod = true
-			continue
-		case "--modprobe-on-install":
-			a.modprobeOnInstall = true
-			continue
-		case "--symlink-modules":
-			a.symlinkModules = true
-			continue
-		case "--debug":
+		if a.shortOption(w, next) || a.flag(w) {
 			continue
 		}
 		if opt := longOption(w); opt != "" {
-			v := value(true)
-			switch opt {
-			case "--module":
-				a.setModule(v)
-			case "--kernelver":
-				a.addKernel(v)
-			case "--templatekernel":
-				a.templateKernel = v
-			case "--dkmstree":
-				a.dkmsTree = v
-			case "--sourcetree":
-				a.sourceTree = v
-			case "--installtree":
-				a.installTree = v
-			case "--config":
-				a.kernelConfig = v
-			case "--archive":
-				a.archive = v
-			case "--arch":
-				a.arches = append(a.arches, v)
-			case "--kernelsourcedir":
-				a.kernelSourceDir = v
-			case "--directive":
-				a.directives = append(a.directives, v)
-			case "--root":
-				a.root = v
-			case "--initrd-strategy":
-				a.initrdStrategy = v
-			case "--distro":
-				a.distro = v
-			case "--media":
-				a.media = v
+			_, v, ok := strings.Cut(w, "=")
+			if !ok {
+				v = next()
 			}
+			a.setLong(opt, v)
 			continue
 		}
 		if strings.HasPrefix(w, "-") {
-			return nil, &usageError{code: 2, lines: []string{" Unknown option: " + w}, showUsage: true}
+			return nil, usageErr(lifecycle.KindUnknownOption, " Unknown option: "+w)
 		}
-		if a.firstWord == "" && !actionRE.MatchString(w) {
-			a.firstWord = w
-		}
-		switch {
-		case actionRE.MatchString(w):
-			if a.action != "" {
-				return nil, &usageError{code: 4, lines: []string{"Cannot specify more than one action."}}
-			}
-			a.action = w
-		case isFile(w) && strings.HasSuffix(w, "dkms.conf"):
-			a.sourceDir = filepath.Dir(w)
-		case isDir(w) && isFile(filepath.Join(w, "dkms.conf")):
-			a.sourceDir = w
-		case isFile(w):
-			a.archive = w
-		case a.module == "":
-			a.setModule(w)
-		default:
-			a.warnings = append(a.warnings, "Warning: I do not know how to handle "+w+".")
+		if err := a.word(w); err != nil {
+			return nil, err
 		}
 	}
 	return a, a.validate()
+}
+
+// shortOption takes -m, -v, -k, -a, -c, -j and -d with the next word.
+func (a *args) shortOption(w string, next func() string) bool {
+	switch w {
+	case "-m":
+		a.setModule(next())
+	case "-v":
+		a.version = next()
+	case "-k":
+		a.addKernel(next())
+	case "-a":
+		a.arches = append(a.arches, next())
+	case "-c":
+		a.conf = next()
+	case "-j":
+		a.jobs = next()
+	case "-d":
+		a.distro = next()
+	default:
+		return false
+	}
+	return true
+}
+
+// flag takes the options without a value.
+func (a *args) flag(w string) bool {
+	switch w {
+	case "-q", "--quiet":
+		a.quiet = true
+	case "-V", "--version":
+		a.version_ = true
+	case "-h", "--help":
+		a.help = true
+	case "--no-initrd":
+		a.noInitrd = true // dkmsd regenerates initrds; this turns it off
+	case "--no-clean-kernel", "--no-prepare-kernel":
+		a.warnings = append(a.warnings, "Deprecated feature: "+w)
+	case "--binaries-only":
+		a.binariesOnly = true
+	case "--source-only":
+		a.sourceOnly = true
+	case "--force", "--rpm_safe_upgrade":
+		a.force = true
+	case "--force-version-override":
+		a.forceVersionOverride = true
+	case "--all":
+		a.all = true
+	case "--verbose":
+		a.verbose = true
+	case "--no-depmod":
+		a.noDepmod = true
+	case "--modprobe-on-install":
+		a.modprobeOnInstall = true
+	case "--symlink-modules":
+		a.symlinkModules = true
+	case "--debug":
+	default:
+		return false
+	}
+	return true
+}
+
+// setLong sets the long option opt (as longOption names it) to v.
+func (a *args) setLong(opt, v string) {
+	switch opt {
+	case "--module":
+		a.setModule(v)
+	case "--kernelver":
+		a.addKernel(v)
+	case "--templatekernel":
+		a.templateKernel = v
+	case "--dkmstree":
+		a.dkmsTree = v
+	case "--sourcetree":
+		a.sourceTree = v
+	case "--installtree":
+		a.installTree = v
+	case "--config":
+		a.kernelConfig = v
+	case "--archive":
+		a.archive = v
+	case "--arch":
+		a.arches = append(a.arches, v)
+	case "--kernelsourcedir":
+		a.kernelSourceDir = v
+	case "--directive":
+		a.directives = append(a.directives, v)
+	case "--root":
+		a.root = v
+	case "--initrd-strategy":
+		a.initrdStrategy = v
+	case "--distro":
+		a.distro = v
+	case "--media":
+		a.media = v
+	}
+}
+
+// word reads a bare word: the action, a dkms.conf or its dir, an archive,
+// or module[/version].
+func (a *args) word(w string) error {
+	isAction := actionRE.MatchString(w)
+	if a.firstWord == "" && !isAction {
+		a.firstWord = w
+	}
+	switch {
+	case isAction:
+		if a.action != "" {
+			return usageErr(lifecycle.KindTwoActions, "Cannot specify more than one action.")
+		}
+		a.action = w
+	case isFile(w) && strings.HasSuffix(w, "dkms.conf"):
+		a.sourceDir = filepath.Dir(w)
+	case isDir(w) && isFile(filepath.Join(w, "dkms.conf")):
+		a.sourceDir = w
+	case isFile(w):
+		a.archive = w
+	case a.module == "":
+		a.setModule(w)
+	default:
+		a.warnings = append(a.warnings, "Warning: I do not know how to handle "+w+".")
+	}
+	return nil
 }
 
 func longOption(w string) string {
@@ -244,20 +249,20 @@ func (a *args) addKernel(s string) {
 
 func (a *args) validate() error {
 	if a.binariesOnly && a.sourceOnly {
-		return &usageError{code: 8, lines: []string{" You have specified both --binaries-only and --source-only.", "You cannot do this."}}
+		return usageErr(lifecycle.KindBinariesAndSource, " You have specified both --binaries-only and --source-only.", "You cannot do this.")
 	}
 	if len(a.arches) > 1 && len(a.arches) != len(a.kernels) {
-		return &usageError{code: 1, lines: []string{" If more than one arch is specified on the command line, then there", "must be an equal number of kernel versions also specified (1:1 relationship)."}}
+		return usageErr(lifecycle.KindBadArch, " If more than one arch is specified on the command line, then there", "must be an equal number of kernel versions also specified (1:1 relationship).")
 	}
 	if len(a.kernels) > 0 && a.all {
-		return &usageError{code: 2, lines: []string{" You cannot specify a kernel version and also specify", "--all on the command line."}}
+		return usageErr(lifecycle.KindUsage, " You cannot specify a kernel version and also specify", "--all on the command line.")
 	}
 	if len(a.arches) > 0 && a.all {
-		return &usageError{code: 3, lines: []string{" You cannot specify an arch and also specify", "--all on the command line."}}
+		return usageErr(lifecycle.KindArchAndAll, " You cannot specify an arch and also specify", "--all on the command line.")
 	}
 	if a.jobs != "" {
 		if n, err := strconv.Atoi(a.jobs); err != nil || n < 0 {
-			return &usageError{code: 2, lines: []string{"-j takes a number of jobs, not '" + a.jobs + "'."}}
+			return usageErr(lifecycle.KindUsage, "-j takes a number of jobs, not '"+a.jobs+"'.")
 		}
 	}
 	return nil

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
 )
 
 func TestParseArgsForms(t *testing.T) {
@@ -59,12 +61,12 @@ func TestParseArgsErrorsAndExitCodes(t *testing.T) {
 	}
 	for _, tc := range tests {
 		_, err := parseArgs(tc.argv)
-		var ue *usageError
+		var ue *lifecycle.Error
 		if !errors.As(err, &ue) {
 			t.Errorf("%q: err = %v, want a usage error", tc.argv, err)
 			continue
 		}
-		if got := exitCode(err); got != tc.code {
+		if got := lifecycle.ExitCode(err); got != tc.code {
 			t.Errorf("%q: exit %d, want %d (%v)", tc.argv, got, tc.code, err)
 		}
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/dkmsd/dkmsd/initrd"
 	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/tree"
 )
 
 // batch runs the actions that schedule many module×kernel jobs:
@@ -14,7 +16,7 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return err
 	}
 	if a.action != "autoinstall" && (len(a.kernels) != 1 || a.all) {
-		return &usageError{code: 4, lines: []string{fmt.Sprintf("The action %s requires exactly one kernel version parameter on the command line.", a.action)}}
+		return usageErr(lifecycle.KindOneKernel, fmt.Sprintf("The action %s requires exactly one kernel version parameter on the command line.", a.action))
 	}
 	kernels, err := batchKernels(env, a)
 	if err != nil {
@@ -24,69 +26,63 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if len(arch) == 0 {
 		arch = []string{machineArch()}
 	}
-	if err := requireWritableTree(env); err != nil {
-		return err
-	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockWritableTree(ctx, env)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 
-	var sum *lifecycle.Summary
-	switch a.action {
-	case "kernel_prerm":
+	if a.action == "kernel_prerm" {
 		// The kernel is going away: its initrd goes with it.
 		return lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0], false)
+	}
+	arrival := lifecycle.KernelArrival{
+		Name:         "dkms " + a.action,
+		Kernels:      kernels,
+		Arch:         arch[0],
+		Initrd:       lifecycle.InitrdOptions{Strategy: initrd.Strategy(a.initrdStrategy)},
+		InitrdFailed: printError,
+		RecordFailed: func(err error) {
+			env.Sink.Emit(lifecycle.Event{Type: lifecycle.Warning, Text: "Warning: could not record the transaction: " + err.Error()})
+		},
+	}
+	switch a.action {
 	case "kernel_preinst":
 		// A kernel reinstalled at the same version: rebuild what
 		// autoinstall would install, from scratch.
-		if err := lifecycle.KernelPrerm(ctx, env, kernels[0], arch[0], true); err != nil {
+		arrival.Reinstall = true
+	case "match":
+		if err := matchArgs(a, env, kernels[0]); err != nil {
 			return err
 		}
-		sum, err = lifecycle.Autoinstall(ctx, env, kernels, arch[0])
-	case "match":
-		if a.templateKernel == "" {
-			return &usageError{code: 1, lines: []string{"Invalid number of parameters passed.",
-				"Usage: match --templatekernel=<kernel-version> -k <kernel-version>",
-				"   or: match --templatekernel=<kernel-version> -k <kernel-version> <module>"}}
-		}
-		if a.templateKernel == kernels[0] {
-			return &usageError{code: 2, lines: []string{"The templatekernel and the specified kernel version are the same."}}
-		}
-		if a.module != "" {
-			if mvs, _ := env.Layout.ModuleVersions(a.module, ""); len(mvs) == 0 {
-				return &usageError{code: 3, lines: []string{fmt.Sprintf("The module %s is not located in the DKMS tree.", a.module)}}
-			}
-		}
-		sum, err = lifecycle.Match(ctx, env, a.templateKernel, kernels[0], arch[0], a.module)
-	default: // autoinstall, kernel_postinst
-		sum, err = lifecycle.Autoinstall(ctx, env, kernels, arch[0])
+		arrival.Template, arrival.Module, arrival.MatchOnly = a.templateKernel, a.module, true
 	}
+	sum, err := lifecycle.KernelArrived(ctx, env, arrival)
 	if err != nil {
 		return err
-	}
-	var ts []lifecycle.Target
-	for _, k := range kernels {
-		ts = append(ts, lifecycle.Target{Kernel: k, Arch: arch[0]})
-	}
-	initrdErr := regenerateInitrds(ctx, a, env, ts)
-	if initrdErr != nil {
-		printError(initrdErr)
-	}
-	lines := sum.Lines(exitCode)
-	if a.action != "match" { // dkms's match prints no autoinstall summary
-		for _, l := range lines {
-			fmt.Println(l)
-		}
-	}
-	if err := lifecycle.SaveTransaction(env, lifecycle.TransactionOf("dkms "+a.action, sum, lines)); err != nil {
-		env.Sink.Emit(lifecycle.Event{Type: lifecycle.Warning, Text: "Warning: could not record the transaction: " + err.Error()})
 	}
 	if sum.Failed() {
 		return &lifecycle.Error{Kind: lifecycle.KindAutoinstall, Lines: []string{
 			"One or more modules failed to install during " + a.action + ".",
 			"Refer to previous errors for more information."}}
+	}
+	return nil
+}
+
+// matchArgs checks dkms match's own arguments.
+func matchArgs(a *args, env *lifecycle.Env, kernel string) error {
+	if a.templateKernel == "" {
+		return usageErr(lifecycle.KindMissingArgs, "Invalid number of parameters passed.",
+			"Usage: match --templatekernel=<kernel-version> -k <kernel-version>",
+			"   or: match --templatekernel=<kernel-version> -k <kernel-version> <module>")
+	}
+	if a.templateKernel == kernel {
+		return usageErr(lifecycle.KindUsage, "The templatekernel and the specified kernel version are the same.")
+	}
+	if a.module != "" {
+		if mvs, _ := env.Layout.ModuleVersions(a.module, ""); len(mvs) == 0 {
+			return usageErr(lifecycle.KindNotAdded, fmt.Sprintf("The module %s is not located in the DKMS tree.", a.module))
+		}
 	}
 	return nil
 }
@@ -111,5 +107,5 @@ func batchKernels(env *lifecycle.Env, a *args) ([]string, error) {
 		}
 		return out, nil
 	}
-	return []string{runningKernel()}, nil
+	return []string{tree.RunningKernel()}, nil
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/dkmsd/dkmsd/hooks/report"
+	"github.com/dkmsd/dkmsd/lifecycle"
 )
 
 func main() {
@@ -28,11 +29,10 @@ func realMain(argv []string) int {
 	}
 	if err != nil {
 		printError(err)
-		var ue *usageError
-		if errors.As(err, &ue) && ue.showUsage {
+		if lifecycle.KindOf(err) == lifecycle.KindUnknownOption {
 			usage()
 		}
-		return exitCode(err)
+		return lifecycle.ExitCode(err)
 	}
 	for _, w := range a.warnings {
 		fmt.Fprintln(os.Stderr, w)
@@ -52,14 +52,7 @@ func realMain(argv []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	tty := term.IsTerminal(int(os.Stdout.Fd()))
-	sinks := &report.Sinks{
-		Terminal: report.NewTerminal(os.Stdout, os.Stderr, tty),
-		Hook:     "dkms " + a.action,
-		Log:      report.NewLogger(os.Stderr),
-	}
-	if j := report.NewJournal(sinks.Hook); j != nil {
-		sinks.Journal = j
-	}
+	sinks := report.NewSinks("dkms "+a.action, os.Stdout, os.Stderr, tty)
 	defer sinks.Close()
 	env, err := newEnv(ctx, a, sinks)
 	if err == nil {
@@ -69,7 +62,7 @@ func realMain(argv []string) int {
 	if err != nil && !errors.As(err, &r) {
 		printError(err)
 	}
-	return exitCode(err)
+	return lifecycle.ExitCode(err)
 }
 
 func usage() {

@@ -63,7 +63,7 @@ func targets(env *lifecycle.Env, a *args) ([]lifecycle.Target, error) {
 	}
 	kernels := a.kernels
 	if len(kernels) == 0 {
-		kernels = []string{runningKernel()}
+		kernels = []string{tree.RunningKernel()}
 	}
 	arches := a.arches
 	if len(arches) == 0 {
@@ -75,31 +75,18 @@ func targets(env *lifecycle.Env, a *args) ([]lifecycle.Target, error) {
 	var out []lifecycle.Target
 	for i, k := range kernels {
 		if k == "" {
-			return nil, &usageError{code: 16, lines: []string{fmt.Sprintf("Empty kernelver[%d]", i)}}
+			return nil, usageErr(lifecycle.KindEmptyTarget, fmt.Sprintf("Empty kernelver[%d]", i))
 		}
 		if arches[i] == "" {
-			return nil, &usageError{code: 16, lines: []string{fmt.Sprintf("Empty arch[%d]", i)}}
+			return nil, usageErr(lifecycle.KindEmptyTarget, fmt.Sprintf("Empty arch[%d]", i))
 		}
 		out = append(out, lifecycle.Target{Module: a.module, Version: a.version, Kernel: k, Arch: arches[i]})
 	}
 	return out, nil
 }
 
-func runningKernel() string {
-	return unameField(func(u *unix.Utsname) []byte { return u.Release[:] })
-}
-
-func machineArch() string {
-	return unameField(func(u *unix.Utsname) []byte { return u.Machine[:] })
-}
-
-func unameField(f func(*unix.Utsname) []byte) string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return ""
-	}
-	return unix.ByteSliceToString(f(&u))
-}
+// machineArch is dkms's default -a (the tests expect it too).
+func machineArch() string { return tree.MachineArch() }
 
 // relocated reports whether the command works on a sandbox rather than the
 // machine's own trees (then root is not required).
@@ -109,7 +96,7 @@ func requireRoot(env *lifecycle.Env) error {
 	if os.Geteuid() == 0 || relocated(env) {
 		return nil
 	}
-	return &usageError{code: 1, lines: []string{"You must be root to use this command."}}
+	return usageErr(lifecycle.KindNotRoot, "You must be root to use this command.")
 }
 
 func requireWritableTree(env *lifecycle.Env) error {
@@ -119,9 +106,17 @@ func requireWritableTree(env *lifecycle.Env) error {
 		}
 	}
 	if unix.Access(env.Layout.DKMSTree, unix.W_OK) != nil {
-		return &usageError{code: 1, lines: []string{"No write access to DKMS tree at " + env.Layout.DKMSTree}}
+		return usageErr(lifecycle.KindNotRoot, "No write access to DKMS tree at "+env.Layout.DKMSTree)
 	}
 	return nil
+}
+
+// lockWritableTree checks that the tree can be written and takes its lock.
+func lockWritableTree(ctx context.Context, env *lifecycle.Env) (func(), error) {
+	if err := requireWritableTree(env); err != nil {
+		return nil, err
+	}
+	return lifecycle.LockTree(ctx, env)
 }
 
 func requireModuleArgs(a *args) error {
@@ -129,10 +124,10 @@ func requireModuleArgs(a *args) error {
 		return nil
 	}
 	act := a.action
-	return &usageError{code: 1, lines: []string{"Arguments <module> and <module-version> are not specified.",
-		"Usage: " + act + " <module>/<module-version> or",
-		"       " + act + " -m <module>/<module-version> or",
-		"       " + act + " -m <module> -v <module-version>"}}
+	return usageErr(lifecycle.KindMissingArgs, "Arguments <module> and <module-version> are not specified.",
+		"Usage: "+act+" <module>/<module-version> or",
+		"       "+act+" -m <module>/<module-version> or",
+		"       "+act+" -m <module> -v <module-version>")
 }
 
 // eachTarget runs op for every target, as dkms does, going on after a
@@ -178,10 +173,7 @@ func (r reported) Unwrap() error { return r.err }
 // printError prints an error as dkms does: "Error! " and its lines.
 func printError(err error) {
 	var le *lifecycle.Error
-	var ue *usageError
 	switch {
-	case errors.As(err, &ue):
-		printLines(ue.lines)
 	case errors.As(err, &le) && len(le.Lines) > 0:
 		printLines(le.Lines)
 	default:

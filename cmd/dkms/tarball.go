@@ -45,17 +45,14 @@ func ldtarball(ctx context.Context, a *args, env *lifecycle.Env) error {
 		archive = a.firstWord // a file that does not exist: LoadTarball says so
 	}
 	if archive == "" {
-		return &usageError{code: 2, lines: []string{"ldtarball needs an archive: dkms ldtarball FILE"}}
+		return usageErr(lifecycle.KindNoArchive, "ldtarball needs an archive: dkms ldtarball FILE")
 	}
 	if a.force {
 		if err := requireRoot(env); err != nil {
 			return err
 		}
 	}
-	if err := requireWritableTree(env); err != nil {
-		return err
-	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockWritableTree(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -71,7 +68,7 @@ func mkdriverdisk(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return err
 	}
 	if a.distro == "" {
-		return &usageError{code: 1, lines: []string{"mkdriverdisk needs the distribution: -d redhat"}}
+		return usageErr(lifecycle.KindMissingArgs, "mkdriverdisk needs the distribution: -d redhat")
 	}
 	ts, err := targets(env, a)
 	if err != nil {

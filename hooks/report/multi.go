@@ -1,6 +1,7 @@
 package report
 
 import (
+	"io"
 	"sync"
 
 	"github.com/sirupsen/logrus"
@@ -20,6 +21,19 @@ type Sinks struct {
 
 	once sync.Once
 	bus  *DBus
+}
+
+// NewSinks is what every binary reports to: dkms's text on stdout and
+// stderr (tty: stdout is a terminal), the journal when there is one, the
+// system bus once an outcome needs it; hook names the command in the
+// journal and on the bus.
+func NewSinks(hook string, stdout, stderr io.Writer, tty bool) *Sinks {
+	s := &Sinks{Terminal: NewTerminal(stdout, stderr, tty), Hook: hook, Log: NewLogger(stderr)}
+	// A nil *Journal in the interface would not compare equal to nil.
+	if j := NewJournal(hook); j != nil {
+		s.Journal = j
+	}
+	return s
 }
 
 // Emit passes e on.

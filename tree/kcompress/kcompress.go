@@ -1,0 +1,63 @@
+// Package kcompress writes the compressed formats the kernel's own
+// decompressors read back — compressed modules (.ko.gz, .ko.xz, .ko.zst)
+// and initrd segments — with the settings they need, kept in one place:
+// xz with CRC32 and a 1 MiB dictionary, zstd with an 8 MiB window.
+//
+//	packed, err := kcompress.Encode(kcompress.Zstd, data, true)
+package kcompress
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// Format is a compression the kernel can read.
+type Format string
+
+const (
+	Gzip Format = "gzip"
+	Xz   Format = "xz"
+	Zstd Format = "zstd"
+)
+
+// Encode compresses data in format f. small trades time for size (module
+// files, whole-archive rewrites); otherwise speed wins (an appended initrd
+// segment). xz has one setting.
+func Encode(f Format, data []byte, small bool) ([]byte, error) {
+	var buf bytes.Buffer
+	var w io.WriteCloser
+	var err error
+	switch f {
+	case Gzip:
+		level := gzip.BestSpeed
+		if small {
+			level = gzip.BestCompression
+		}
+		w, err = gzip.NewWriterLevel(&buf, level)
+	case Zstd:
+		level := zstd.SpeedDefault
+		if small {
+			level = zstd.SpeedBestCompression
+		}
+		w, err = zstd.NewWriter(&buf, zstd.WithEncoderLevel(level), zstd.WithWindowSize(8<<20))
+	case Xz:
+		w, err = xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 1 << 20}.NewWriter(&buf)
+	default:
+		return nil, fmt.Errorf("cannot write %s", f)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(data); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
