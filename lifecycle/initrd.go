@@ -136,7 +136,11 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 }
 
 func (e *Env) initrdEvent(kernel, arch, imgPath string, rep *initrd.Report) {
-	text := fmt.Sprintf("Regenerated %s (%s, %s, %d modules added, %d bytes)", imgPath, rep.Strategy, rep.Compression, len(rep.Added), rep.Size)
+	how := string(rep.Strategy)
+	if rep.Compression != "" { // none when the image was cut back to its original bytes
+		how += ", " + string(rep.Compression)
+	}
+	text := fmt.Sprintf("Regenerated %s (%s, %d modules added, %d bytes)", imgPath, how, len(rep.Added), rep.Size)
 	if rep.Reason != "" {
 		text += ": " + rep.Reason
 	}
