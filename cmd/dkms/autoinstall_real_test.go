@@ -183,44 +183,19 @@ func sortedKernels(ks []string) []string {
 }
 
 // writeModuleFiles writes <root>/usr/src/<name>-<version>/ from a map of
-// file name to contents; names ending in .sh are executable.
+// file name to contents (testkit.WriteModule).
 func (b *batchRoot) writeModuleFiles(t *testing.T, name, version string, files map[string]string) {
 	t.Helper()
-	dir := b.path("usr/src", name+"-"+version)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for f, text := range files {
-		mode := os.FileMode(0o644)
-		if strings.HasSuffix(f, ".sh") {
-			mode = 0o755
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), []byte(text), mode); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testkit.WriteModule(t, b.path("usr/src", name+"-"+version), files)
 }
 
 // cloneHello writes testdata's dkmsd_hello-1.0 as <name>-<version> into
 // the source tree, with extra dkms.conf lines and extra files.
 func (b *batchRoot) cloneHello(t *testing.T, name, version string, confExtra []string, extra map[string]string) {
 	t.Helper()
-	from := filepath.Join(testkit.ModulesDir(), "dkmsd_hello-1.0")
-	entries, err := os.ReadDir(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := map[string]string{}
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(from, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		text := strings.ReplaceAll(strings.ReplaceAll(string(data), "dkmsd_hello", name), "1.0", version)
-		if e.Name() == "dkms.conf" && len(confExtra) > 0 {
-			text += strings.Join(confExtra, "\n") + "\n"
-		}
-		files[strings.ReplaceAll(e.Name(), "dkmsd_hello", name)] = text
+	files := testkit.HelloFiles(t, name, version)
+	if len(confExtra) > 0 {
+		files["dkms.conf"] += strings.Join(confExtra, "\n") + "\n"
 	}
 	for f, text := range extra {
 		files[f] = text
