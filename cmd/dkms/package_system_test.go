@@ -22,7 +22,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
@@ -98,41 +97,31 @@ func pkgPresent(state string) bool {
 // pkgInstalled says whether a package is installed ("ii").
 func pkgInstalled(state string) bool { return strings.HasPrefix(state, "ii") }
 
-var pkgDebBuild struct {
-	once sync.Once
-	path string
-	err  error
-}
+// pkgDebBuild is the .deb, built once per test process.
+var pkgDebBuild testkit.Once[string]
 
 // pkgDebianPackage builds bin/dkmsd_<version>_amd64.deb with `make deb`
 // once per test process and returns its path.
 func pkgDebianPackage(t testing.TB) string {
 	t.Helper()
-	pkgDebBuild.once.Do(func() {
+	return pkgDebBuild.Get(t, func() (string, error) {
 		repo := testkit.RepoRoot()
 		changelog, err := os.ReadFile(filepath.Join(repo, "debian/changelog"))
 		if err != nil {
-			pkgDebBuild.err = err
-			return
+			return "", err
 		}
 		m := regexp.MustCompile(`^dkmsd \(([^)]+)\)`).FindSubmatch(changelog)
 		if m == nil {
-			pkgDebBuild.err = fmt.Errorf("debian/changelog: no version in the first line")
-			return
+			return "", fmt.Errorf("debian/changelog: no version in the first line")
 		}
 		version := string(m[1])
 		cmd := exec.Command("make", "--no-print-directory", "deb", "VERSION="+version)
 		cmd.Dir = repo
 		if out, err := cmd.CombinedOutput(); err != nil {
-			pkgDebBuild.err = fmt.Errorf("make deb: %v\n%s", err, out)
-			return
+			return "", fmt.Errorf("make deb: %v\n%s", err, out)
 		}
-		pkgDebBuild.path = filepath.Join(repo, "bin", "dkmsd_"+version+"_amd64.deb")
+		return filepath.Join(repo, "bin", "dkmsd_"+version+"_amd64.deb"), nil
 	})
-	if pkgDebBuild.err != nil {
-		t.Fatal(pkgDebBuild.err)
-	}
-	return pkgDebBuild.path
 }
 
 // pkgHeadersKernels are the kernels with headers (a

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -14,11 +13,7 @@ import (
 var Commands = []string{"dkms", "dkmsd-apt", "dkmsd-dnf", "dkmsd-kernel-install", "dkmsd-notify"}
 
 // built holds the commands built once per test process.
-var built struct {
-	once sync.Once
-	dir  string
-	err  error
-}
+var built Once[string]
 
 // Binaries builds every command of the repository once per test process
 // and returns the directory holding them (dkms, dkmsd-apt, …). The
@@ -28,14 +23,13 @@ var built struct {
 // remove it.
 func Binaries(tb testing.TB) string {
 	tb.Helper()
-	built.once.Do(func() {
+	return built.Get(tb, func() (string, error) {
 		dir, err := os.MkdirTemp("", "dkmsd-testbin-")
 		if err == nil {
 			err = os.Chmod(dir, 0o755)
 		}
 		if err != nil {
-			built.err = err
-			return
+			return "", err
 		}
 		args := []string{"build", "-trimpath", "-o", dir + "/"}
 		for _, c := range Commands {
@@ -44,15 +38,10 @@ func Binaries(tb testing.TB) string {
 		cmd := exec.Command("go", args...)
 		cmd.Dir = RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-			return
+			return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		built.dir = dir
+		return dir, nil
 	})
-	if built.err != nil {
-		tb.Fatal(built.err)
-	}
-	return built.dir
 }
 
 // Binary is the path of one command built by Binaries ("dkms",
