@@ -26,8 +26,6 @@ var MachinePaths = []string{
 	"/etc/systemd/system", "/etc/systemd/user", "/var/lib/systemd/deb-systemd-helper-enabled",
 	"/var/lib/systemd/deb-systemd-user-helper-enabled",
 	"/vmlinuz", "/vmlinuz.old", "/initrd.img", "/initrd.img.old",
-	// man-db's dpkg trigger writes its cache when a package comes or goes.
-	"/var/cache/man",
 }
 
 // entry is what was at one path: enough to tell whether it changed and to
