@@ -36,7 +36,7 @@ func Main(req Request) int {
 	env, closeEnv, err := NewEnv(ctx, req.Hook, os.Stdout, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dkmsd:", err)
-		return 0
+		return ExitOK
 	}
 	defer closeEnv()
 	return Run(ctx, env, req).ExitCode

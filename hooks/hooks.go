@@ -5,7 +5,7 @@
 //
 //	req, ok, err := hooks.KernelInstall(os.Args[1:], os.Getenv)
 //	if err != nil {
-//		os.Exit(2) // the package manager called it wrongly
+//		os.Exit(hooks.ExitUsage) // the package manager called it wrongly
 //	}
 //	if ok { // false: a command this hook ignores
 //		os.Exit(hooks.Main(req)) // Main = NewEnv + Run on the machine's trees
@@ -80,7 +80,7 @@ func Run(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	unlock, err := lifecycle.LockTree(ctx, env)
 	if err != nil {
 		warn(env, "dkmsd: %v", err)
-		return Result{ExitCode: 0, Skipped: "could not lock the tree"}
+		return Result{ExitCode: ExitOK, Skipped: "could not lock the tree"}
 	}
 	defer unlock()
 	switch req.Action {
@@ -138,7 +138,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		st.addDeferred(sum)
 	}
 	if sum.Failed() && failOnError(env) {
-		return Result{ExitCode: 1, Summary: sum}
+		return Result{ExitCode: ExitFailed, Summary: sum}
 	}
 	return Result{Summary: sum}
 }
@@ -150,7 +150,7 @@ func remove(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	if err != nil {
 		warn(env, "dkmsd: %v", err)
 		if failOnError(env) {
-			return Result{ExitCode: 1}
+			return Result{ExitCode: ExitFailed}
 		}
 	}
 	return Result{}
@@ -183,7 +183,7 @@ func fail(env *lifecycle.Env, req Request, err error) Result {
 	}
 	warn(env, "dkmsd: %v", err)
 	if failOnError(env) {
-		return Result{ExitCode: 1}
+		return Result{ExitCode: ExitFailed}
 	}
 	return Result{}
 }

@@ -15,14 +15,14 @@ import (
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: dkmsd-apt postinst|header_postinst|prerm KVER [IMAGE] | post-invoke")
-		os.Exit(2)
+		os.Exit(hooks.ExitUsage)
 	}
 	req := hooks.Request{Action: hooks.Flush, Hook: "apt-post-invoke"}
 	if os.Args[1] != "post-invoke" {
 		r, ok, err := hooks.DebianKernelHook(os.Args[1], os.Args[2:], os.Getenv)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
-			os.Exit(2)
+			os.Exit(hooks.ExitUsage)
 		}
 		if !ok {
 			return

@@ -15,7 +15,7 @@ func main() {
 	req, err := hooks.Dnf(os.Args[1:], os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		os.Exit(hooks.ExitUsage)
 	}
 	os.Exit(hooks.Main(req))
 }

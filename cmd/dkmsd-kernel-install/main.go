@@ -18,7 +18,7 @@ func main() {
 	req, ok, err := hooks.KernelInstall(os.Args[1:], os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		os.Exit(hooks.ExitUsage)
 	}
 	if !ok {
 		return // a command this plugin has nothing to do for
