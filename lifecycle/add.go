@@ -44,11 +44,7 @@ func Add(ctx context.Context, e *Env, module, version, kernel, arch string) erro
 	}
 	e.Sink.Emit(Event{Type: Added, Module: module, Version: version})
 	if conf.PostAdd != "" {
-		e.info("")
-		e.info("Running the post_add script:")
-		out := &lineWriter{sink: e.Sink, typ: Info}
-		ran, err := e.runScript(ctx, "post_add", src, conf.PostAdd, out)
-		out.Flush()
+		ran, err := e.runShownScript(ctx, "post_add", src, conf.PostAdd)
 		if ran && err != nil {
 			return &Error{Kind: KindScriptFailed, Code: exitCode(err), Lines: []string{fmt.Sprintf("The post_add script of %s/%s failed (exit status %d).", module, version, exitCode(err))}, Err: err}
 		}

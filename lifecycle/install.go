@@ -63,11 +63,7 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		return err
 	}
 	if conf.PreInstall != "" {
-		e.info("")
-		e.info("Running the pre_install script:")
-		out := &lineWriter{sink: e.Sink, typ: Info}
-		ran, err := e.runScript(ctx, "pre_install", e.sourceDir(t), conf.PreInstall, out)
-		out.Flush()
+		ran, err := e.runShownScript(ctx, "pre_install", e.sourceDir(t), conf.PreInstall)
 		if ran && err != nil && !e.Force {
 			return fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force.")
 		}
@@ -80,11 +76,7 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		return e.rollbackInstall(t, done, err)
 	}
 	if conf.PostInstall != "" {
-		e.info("")
-		e.info("Running the post_install script:")
-		out := &lineWriter{sink: e.Sink, typ: Info}
-		_, _ = e.runScript(ctx, "post_install", e.sourceDir(t), conf.PostInstall, out)
-		out.Flush()
+		_, _ = e.runShownScript(ctx, "post_install", e.sourceDir(t), conf.PostInstall)
 	}
 	return e.finishInstall(ctx, t)
 }

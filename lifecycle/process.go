@@ -83,6 +83,17 @@ func (b *logBlock) end(err error) {
 		exitCode(err), int(el.Hours()), int(el.Minutes())%60, int(el.Seconds())%60, strings.Repeat("-", 64))
 }
 
+// runShownScript runs a dkms.conf script (post_add, pre_install,
+// post_install, post_remove) whose output dkms shows on the terminal,
+// under the heading dkms prints for it; see runScript.
+func (e *Env) runShownScript(ctx context.Context, kind, dir, script string) (ran bool, err error) {
+	e.info("")
+	e.info("Running the %s script:", kind)
+	out := &lineWriter{sink: e.Sink, typ: Info}
+	defer out.Flush()
+	return e.runScript(ctx, kind, dir, script, out)
+}
+
 // runScript runs a PRE_/POST_ script from a dkms.conf: the first word is a
 // file in dir that must be executable, the rest its arguments (no shell
 // parsing, as dkms execs it). Output goes to out. ran is false when the

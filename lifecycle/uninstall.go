@@ -74,11 +74,7 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 		e.info("This module version was INACTIVE for this kernel.")
 	}
 	if conf.PostRemove != "" {
-		e.info("")
-		e.info("Running the post_remove script:")
-		out := &lineWriter{sink: e.Sink, typ: Info}
-		_, _ = e.runScript(ctx, "post_remove", e.sourceDir(t), conf.PostRemove, out)
-		out.Flush()
+		_, _ = e.runShownScript(ctx, "post_remove", e.sourceDir(t), conf.PostRemove)
 	}
 	if e.Layout.Kernel(t.Kernel).Exists() && !e.DeferDepmod {
 		e.info("Running depmod...")
