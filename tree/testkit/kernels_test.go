@@ -57,6 +57,7 @@ func TestKernelToInstall(t *testing.T) {
 		{"the newest older ABI", installed, pkgs("image headers", "47", "54", "55", "56"), "6.1.0-55-cloud-amd64", ""},
 		{"numeric, not lexical, order", pkgs("image headers", "100"), pkgs("image headers", "99", "100", "9"), "6.1.0-99-cloud-amd64", ""},
 		{"an older one without headers is passed over", installed, append(pkgs("image headers", "54"), pkgs("image", "55")...), "6.1.0-54-cloud-amd64", ""},
+		{"an older one before a newer one", installed, pkgs("image headers", "55", "57"), "6.1.0-55-cloud-amd64", ""},
 		{"only newer ones: the newest", installed, pkgs("image headers", "56", "57", "58"), "6.1.0-58-cloud-amd64", ""},
 		{"nothing installed: the newest", nil, pkgs("image headers", "55", "56"), "6.1.0-56-cloud-amd64", ""},
 		{"installed headers alone count as installed", append(installed, pkgs("headers", "55")...), pkgs("image headers", "54", "55"), "6.1.0-54-cloud-amd64", ""},

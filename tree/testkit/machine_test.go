@@ -26,6 +26,7 @@ func TestRestoreMachine(t *testing.T) {
 	write("boot/initrd.img-k", "original initrd", 0o644)
 	write("lib/modules/k/modules.dep", "a.ko:\n", 0o644)
 	write("lib/modules/k/kernel/a.ko", "module a", 0o644)
+	write("lib/modules/k/modules.alias", "alias a", 0o644)
 	write("etc/kernel/postinst.d/dkms", "#!/bin/sh\n", 0o755)
 	if err := os.Symlink("boot/vmlinuz-k", p("vmlinuz")); err != nil {
 		t.Fatal(err)
@@ -36,7 +37,7 @@ func TestRestoreMachine(t *testing.T) {
 	paths := []string{p("boot"), p("lib"), p("etc"), p("vmlinuz"), p("vmlinuz.old"), p("var")}
 	want := Tree(t, dir)
 	wantBytes := map[string]string{}
-	for _, f := range []string{"boot/initrd.img-k", "lib/modules/k/modules.dep", "etc/kernel/postinst.d/dkms"} {
+	for _, f := range []string{"boot/initrd.img-k", "lib/modules/k/modules.dep", "lib/modules/k/modules.alias", "etc/kernel/postinst.d/dkms"} {
 		b, _ := os.ReadFile(p(f))
 		wantBytes[f] = string(b)
 	}
@@ -53,6 +54,11 @@ func TestRestoreMachine(t *testing.T) {
 	}
 	write(".dep", "a.ko:\n", 0o644)
 	if err := os.Rename(p(".dep"), p("lib/modules/k/modules.dep")); err != nil {
+		t.Fatal(err)
+	}
+	// Same size, other bytes: only the contents tell.
+	write(".alias", "alias b", 0o644)
+	if err := os.Rename(p(".alias"), p("lib/modules/k/modules.alias")); err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(p("etc/kernel/postinst.d/dkms"))
