@@ -90,6 +90,7 @@ install-hooks:
 	install -D -m 0755 dist/kernel/postinst.d/dkmsd $(DESTDIR)/etc/kernel/postinst.d/dkmsd
 	install -D -m 0755 dist/kernel/header_postinst.d/dkmsd $(DESTDIR)/etc/kernel/header_postinst.d/dkmsd
 	install -D -m 0755 dist/kernel/prerm.d/dkmsd $(DESTDIR)/etc/kernel/prerm.d/dkmsd
+	install -D -m 0755 dist/kernel/preinst.d/dkmsd $(DESTDIR)/etc/kernel/preinst.d/dkmsd
 	install -D -m 0644 dist/apt/95dkmsd $(DESTDIR)/etc/apt/apt.conf.d/95dkmsd
 	install -D -m 0644 dist/dnf/dkmsd.action $(DESTDIR)/etc/dnf/plugins/post-transaction-actions.d/dkmsd.action
 	install -D -m 0644 dist/dnf5/dkmsd.actions $(DESTDIR)/etc/dnf/libdnf5-plugins/actions.d/dkmsd.actions

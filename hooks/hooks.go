@@ -42,6 +42,11 @@ const (
 	// Flush ends a package-manager transaction (apt's Post-Invoke): catch
 	// up on kernels whose headers came late, report one summary.
 	Flush Action = "flush"
+	// Reinstall: the kernel is being replaced at the same version (Debian's
+	// preinst.d on upgrade). Its modules are marked for a rebuild at the
+	// next Add, not removed now (dkms removes them here, so a failed
+	// unpack leaves the old image without them).
+	Reinstall Action = "reinstall"
 )
 
 // Request is one hook invocation.
@@ -88,6 +93,8 @@ func Run(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		return remove(ctx, env, req)
 	case Flush:
 		return flush(ctx, env, req)
+	case Reinstall:
+		return reinstall(env, req)
 	default:
 		return add(ctx, env, req)
 	}
@@ -105,7 +112,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	}
 	k := env.Layout.Kernel(req.Kernel)
 	if !k.HasHeaders() {
-		info(env, "dkmsd: the headers of kernel %s are not installed yet: install %s and its DKMS modules will be built then.", req.Kernel, "linux-headers-"+req.Kernel)
+		noHeaders(env, req)
 		st.markPending(req.Kernel)
 		return Result{Skipped: "no headers"}
 	}
@@ -118,6 +125,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		Name:          req.Hook,
 		Kernels:       []string{req.Kernel},
 		Arch:          req.Arch,
+		Reinstall:     st.reinstalling(req.Kernel),
 		InitrdFollows: req.InitrdFollows,
 		Defer:         req.DeferSummary,
 		InitrdFailed:  func(err error) { warn(env, "dkmsd: %v", err) },
@@ -134,6 +142,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	}
 	st.setDone(req.Kernel, lifecycle.KernelFingerprint(env, req.Kernel, req.Arch, tree.RunningKernel()))
 	st.clearPending(req.Kernel)
+	st.clearReinstall(req.Kernel)
 	if req.DeferSummary {
 		st.addDeferred(sum)
 	}
@@ -153,6 +162,31 @@ func remove(ctx context.Context, env *lifecycle.Env, req Request) Result {
 			return Result{ExitCode: ExitFailed}
 		}
 	}
+	return Result{}
+}
+
+// reinstall marks a kernel whose package is being upgraded in place: the
+// next Add for it rebuilds its modules, even if nothing else changed.
+func reinstall(env *lifecycle.Env, req Request) Result {
+	built, err := env.Layout.ModuleVersions("", "")
+	if err != nil {
+		warn(env, "dkmsd: %v", err)
+		return Result{}
+	}
+	var any bool
+	for _, mv := range built {
+		if len(env.Layout.Builds(mv.Name, mv.Version, req.Kernel, req.Arch)) > 0 {
+			any = true
+			break
+		}
+	}
+	if !any {
+		return Result{Skipped: "nothing built for this kernel"}
+	}
+	st := newState(env)
+	st.markReinstall(req.Kernel)
+	st.forgetDone(req.Kernel)
+	info(env, "dkmsd: kernel %s is being reinstalled: its DKMS modules will be rebuilt when it is configured.", req.Kernel)
 	return Result{}
 }
 
@@ -177,7 +211,7 @@ func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 
 func fail(env *lifecycle.Env, req Request, err error) Result {
 	if lifecycle.KindOf(err) == lifecycle.KindNoHeaders {
-		info(env, "dkmsd: the headers of kernel %s are not installed yet: install %s and its DKMS modules will be built then.", req.Kernel, "linux-headers-"+req.Kernel)
+		noHeaders(env, req)
 		newState(env).markPending(req.Kernel)
 		return Result{Skipped: "no headers"}
 	}
@@ -186,6 +220,28 @@ func fail(env *lifecycle.Env, req Request, err error) Result {
 		return Result{ExitCode: ExitFailed}
 	}
 	return Result{}
+}
+
+// noHeaders says the kernel waits for its headers, naming the package
+// the calling package manager would install them from.
+func noHeaders(env *lifecycle.Env, req Request) {
+	info(env, "dkmsd: the headers of kernel %s are not installed yet: install %s and its DKMS modules will be built then.", req.Kernel, headersPackage(env, req))
+}
+
+// headersPackage is the package that holds req.Kernel's headers for the
+// package manager that ran the hook: dnf's kernel-devel, Debian's
+// linux-headers, else the distribution's own naming.
+func headersPackage(env *lifecycle.Env, req Request) string {
+	switch {
+	case req.Hook == "dnf":
+		return "kernel-devel-" + req.Kernel
+	case strings.HasPrefix(req.Hook, "debian-") || strings.HasPrefix(req.Hook, "apt-"):
+		return "linux-headers-" + req.Kernel
+	}
+	if pkg := env.Distro.HeadersPackage(req.Kernel); pkg != "" {
+		return pkg
+	}
+	return "your distribution's kernel headers package matching " + req.Kernel
 }
 
 // failOnError: framework.conf's hook_fail_on_error="yes" makes a failed
@@ -239,7 +295,21 @@ func (s state) pending() []string {
 	return out
 }
 
+func (s state) markReinstall(kernel string) {
+	s.write(s.path("reinstall", kernel), []byte(time.Now().Format(time.RFC3339)+"\n"))
+}
+
+func (s state) reinstalling(kernel string) bool {
+	_, err := os.Stat(s.path("reinstall", kernel))
+	return err == nil
+}
+
+func (s state) clearReinstall(kernel string) { os.Remove(s.path("reinstall", kernel)) }
+
+func (s state) forgetDone(kernel string) { os.Remove(s.path("done", kernel)) }
+
 func (s state) forget(kernel string) {
+	os.Remove(s.path("reinstall", kernel))
 	os.Remove(s.path("done", kernel))
 	os.Remove(s.path("pending", kernel))
 }

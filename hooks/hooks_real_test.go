@@ -141,17 +141,6 @@ func hookState(kind, kernel string) string {
 	return filepath.Join("/var/lib/dkms/.dkmsd/hooks", kind, kernel)
 }
 
-func wantFile(t *testing.T, path string, exists bool) {
-	t.Helper()
-	_, err := os.Stat(path)
-	if exists && err != nil {
-		t.Errorf("%s: %v", path, err)
-	}
-	if !exists && err == nil {
-		t.Errorf("%s exists", path)
-	}
-}
-
 // TestRealAptKernelImageAndHeaders installs a kernel's image and headers
 // in one apt run with dkmsd's hooks installed: dpkg fires
 // header_postinst.d, postinst.d and the apt Post-Invoke, and the test

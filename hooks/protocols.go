@@ -70,6 +70,14 @@ func DebianKernelHook(phase string, args []string, getenv func(string) string) (
 		req.InitrdFollows = true
 	case "header_postinst":
 		req.Action = Add
+	case "preinst":
+		// "upgrade OLD" replaces the kernel at the same version: what was
+		// built against the old image is rebuilt when the postinst
+		// comes. A first install has nothing built for it.
+		if len(maint) > 0 && maint[0] != "upgrade" {
+			return Request{}, false, nil
+		}
+		req.Action = Reinstall
 	case "prerm":
 		if len(maint) > 0 && maint[0] != "remove" {
 			return Request{}, false, nil

@@ -143,7 +143,12 @@ func TestDebianKernelHookArguments(t *testing.T) {
 		{"no kernel", "postinst", nil, env(), want{usage: true}},
 		{"empty kernel", "header_postinst", []string{""}, env(), want{usage: true}},
 		{"unknown phase", "postrm", []string{k, image}, env(), want{usage: true}},
-		{"unknown phase preinst", "preinst", []string{k, image}, env(), want{usage: true}},
+		// preinst: an in-place upgrade marks the kernel for a rebuild; a
+		// first install (or a reinstall after remove) has nothing built.
+		{"preinst upgrade", "preinst", []string{k, image}, env("DPKG_MAINTSCRIPT_PACKAGE", "linux-image-"+k, "DEB_MAINT_PARAMS", "upgrade 6.1.192-1"), req(hooks.Reinstall, "preinst", false, true)},
+		{"preinst without DEB_MAINT_PARAMS", "preinst", []string{k, image}, env(), req(hooks.Reinstall, "preinst", false, false)},
+		{"preinst install", "preinst", []string{k, image}, env("DPKG_MAINTSCRIPT_PACKAGE", "linux-image-"+k, "DEB_MAINT_PARAMS", "install"), want{ok: false}},
+		{"preinst abort-upgrade", "preinst", []string{k, image}, env("DPKG_MAINTSCRIPT_PACKAGE", "linux-image-"+k, "DEB_MAINT_PARAMS", "abort-upgrade 6.1.192-2"), want{ok: false}},
 	} {
 		r, ok, err := hooks.DebianKernelHook(tc.phase, tc.args, tc.env)
 		checkParse(t, tc.name, r, ok, err, tc.want)
@@ -275,7 +280,7 @@ func TestDnfActionFilesParse(t *testing.T) {
 // runs "dkmsd-apt post-invoke" and cannot fail apt.
 func TestDistHookScripts(t *testing.T) {
 	runParts := regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-	for _, phase := range []string{"postinst", "header_postinst", "prerm"} {
+	for _, phase := range []string{"preinst", "postinst", "header_postinst", "prerm"} {
 		rel := "dist/kernel/" + phase + ".d/dkmsd"
 		if !runParts.MatchString(filepath.Base(rel)) {
 			t.Errorf("%s: run-parts would skip this name", rel)

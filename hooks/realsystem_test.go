@@ -36,6 +36,7 @@ var installedHookFiles = []string{
 	"/etc/kernel/postinst.d/dkmsd",
 	"/etc/kernel/header_postinst.d/dkmsd",
 	"/etc/kernel/prerm.d/dkmsd",
+	"/etc/kernel/preinst.d/dkmsd",
 	"/etc/apt/apt.conf.d/95dkmsd",
 	"/etc/dnf/plugins/post-transaction-actions.d/dkmsd.action",
 	"/etc/dnf/libdnf5-plugins/actions.d/dkmsd.actions",

@@ -214,15 +214,16 @@ func (e *Env) isInstalled(ctx context.Context, t Target) (bool, error) {
 	return e.Layout.InstalledVersion(t.Module, t.Kernel, t.Arch) == t.Version, nil
 }
 
-// headersPackage names the Debian package that provides a kernel's headers.
-func headersPackage(kernel string) string { return "linux-headers-" + kernel }
-
 func (e *Env) checkHeaders(kernel string) error {
 	k := e.Layout.Kernel(kernel)
 	if k.HasHeaders() {
 		return nil
 	}
-	return fail(KindNoHeaders,
-		fmt.Sprintf("Your kernel headers for kernel %s cannot be found at %s.", kernel, k.BuildDir),
-		fmt.Sprintf("Please install the %s package or use the --kernelsourcedir option to tell DKMS where it's located.", headersPackage(kernel)))
+	// dkms 3.0.10's text on Debian; elsewhere the distribution's package,
+	// or dkms 3.4's generic advice when its naming is unknown.
+	advice := fmt.Sprintf("Please install your distribution's kernel headers package matching %s, or use the --kernelsourcedir option to tell DKMS where it's located.", kernel)
+	if pkg := e.Distro.HeadersPackage(kernel); pkg != "" {
+		advice = fmt.Sprintf("Please install the %s package or use the --kernelsourcedir option to tell DKMS where it's located.", pkg)
+	}
+	return fail(KindNoHeaders, fmt.Sprintf("Your kernel headers for kernel %s cannot be found at %s.", kernel, k.BuildDir), advice)
 }

@@ -177,6 +177,24 @@ func (d Distro) DestLocation(raw string) string {
 	return raw
 }
 
+// HeadersPackage names the package that holds a kernel's headers on this
+// distribution, for messages that tell the user what to install; "" when
+// the distribution's naming is unknown.
+func (d Distro) HeadersPackage(kernel string) string {
+	s := string(d)
+	switch {
+	case hasAnyPrefix(s, "debian", "ubuntu"):
+		return "linux-headers-" + kernel
+	case strings.Contains(s, "fedora") || strings.Contains(s, "rhel") || strings.Contains(s, "centos"):
+		return "kernel-devel-" + kernel
+	case strings.Contains(s, "suse"):
+		return "kernel-default-devel"
+	case hasAnyPrefix(s, "arch"):
+		return "linux-headers"
+	}
+	return ""
+}
+
 // Debian reports the Debian family (Debian, Ubuntu and derivatives).
 func (d Distro) Debian() bool { return hasAnyPrefix(string(d), "debian", "ubuntu") }
 

@@ -1,5 +1,5 @@
-// Command dkmsd-apt is dkmsd's Debian hook: /etc/kernel/postinst.d/dkmsd,
-// header_postinst.d/dkmsd and prerm.d/dkmsd call it with their phase and
+// Command dkmsd-apt is dkmsd's Debian hook: /etc/kernel/preinst.d/dkmsd,
+// postinst.d/dkmsd, header_postinst.d/dkmsd and prerm.d/dkmsd call it with their phase and
 // run-parts' arguments (KVER [IMAGE]), and apt's DPkg::Post-Invoke calls
 // "dkmsd-apt post-invoke" to end the transaction: kernels whose headers
 // came late are built, and one summary is reported.
@@ -14,7 +14,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: dkmsd-apt postinst|header_postinst|prerm KVER [IMAGE] | post-invoke")
+		fmt.Fprintln(os.Stderr, "usage: dkmsd-apt preinst|postinst|header_postinst|prerm KVER [IMAGE] | post-invoke")
 		os.Exit(hooks.ExitUsage)
 	}
 	req := hooks.Request{Action: hooks.Flush, Hook: "apt-post-invoke"}

@@ -104,3 +104,26 @@ func AptGet(tb testing.TB, args ...string) Result {
 		"-o", "APT::Install-Recommends=false", "-o", "DPkg::Lock::Timeout=300"}, args...)
 	return Run(tb, argv...)
 }
+
+// UnpackedPackage downloads a Debian package (apt-get download, kept in
+// bin/apt-cache/download) and unpacks it into a temporary directory
+// without installing it, for tests that need a package's files but must
+// not change the machine (cloud-init's units, say).
+func UnpackedPackage(tb testing.TB, name string) string {
+	tb.Helper()
+	RequireTool(tb, "dpkg-deb", "dpkg")
+	dir := filepath.Join(RepoRoot(), "bin", "apt-cache", "download")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	debs, _ := filepath.Glob(filepath.Join(dir, name+"_*.deb"))
+	if len(debs) == 0 {
+		r := Cmd{Argv: []string{"apt-get", "download", name}, Dir: dir}.Run(tb)
+		if debs, _ = filepath.Glob(filepath.Join(dir, name+"_*.deb")); r.Code != 0 || len(debs) == 0 {
+			Missing(tb, "Debian's "+name+" package to download (apt-get update; apt-get download "+name+" said: "+strings.TrimSpace(r.Out)+")")
+		}
+	}
+	out := tb.TempDir()
+	MustRun(tb, "dpkg-deb", "-x", debs[len(debs)-1], out)
+	return out
+}

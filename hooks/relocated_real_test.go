@@ -1,0 +1,114 @@
+package hooks_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dkmsd/dkmsd/tree/testkit"
+)
+
+// wantFile checks that path exists, or that it does not.
+func wantFile(t *testing.T, path string, exists bool) {
+	t.Helper()
+	_, err := os.Stat(path)
+	if exists && err != nil {
+		t.Errorf("%s: %v", path, err)
+	}
+	if !exists && err == nil {
+		t.Errorf("%s exists", path)
+	}
+}
+
+// relocatedHookRoot is a root (DKMSD_ROOT) holding the probe module,
+// added, and kernel's module dir; with headers, its build link points at
+// the machine's real headers.
+func relocatedHookRoot(t *testing.T, kernel string, headers bool) (root, counter, bin string) {
+	t.Helper()
+	testkit.RequireRoot(t)
+	bin = testkit.Binaries(t)
+	root = testkit.NewRoot(t)
+	if err := os.MkdirAll(filepath.Join(root, "lib/modules", kernel), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if headers {
+		target, err := filepath.EvalSymlinks("/lib/modules/" + kernel + "/build")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(root, "lib/modules", kernel, "build")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counter = filepath.Join(t.TempDir(), "builds")
+	writeProbeModule(t, filepath.Join(root, "usr/src"), counter)
+	testkit.MustRun(t, filepath.Join(bin, "dkms"), "--root", root, "add", "-m", probeModule.name, "-v", probeModule.version)
+	return root, counter, bin
+}
+
+// TestRealAptPreinstUpgradeRebuilds is an in-place upgrade of a kernel
+// package (same version, new build): its preinst.d marks the kernel, the
+// module stays installed meanwhile, and the postinst that follows rebuilds
+// it although the hook had already done this kernel.
+func TestRealAptPreinstUpgradeRebuilds(t *testing.T) {
+	testkit.RequireTool(t, "make", "make")
+	kernel := testkit.Kernels(t, 1)[0]
+	root, counter, bin := relocatedHookRoot(t, kernel, true)
+	apt := filepath.Join(bin, "dkmsd-apt")
+	env := func(params string) []string {
+		return []string{"DKMSD_ROOT=" + root, "DKMSD_APT_HOOK=off", "DPKG_MAINTSCRIPT_PACKAGE=linux-image-" + kernel, "DEB_MAINT_PARAMS=" + params}
+	}
+	hook := func(phase, params string) testkit.Result {
+		t.Helper()
+		r := testkit.Cmd{Argv: []string{apt, phase, kernel, "/boot/vmlinuz-" + kernel}, Env: env(params)}.Run(t)
+		if r.Code != 0 {
+			t.Fatalf("%s %s: exit %d\n%s", phase, params, r.Code, r.Out)
+		}
+		return r
+	}
+	hook("preinst", "install") // a first install: nothing is built, nothing to mark
+	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/reinstall", kernel), false)
+	hook("postinst", "configure ")
+	hook("postinst", "configure ") // done for this kernel and tree: no build
+	wantBuilds(t, counter, kernel)
+
+	r := hook("preinst", "upgrade 6.1.999-1")
+	if want := "dkmsd: kernel " + kernel + " is being reinstalled: its DKMS modules will be rebuilt when it is configured."; !strings.Contains(r.Out, want) {
+		t.Errorf("preinst upgrade printed %q, want %q", r.Out, want)
+	}
+	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/reinstall", kernel), true)
+	// Unlike dkms's kernel_preinst, nothing is removed before the new
+	// image is even unpacked.
+	target, _ := filepath.EvalSymlinks("/lib/modules/" + kernel + "/build")
+	wantInstalled(t, filepath.Join(bin, "dkms"), []string{"--root", root}, filepath.Join(root, "lib/modules"), kernel, headersRelease(t, target), []testModule{probeModule})
+
+	hook("postinst", "configure 6.1.999-1")
+	wantBuilds(t, counter, kernel, kernel)
+	wantInstalled(t, filepath.Join(bin, "dkms"), []string{"--root", root}, filepath.Join(root, "lib/modules"), kernel, headersRelease(t, target), []testModule{probeModule})
+	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/reinstall", kernel), false)
+}
+
+// TestHookNoHeadersNamesPackage: a kernel arriving without its headers
+// is put off until they come, and the hook names the package that holds
+// them as the package manager that called it spells it.
+func TestHookNoHeadersNamesPackage(t *testing.T) {
+	for _, tc := range []struct {
+		name, kernel string
+		argv         []string
+		pkg          string
+	}{
+		{"dnf", "6.5.6-300.fc39.x86_64", []string{"dkmsd-dnf", "--kernel", "6.5.6-300.fc39.x86_64"}, "kernel-devel-6.5.6-300.fc39.x86_64"},
+		{"apt", "6.1.0-99-amd64", []string{"dkmsd-apt", "header_postinst", "6.1.0-99-amd64"}, "linux-headers-6.1.0-99-amd64"},
+	} {
+		root, counter, bin := relocatedHookRoot(t, tc.kernel, false)
+		argv := append([]string{filepath.Join(bin, tc.argv[0])}, tc.argv[1:]...)
+		r := testkit.Cmd{Argv: argv, Env: []string{"DKMSD_ROOT=" + root}}.Run(t)
+		want := "dkmsd: the headers of kernel " + tc.kernel + " are not installed yet: install " + tc.pkg + " and its DKMS modules will be built then."
+		if r.Code != 0 || !strings.Contains(r.Out, want) {
+			t.Errorf("%s: exit %d, output %q; want exit 0 and %q", tc.name, r.Code, r.Out, want)
+		}
+		wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/pending", tc.kernel), true)
+		wantBuilds(t, counter)
+	}
+}
