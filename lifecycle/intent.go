@@ -56,10 +56,19 @@ func (e *Env) commitKernel(kernel string) {
 }
 
 // Recover finishes or undoes the installs and uninstalls that a killed
-// process left half-done. LockTree runs it; it must run under the lock.
+// process left half-done, then regenerates the initrds it left stale —
+// in that order, so each image is made from the modules as they end up.
+// LockTree runs it; it must run under the lock.
 func Recover(ctx context.Context, e *Env) {
 	e.sweepTemps()
+	e.resolveIntents(ctx)
 	e.initrdPending(ctx)
+}
+
+// resolveIntents finishes or undoes each logged install and uninstall. Each
+// one's first change marked its kernel's initrd pending, so the initrd
+// step that follows sees the result.
+func (e *Env) resolveIntents(ctx context.Context) {
 	entries, err := os.ReadDir(e.Layout.IntentDir())
 	if err != nil {
 		return
