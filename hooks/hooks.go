@@ -82,21 +82,86 @@ func Run(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	if req.Arch == "" {
 		req.Arch = tree.MachineArch()
 	}
+	if env.LockWait == 0 {
+		env.LockWait = env.Framework.HookLockTimeout
+	}
+	if env.LockWait == 0 {
+		env.LockWait = DefaultLockWait
+	}
 	unlock, err := lifecycle.LockTree(ctx, env)
+	if lifecycle.IsBusy(err) {
+		return busy(env, req, err)
+	}
 	if err != nil {
 		warn(env, "dkmsd: %v", err)
 		return Result{ExitCode: ExitOK, Skipped: "could not lock the tree"}
 	}
 	defer unlock()
+	var res Result
 	switch req.Action {
 	case Remove:
-		return remove(ctx, env, req)
+		res = remove(ctx, env, req)
 	case Flush:
 		return flush(ctx, env, req)
 	case Reinstall:
-		return reinstall(env, req)
+		res = reinstall(env, req)
 	default:
-		return add(ctx, env, req)
+		res = add(ctx, env, req)
+	}
+	// Kernels that other hooks left pending while this one held the lock.
+	CatchUp(ctx, env)
+	return res
+}
+
+// DefaultLockWait bounds a hook's wait for the tree lock, so that a
+// build hanging in another dkms never hangs the package manager's
+// transaction.
+const DefaultLockWait = 60 * time.Second
+
+// busy records what a hook could not do because another process held the
+// tree lock past the bound: that process, or the next hook, does it
+// (CatchUp).
+func busy(env *lifecycle.Env, req Request, err error) Result {
+	st := newState(env)
+	switch req.Action {
+	case Add:
+		st.markPending(req.Kernel)
+		info(env, "dkmsd: %v. Kernel %s is marked pending: its DKMS modules will be built when that process is done, or by the next kernel hook.", err, req.Kernel)
+	case Remove:
+		st.write(st.path("pending-remove", req.Kernel), []byte(time.Now().Format(time.RFC3339)+"\n"))
+		info(env, "dkmsd: %v. The DKMS modules of kernel %s will be removed when that process is done, or by the next kernel hook.", err, req.Kernel)
+	case Reinstall:
+		st.markReinstall(req.Kernel)
+		st.forgetDone(req.Kernel)
+	default:
+		info(env, "dkmsd: %v. Pending kernels are left to that process or the next kernel hook.", err)
+	}
+	return Result{ExitCode: ExitOK, Skipped: "tree busy"}
+}
+
+// CatchUp does, under the tree lock the caller holds, what hooks left
+// pending: kernels whose headers have arrived since, or which a hook could
+// not do because the tree was busy, and kernels removed meanwhile. Every
+// process that takes the lock through dkms runs it before it lets go.
+func CatchUp(ctx context.Context, env *lifecycle.Env) { catchUp(ctx, env, "catch-up", false) }
+
+// catchUp is CatchUp reporting as hook; deferSummary keeps the results for
+// the transaction's one summary (apt's Post-Invoke).
+func catchUp(ctx context.Context, env *lifecycle.Env, hook string, deferSummary bool) {
+	st := newState(env)
+	for _, k := range st.list("pending-remove") {
+		// The kernel's package has finished going: its own modules are
+		// gone. Until then its prerm may still come.
+		if _, err := os.Stat(filepath.Join(env.Layout.KernelDir(k), "kernel")); err == nil {
+			continue
+		}
+		remove(ctx, env, Request{Action: Remove, Kernel: k, Arch: tree.MachineArch(), Hook: hook})
+		os.Remove(st.path("pending-remove", k))
+	}
+	for _, k := range st.pending() {
+		if env.Layout.Kernel(k).HasHeaders() {
+			add(ctx, env, Request{Action: Add, Kernel: k, Arch: tree.MachineArch(), Hook: hook, DeferSummary: deferSummary})
+		}
 	}
 }
 
@@ -194,12 +259,8 @@ func reinstall(env *lifecycle.Env, req Request) Result {
 // wanted them, then reports the transaction's summary once.
 func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	st := newState(env)
-	for _, k := range st.pending() {
-		if env.Layout.Kernel(k).HasHeaders() {
-			// Its results join the deferred ones taken below.
-			add(ctx, env, Request{Action: Add, Kernel: k, Arch: req.Arch, Hook: req.Hook, DeferSummary: true})
-		}
-	}
+	// Its results join the deferred ones taken below.
+	catchUp(ctx, env, req.Hook, true)
 	sum := st.takeDeferred()
 	if len(sum.Results) > 0 {
 		if err := lifecycle.RecordTransaction(env, req.Hook, &sum); err != nil {
@@ -282,8 +343,11 @@ func (s state) markPending(kernel string) {
 
 func (s state) clearPending(kernel string) { os.Remove(s.path("pending", kernel)) }
 
-func (s state) pending() []string {
-	entries, _ := os.ReadDir(s.path("pending"))
+func (s state) pending() []string { return s.list("pending") }
+
+// list is the kernels recorded under kind.
+func (s state) list(kind string) []string {
+	entries, _ := os.ReadDir(s.path(kind))
 	var out []string
 	for _, e := range entries {
 		// Skip the temporary files of a write a kill interrupted.
@@ -310,6 +374,7 @@ func (s state) forgetDone(kernel string) { os.Remove(s.path("done", kernel)) }
 
 func (s state) forget(kernel string) {
 	os.Remove(s.path("reinstall", kernel))
+	os.Remove(s.path("pending-remove", kernel))
 	os.Remove(s.path("done", kernel))
 	os.Remove(s.path("pending", kernel))
 }

@@ -1,11 +1,18 @@
 package hooks_test
 
 import (
+	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
@@ -111,4 +118,67 @@ func TestHookNoHeadersNamesPackage(t *testing.T) {
 		wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/pending", tc.kernel), true)
 		wantBuilds(t, counter)
 	}
+}
+
+// TestHookBusyTreeLeavesKernelPending: while another process holds the
+// tree lock, a kernel hook waits only hook_lock_timeout, says who holds
+// the lock and what it is doing, leaves the kernel pending and lets the
+// package manager go on; the next dkms to take the lock builds the pending
+// kernel's modules before it lets go.
+func TestHookBusyTreeLeavesKernelPending(t *testing.T) {
+	testkit.RequireTool(t, "make", "make")
+	kernel := testkit.Kernels(t, 1)[0]
+	root, counter, bin := relocatedHookRoot(t, kernel, true)
+	if err := os.WriteFile(filepath.Join(root, "etc/dkms/framework.conf"), []byte("hook_lock_timeout=2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lockPath := filepath.Join(root, "var/lib/dkms", lifecycle.LockFile)
+	lock, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	holder := fmt.Sprintf("pid=%d\nsince=%s\ncommand=dkms build other/1.0\ndoing=build-started other/1.0 for %s (x86_64)\ndoing_since=%s\n",
+		os.Getpid(), time.Now().Format(time.RFC3339), kernel, time.Now().Format(time.RFC3339))
+	if _, err := lock.WriteAt([]byte(holder), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "dkmsd-apt"), "postinst", kernel, "/boot/vmlinuz-"+kernel)
+	cmd.Env = append(os.Environ(), "DKMSD_ROOT="+root, "DEB_MAINT_PARAMS=configure ")
+	r, err := testkit.Exec(cmd)
+	if err != nil || r.Code != 0 {
+		t.Fatalf("postinst with the tree busy: %v, exit %d (killed after 30s: the bound of 2s was not kept)\n%s", err, r.Code, r.Out)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("Waiting for %s: process %d (dkms build other/1.0), holding it since ", lockPath, os.Getpid()),
+		"last step: build-started other/1.0 for " + kernel + " (x86_64) at ",
+		"dkmsd: the DKMS tree is busy: " + lockPath + " is held by process ",
+		"Kernel " + kernel + " is marked pending: its DKMS modules will be built when that process is done, or by the next kernel hook.",
+	} {
+		if !strings.Contains(r.Out, want) {
+			t.Errorf("postinst output lacks %q:\n%s", want, r.Out)
+		}
+	}
+	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/pending", kernel), true)
+	wantBuilds(t, counter)
+
+	// The holder lets go; the next dkms to take the lock (here one that
+	// has nothing of its own to do) builds the pending kernel.
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	r = testkit.Cmd{Argv: []string{filepath.Join(bin, "dkms"), "--root", root, "uninstall", "dkmsd_nonexistent/0"}}.Run(t)
+	if r.Code != 3 {
+		t.Errorf("dkms uninstall of a module not in the tree: exit %d, want 3\n%s", r.Code, r.Out)
+	}
+	wantBuilds(t, counter, kernel)
+	target, _ := filepath.EvalSymlinks("/lib/modules/" + kernel + "/build")
+	wantInstalled(t, filepath.Join(bin, "dkms"), []string{"--root", root}, filepath.Join(root, "lib/modules"), kernel, headersRelease(t, target), []testModule{probeModule})
+	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/pending", kernel), false)
 }

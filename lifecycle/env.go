@@ -48,6 +48,10 @@ type Env struct {
 	DeferDepmod bool
 	// NoInitrd: the command will not regenerate initrds (--no-initrd).
 	NoInitrd bool
+	// LockWait bounds the wait for the tree lock (0: no bound), for
+	// package-manager hooks that must not hang a transaction; LockReport
+	// is how often a waiter says who holds it (0: DefaultLockReport).
+	LockWait, LockReport time.Duration
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
 	confs *tree.ConfCache

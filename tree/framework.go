@@ -18,6 +18,7 @@ var frameworkNames = []string{
 	"parallel_jobs", "compress_gzip_opts", "compress_xz_opts", "compress_zstd_opts",
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
+	"hook_lock_timeout",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -50,6 +51,10 @@ type Framework struct {
 	// HookFailOnError is hook_fail_on_error: "yes" makes a module that
 	// fails to build fail the package manager's transaction.
 	HookFailOnError string
+	// HookLockTimeout is hook_lock_timeout: how long a package-manager
+	// hook waits for the tree lock before it leaves its kernel pending
+	// (0: dkmsd's default).
+	HookLockTimeout time.Duration
 
 	// Files are the files read, in order.
 	Files []string
@@ -107,6 +112,9 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	fw.HookFailOnError = get("hook_fail_on_error")
 	if n, err := strconv.ParseInt(get("tarball_max_size"), 10, 64); err == nil && n > 0 {
 		fw.TarballLimit = n
+	}
+	if n, err := strconv.Atoi(get("hook_lock_timeout")); err == nil && n > 0 {
+		fw.HookLockTimeout = time.Duration(n) * time.Second
 	}
 	return fw, nil
 }

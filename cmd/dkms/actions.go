@@ -50,7 +50,7 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 	} else if err := requireWritableTree(env); err != nil {
 		return err
 	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockTree(ctx, env)
 	if err != nil {
 		return err
 	}

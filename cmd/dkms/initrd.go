@@ -18,7 +18,7 @@ func initrdAction(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockTree(ctx, env)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dkmsd/dkmsd/hooks"
 	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/tree"
 )
@@ -116,7 +117,25 @@ func lockWritableTree(ctx context.Context, env *lifecycle.Env) (func(), error) {
 	if err := requireWritableTree(env); err != nil {
 		return nil, err
 	}
-	return lifecycle.LockTree(ctx, env)
+	return lockTree(ctx, env)
+}
+
+// lockTree takes the tree lock. Before letting it go, it does what kernel
+// hooks left pending while it held the lock (a hook does not wait for the
+// lock without bound), with the settings a hook would use, not this
+// command's flags.
+func lockTree(ctx context.Context, env *lifecycle.Env) (func(), error) {
+	unlock, err := lifecycle.LockTree(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		hookEnv := *env
+		hookEnv.Force, hookEnv.ForceVersionOverride, hookEnv.NoInitrd, hookEnv.NoDepmod = false, false, false, false
+		hookEnv.ConfFile, hookEnv.Directives, hookEnv.KernelConfig = "", nil, ""
+		hooks.CatchUp(ctx, &hookEnv)
+		unlock()
+	}, nil
 }
 
 func requireModuleArgs(a *args) error {

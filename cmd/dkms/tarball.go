@@ -24,7 +24,7 @@ func mktarball(ctx context.Context, a *args, env *lifecycle.Env) error {
 	} else if ts, err = targets(env, a); err != nil {
 		return err
 	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockTree(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func mkdriverdisk(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if len(a.kernels) == 0 {
 		ts = lifecycle.BuiltTargets(env, a.module, a.version)
 	}
-	unlock, err := lifecycle.LockTree(ctx, env)
+	unlock, err := lockTree(ctx, env)
 	if err != nil {
 		return err
 	}
