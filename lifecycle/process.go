@@ -91,14 +91,14 @@ func (e *Env) runShownScript(ctx context.Context, kind, dir, script string) (ran
 	e.info("Running the %s script:", kind)
 	out := &lineWriter{sink: e.Sink, typ: Info}
 	defer out.Flush()
-	return e.runScript(ctx, kind, dir, script, out)
+	return e.runScript(ctx, kind, dir, script, e.buildEnviron(), out)
 }
 
 // runScript runs a PRE_/POST_ script from a dkms.conf: the first word is a
 // file in dir that must be executable, the rest its arguments (no shell
-// parsing, as dkms execs it). Output goes to out. ran is false when the
-// script is not executable (dkms warns and carries on).
-func (e *Env) runScript(ctx context.Context, kind, dir, script string, out io.Writer) (ran bool, err error) {
+// parsing, as dkms execs it), in env. Output goes to out. ran is false
+// when the script is not executable (dkms warns and carries on).
+func (e *Env) runScript(ctx context.Context, kind, dir, script string, env []string, out io.Writer) (ran bool, err error) {
 	words := strings.Fields(script)
 	if len(words) == 0 {
 		return false, nil
@@ -111,5 +111,5 @@ func (e *Env) runScript(ctx context.Context, kind, dir, script string, out io.Wr
 		return false, nil
 	}
 	argv := append([]string{path}, words[1:]...)
-	return true, runArgv(ctx, dir, e.buildEnviron(), out, argv...)
+	return true, runArgv(ctx, dir, env, out, argv...)
 }
