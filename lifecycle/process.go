@@ -44,9 +44,11 @@ func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Wri
 	return cmd.Run()
 }
 
-// runArgv runs a program with arguments, output to out.
+// runArgv runs a program with arguments, output to out. A program named
+// without a slash is looked up in env's PATH (a build_environment may put
+// its own tools first), as a shell would.
 func runArgv(ctx context.Context, dir string, env []string, out io.Writer, argv ...string) error {
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd := exec.CommandContext(ctx, lookPathIn(argv[0], env), argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
@@ -112,4 +114,32 @@ func (e *Env) runScript(ctx context.Context, kind, dir, script string, env []str
 	}
 	argv := append([]string{path}, words[1:]...)
 	return true, runArgv(ctx, dir, env, out, argv...)
+}
+
+// lookPathIn finds name in the PATH of env (the last PATH= wins, as for
+// exec); name itself when it has a slash, env has no PATH, or no
+// directory holds an executable of that name (exec then reports it).
+func lookPathIn(name string, env []string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	path, found := "", false
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path, found = v, true
+		}
+	}
+	if !found {
+		return name
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p
+		}
+	}
+	return name
 }
