@@ -210,6 +210,8 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	st.clearReinstall(req.Kernel)
 	if req.DeferSummary {
 		st.addDeferred(sum)
+	} else {
+		postTransaction(ctx, env, sum, req.Arch)
 	}
 	if sum.Failed() && failOnError(env) {
 		return Result{ExitCode: ExitFailed, Summary: sum}
@@ -267,7 +269,18 @@ func flush(ctx context.Context, env *lifecycle.Env, req Request) Result {
 			warn(env, "dkmsd: %v", err)
 		}
 	}
+	postTransaction(ctx, env, &sum, req.Arch)
 	return Result{Summary: &sum}
+}
+
+// postTransaction ends a kernel transaction that installed modules, and
+// had no failure, with framework.conf's post_transaction, as dkms's
+// autoinstall does: once, at the end of the package manager's transaction
+// when the summary was deferred to it.
+func postTransaction(ctx context.Context, env *lifecycle.Env, sum *lifecycle.Summary, arch string) {
+	if k, installed := sum.InstalledKernel(); installed && !sum.Failed() {
+		lifecycle.PostTransaction(ctx, env, lifecycle.Target{Kernel: k, Arch: arch})
+	}
 }
 
 func fail(env *lifecycle.Env, req Request, err error) Result {

@@ -489,6 +489,7 @@ func (e *Env) depmodAfter(ctx context.Context, jobs []*job, results []*JobResult
 		err := e.depmod(ctx, k)
 		if err == nil {
 			e.commitKernel(k)
+			e.loadNewModules(ctx, k)
 		}
 		if err != nil {
 			e.warn("Error! depmod for %s failed: %v\nThe modules installed for it in this run are rolled back.", k, err)

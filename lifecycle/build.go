@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -98,11 +99,11 @@ func (e *Env) build(ctx context.Context, t Target) error {
 		return err
 	}
 	defer r.log.Close()
-	cc := k.cc()
-	if err := r.compile(ctx, conf, k, cc); err != nil {
+	r.env = e.withBuildEnvironment(ctx, t, e.buildEnviron(k.cc()...))
+	if err := r.compile(ctx, conf, k); err != nil {
 		return err
 	}
-	return r.store(ctx, conf, k, cc, sign)
+	return r.store(ctx, conf, k, sign)
 }
 
 // checkBuildable refuses what dkms refuses before building: a kernel
@@ -134,6 +135,9 @@ type buildRun struct {
 	start              time.Time
 	vdir, dir, logPath string
 	log                *os.File
+	// env is the environment of everything the build runs: the
+	// kernel's compiler, then framework.conf's build_environment.
+	env []string
 }
 
 // startBuild makes a fresh build dir from the source. The build happens
@@ -175,7 +179,7 @@ func (r *buildRun) failed(kind Kind, err error, lines ...string) error {
 
 // compile applies the patches, runs PRE_BUILD and make, and checks that
 // every module the dkms.conf names was built.
-func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel, cc []string) error {
+func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) error {
 	e, t, buildDir, log, logPath := r.e, r.t, r.dir, r.log, r.logPath
 	for _, p := range conf.Patches {
 		patch := filepath.Join(buildDir, "patches", p)
@@ -184,14 +188,14 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel, 
 		}
 		e.info("Applying patch %s...", p)
 		blk := startLogBlock(log, "Applying patch "+p, "patch -p1 < ./patches/"+p)
-		err := runArgv(ctx, buildDir, e.buildEnviron(), log, "patch", "-p1", "-i", patch)
+		err := runArgv(ctx, buildDir, r.env, log, "patch", "-p1", "-i", patch)
 		blk.end(err)
 		if err != nil {
 			return r.failed(KindPatchFailed, err, fmt.Sprintf("Application of patch %s failed.", p), fmt.Sprintf("Check %s for more information.", buildDir))
 		}
 	}
 	if conf.PreBuild != "" {
-		if err := e.buildScript(ctx, "pre_build", buildDir, conf.PreBuild, log, cc); err != nil {
+		if err := e.buildScript(ctx, "pre_build", buildDir, conf.PreBuild, log, r.env); err != nil {
 			return r.failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
@@ -201,7 +205,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel, 
 		e.info("%s", makeCmd)
 	}
 	blk := startLogBlock(log, "Building module(s)", makeCmd)
-	err := e.runMake(ctx, buildDir, makeCmd, cc, log)
+	err := e.runMake(ctx, buildDir, makeCmd, r.env, log)
 	blk.end(err)
 	if err != nil {
 		return r.failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
@@ -219,7 +223,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel, 
 // store stages module/ and log/ in a temporary dir beside the final one,
 // runs POST_BUILD, and renames the stage into place: the build is then
 // either complete or absent.
-func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, cc []string, sign *signer) error {
+func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, sign *signer) error {
 	e, t, buildDir, log, logPath := r.e, r.t, r.dir, r.log, r.logPath
 	kdir := filepath.Join(r.vdir, t.Kernel)
 	if err := os.MkdirAll(kdir, 0o755); err != nil {
@@ -231,11 +235,11 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, cc
 		return diskError(kdir, err)
 	}
 	defer os.RemoveAll(stage)
-	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign); err != nil {
+	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign, r.env); err != nil {
 		return r.failed(KindInternal, err, err.Error())
 	}
 	if conf.PostBuild != "" {
-		if err := e.buildScript(ctx, "post_build", buildDir, conf.PostBuild, log, cc); err != nil {
+		if err := e.buildScript(ctx, "post_build", buildDir, conf.PostBuild, log, r.env); err != nil {
 			return r.failed(KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
@@ -294,9 +298,9 @@ func replaceDir(src, dst string) error {
 	return nil
 }
 
-// stageModules strips, signs and compresses each built module into
-// <stage>/module under its DEST_MODULE_NAME.
-func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, buildDir, stage string, sign *signer) error {
+// stageModules strips, signs and compresses each built module (running
+// the tools in env) into <stage>/module under its DEST_MODULE_NAME.
+func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, buildDir, stage string, sign *signer, env []string) error {
 	modDir := filepath.Join(stage, "module")
 	if err := os.MkdirAll(modDir, 0o755); err != nil {
 		return diskError(modDir, err)
@@ -311,25 +315,22 @@ func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, 
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if m.Strip {
 			var out strings.Builder
-			if err := runArgv(ctx, buildDir, e.Environ, &out, "strip", "-g", ko); err != nil {
+			if err := runArgv(ctx, buildDir, env, &out, "strip", "-g", ko); err != nil {
 				return fmt.Errorf("strip %s: %v: %s", ko, err, strings.TrimSpace(out.String()))
 			}
 		}
 		if sign != nil {
 			e.info("Signing module %s", ko)
-			if err := sign.sign(ctx, e, ko); err != nil {
+			if err := sign.sign(ctx, env, ko); err != nil {
 				e.warn("Warning: Failed to sign module '%s'!\n%v", ko, err)
 			}
 		}
-		data, err := os.ReadFile(ko)
-		if err != nil {
-			return err
+		file := e.compressModule(ctx, env, ko, suffix)
+		ext := ".ko"
+		if file != ko {
+			ext = suffix
 		}
-		packed, err := tree.CompressModule(data, suffix)
-		if err != nil {
-			return fmt.Errorf("compress %s: %w", ko, err)
-		}
-		if err := writeFileAtomic(filepath.Join(modDir, m.DestName+suffix), packed, 0o644); err != nil {
+		if err := copyFileAtomic(file, filepath.Join(modDir, m.DestName+ext)); err != nil {
 			return err
 		}
 	}
@@ -366,17 +367,18 @@ func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel) string {
 	return cmd
 }
 
-// runMake runs the make line in the build dir. Under a jobserver it first
-// takes the slot make's first job runs on, and hands make the pipe.
-func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, cc []string, log *os.File) error {
+// runMake runs the make line in the build dir with env. Under a jobserver
+// it first takes the slot make's first job runs on, and hands make the
+// pipe.
+func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, env []string, log *os.File) error {
 	if e.Jobserver == nil {
-		return runShell(ctx, buildDir, makeCmd, e.buildEnviron(cc...), log)
+		return runShell(ctx, buildDir, makeCmd, env, log)
 	}
 	if err := e.Jobserver.Acquire(ctx); err != nil {
 		return err
 	}
 	defer e.Jobserver.Release()
-	env := e.buildEnviron(cc...)
+	env = slices.Clone(env)
 	caller := ""
 	for i, kv := range env {
 		if v, ok := strings.CutPrefix(kv, "MAKEFLAGS="); ok {
@@ -403,11 +405,12 @@ func (k buildKernel) cc() []string {
 	return []string{"CC=" + cc}
 }
 
-// buildScript runs PRE_BUILD/POST_BUILD in the build dir, logged to make.log.
-func (e *Env) buildScript(ctx context.Context, kind, buildDir, script string, log *os.File, cc []string) error {
+// buildScript runs PRE_BUILD/POST_BUILD in the build dir with env, logged
+// to make.log.
+func (e *Env) buildScript(ctx context.Context, kind, buildDir, script string, log *os.File, env []string) error {
 	e.info("Running the %s script...", kind)
 	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+buildDir+"/ && "+filepath.Join(buildDir, script))
-	ran, err := e.runScript(ctx, kind, buildDir, script, log)
+	ran, err := e.runScript(ctx, kind, buildDir, script, env, log)
 	if !ran {
 		blk.end(nil)
 		return nil

@@ -30,6 +30,9 @@ type Env struct {
 	NoDepmod             bool
 	Verbose              bool
 	SymlinkModules       bool
+	// ModprobeOnInstall is modprobe_on_install (--modprobe-on-install):
+	// see loadNewModules.
+	ModprobeOnInstall bool
 	// ConfFile is -c: a dkms.conf to use instead of the module's own.
 	ConfFile string
 	// Directives are --directive NAME=VALUE.
@@ -84,6 +87,7 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 	}
 	e.Verbose = fw.Verbose
 	e.SymlinkModules = fw.SymlinkModules
+	e.ModprobeOnInstall = fw.ModprobeOnInstall
 	return e, nil
 }
 

@@ -178,6 +178,7 @@ func (e *Env) finishInstall(ctx context.Context, t Target) error {
 			return &Error{Kind: KindDepmod, Err: err, Lines: []string{"Problems with depmod detected. Automatically uninstalling this module.", "Install Failed (depmod problems). Module rolled back to built state."}}
 		}
 		e.commit(t)
+		e.loadNewModules(ctx, t.Kernel)
 	}
 	e.Sink.Emit(Event{Type: Installed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 		Text: fmt.Sprintf("%s/%s installed for %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})

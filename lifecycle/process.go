@@ -44,9 +44,11 @@ func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Wri
 	return cmd.Run()
 }
 
-// runArgv runs a program with arguments, output to out.
+// runArgv runs a program with arguments, output to out. A program named
+// without a slash is looked up in env's PATH (a build_environment may put
+// its own tools first), as a shell would.
 func runArgv(ctx context.Context, dir string, env []string, out io.Writer, argv ...string) error {
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd := exec.CommandContext(ctx, lookPathIn(argv[0], env), argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
@@ -91,14 +93,14 @@ func (e *Env) runShownScript(ctx context.Context, kind, dir, script string) (ran
 	e.info("Running the %s script:", kind)
 	out := &lineWriter{sink: e.Sink, typ: Info}
 	defer out.Flush()
-	return e.runScript(ctx, kind, dir, script, out)
+	return e.runScript(ctx, kind, dir, script, e.buildEnviron(), out)
 }
 
 // runScript runs a PRE_/POST_ script from a dkms.conf: the first word is a
 // file in dir that must be executable, the rest its arguments (no shell
-// parsing, as dkms execs it). Output goes to out. ran is false when the
-// script is not executable (dkms warns and carries on).
-func (e *Env) runScript(ctx context.Context, kind, dir, script string, out io.Writer) (ran bool, err error) {
+// parsing, as dkms execs it), in env. Output goes to out. ran is false
+// when the script is not executable (dkms warns and carries on).
+func (e *Env) runScript(ctx context.Context, kind, dir, script string, env []string, out io.Writer) (ran bool, err error) {
 	words := strings.Fields(script)
 	if len(words) == 0 {
 		return false, nil
@@ -111,5 +113,33 @@ func (e *Env) runScript(ctx context.Context, kind, dir, script string, out io.Wr
 		return false, nil
 	}
 	argv := append([]string{path}, words[1:]...)
-	return true, runArgv(ctx, dir, e.buildEnviron(), out, argv...)
+	return true, runArgv(ctx, dir, env, out, argv...)
+}
+
+// lookPathIn finds name in the PATH of env (the last PATH= wins, as for
+// exec); name itself when it has a slash, env has no PATH, or no
+// directory holds an executable of that name (exec then reports it).
+func lookPathIn(name string, env []string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	path, found := "", false
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path, found = v, true
+		}
+	}
+	if !found {
+		return name
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p
+		}
+	}
+	return name
 }

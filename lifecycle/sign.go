@@ -25,6 +25,18 @@ func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error
 	if err != nil {
 		return nil, fmt.Errorf("read framework.conf for signing: %w", err)
 	}
+	// try_sign_modules: "false" never signs; anything but "true" acts as
+	// "not_in_chroot" (the default), which does not sign, nor make a MOK
+	// key, inside a chroot (an image being built: the key would be
+	// enrolled on no machine).
+	switch {
+	case fw.TrySignModules == "false":
+		e.info("Module signing is disabled by policy, modules won't be signed")
+		return nil, nil
+	case fw.TrySignModules != "true" && probeChroot(e.Environ).inChroot():
+		e.info("Running in chroot, modules won't be signed")
+		return nil, nil
+	}
 	if k.ConfigFile == "" {
 		e.info("Kernel config %s not found, modules won't be signed", filepath.Join(k.BuildDir, ".config"))
 		return nil, nil
@@ -109,10 +121,11 @@ func (e *Env) mokPair(ctx context.Context, fw tree.Framework) (key, cert string,
 	return key, cert, nil
 }
 
-// sign signs one uncompressed module file in place.
-func (s *signer) sign(ctx context.Context, e *Env, ko string) error {
+// sign signs one uncompressed module file in place, running sign-file in
+// env.
+func (s *signer) sign(ctx context.Context, env []string, ko string) error {
 	var out strings.Builder
-	if err := runArgv(ctx, "", e.Environ, &out, s.file, s.hash, s.key, s.cert, ko); err != nil {
+	if err := runArgv(ctx, "", env, &out, s.file, s.hash, s.key, s.cert, ko); err != nil {
 		return fmt.Errorf("sign %s: %v: %s", ko, err, strings.TrimSpace(out.String()))
 	}
 	return nil

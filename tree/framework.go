@@ -17,6 +17,7 @@ var frameworkNames = []string{
 	"verbose", "symlink_modules", "autoinstall_all_kernels", "modprobe_on_install",
 	"parallel_jobs", "compress_gzip_opts", "compress_xz_opts", "compress_zstd_opts",
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
+	"try_sign_modules", "build_environment",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
 	"hook_lock_timeout",
 }
@@ -26,6 +27,17 @@ var frameworkNames = []string{
 var envFrameworkNames = []string{
 	"parallel_jobs", "modprobe_on_install", "post_transaction", "sign_file",
 	"mok_signing_key", "mok_certificate", "autoinstall_all_kernels",
+	"try_sign_modules", "build_environment",
+}
+
+// compressDefaults are dkms 3.4.3's compress_*_opts, set before
+// framework.conf is read (so the environment cannot give them, and a file
+// may extend them: compress_xz_opts="$compress_xz_opts -9"). xz's CRC32
+// and 1 MiB dictionary are what the kernel's own decompressor reads.
+var compressDefaults = map[string]string{
+	"compress_gzip_opts": "",
+	"compress_xz_opts":   "--check=crc32 --lzma2=dict=1MiB",
+	"compress_zstd_opts": "-q --rm -T0",
 }
 
 // Framework is the evaluated framework configuration. Empty means unset.
@@ -39,9 +51,20 @@ type Framework struct {
 	// ParallelJobs is 0 when unset (then: the number of CPUs).
 	ParallelJobs int
 
+	// CompressGzipOpts, CompressXzOpts and CompressZstdOpts are the
+	// options gzip, xz and zstd compress modules with (compressDefaults
+	// unless framework.conf says otherwise).
 	CompressGzipOpts, CompressXzOpts, CompressZstdOpts string
-	PostTransaction                                    string
-	SignFile, MOKSigningKey, MOKCertificate            string
+	// PostTransaction is the command run after a command that changed
+	// the install tree (see lifecycle.PostTransaction).
+	PostTransaction                         string
+	SignFile, MOKSigningKey, MOKCertificate string
+	// TrySignModules is "true", "false" or "not_in_chroot" (also what any
+	// other value means).
+	TrySignModules string
+	// BuildEnvironment is a file whose exported variables builds run
+	// with.
+	BuildEnvironment string
 	// InitrdStrategy is "append" (default) or "rewrite"; InitrdTool is
 	// "dkmsd" (default), "update-initramfs", "dracut" or "none".
 	InitrdStrategy, InitrdTool string
@@ -76,6 +99,9 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 			vals[name] = Value{Elems: map[int]string{0: v}}
 		}
 	}
+	for name, v := range compressDefaults {
+		vals[name] = Value{Elems: map[int]string{0: v}}
+	}
 	var fw Framework
 	for _, f := range files {
 		src, err := os.ReadFile(f)
@@ -108,6 +134,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	fw.CompressGzipOpts, fw.CompressXzOpts, fw.CompressZstdOpts = get("compress_gzip_opts"), get("compress_xz_opts"), get("compress_zstd_opts")
 	fw.PostTransaction = get("post_transaction")
 	fw.SignFile, fw.MOKSigningKey, fw.MOKCertificate = get("sign_file"), get("mok_signing_key"), get("mok_certificate")
+	fw.TrySignModules, fw.BuildEnvironment = get("try_sign_modules"), get("build_environment")
 	fw.InitrdStrategy, fw.InitrdTool = get("initrd_strategy"), get("initrd_tool")
 	fw.HookFailOnError = get("hook_fail_on_error")
 	if n, err := strconv.ParseInt(get("tarball_max_size"), 10, 64); err == nil && n > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -39,5 +40,58 @@ func TestReadFrameworkOrderEnvAndKernelver(t *testing.T) {
 	l := fw.Apply(NewLayout("/sandbox"))
 	if l.DKMSTree != "/sandbox/srv/dkms" || l.SourceTree != "/sandbox/usr/src" {
 		t.Errorf("layout = %+v", l)
+	}
+}
+
+// TestReadFrameworkDkms34Settings reads the settings dkms 3.4 added: the
+// compress_*_opts defaults, set before the files (which may extend them)
+// and not taken from the environment; try_sign_modules and
+// build_environment, which the environment may give.
+func TestReadFrameworkDkms34Settings(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("compress_gzip_opts", "-9")
+	t.Setenv("try_sign_modules", "false")
+	t.Setenv("build_environment", "/opt/env")
+	fw, err := ReadFramework(context.Background(), dir, "", os.Environ(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fw.CompressGzipOpts != "" || fw.CompressXzOpts != "--check=crc32 --lzma2=dict=1MiB" || fw.CompressZstdOpts != "-q --rm -T0" {
+		t.Errorf("defaults without framework.conf: gzip %q, xz %q, zstd %q", fw.CompressGzipOpts, fw.CompressXzOpts, fw.CompressZstdOpts)
+	}
+	if fw.TrySignModules != "false" || fw.BuildEnvironment != "/opt/env" {
+		t.Errorf("from the environment: try_sign_modules %q, build_environment %q", fw.TrySignModules, fw.BuildEnvironment)
+	}
+	conf := `compress_xz_opts="$compress_xz_opts -9"
+compress_zstd_opts=""
+try_sign_modules=not_in_chroot
+post_transaction="update-initramfs -u -k $kernelver"
+`
+	if err := os.WriteFile(filepath.Join(dir, "framework.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fw, err = ReadFramework(context.Background(), dir, "6.1.0-56-amd64", os.Environ(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fw.CompressXzOpts != "--check=crc32 --lzma2=dict=1MiB -9" || fw.CompressZstdOpts != "" || fw.TrySignModules != "not_in_chroot" {
+		t.Errorf("from framework.conf: xz %q, zstd %q, try_sign_modules %q", fw.CompressXzOpts, fw.CompressZstdOpts, fw.TrySignModules)
+	}
+	if fw.PostTransaction != "update-initramfs -u -k 6.1.0-56-amd64" {
+		t.Errorf("post_transaction = %q", fw.PostTransaction)
+	}
+}
+
+// TestFrameworkSettingsDocumented checks that dist/framework.conf, the
+// file installed as /etc/dkms/framework.conf, shows every setting read.
+func TestFrameworkSettingsDocumented(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "dist", "framework.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range frameworkNames {
+		if !strings.Contains(string(data), "\n# "+name+"=") {
+			t.Errorf("dist/framework.conf has no commented example of %s", name)
+		}
 	}
 }

@@ -84,7 +84,7 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Build(ctx, env, t) })
 	case "install":
 		err := eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Install(ctx, env, t) })
-		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
+		return afterTransaction(ctx, a, env, ts, err)
 	}
 	// remove, unbuild, uninstall work on modules in the tree.
 	if err := env.RequireAdded(a.module, a.version); err != nil {
@@ -93,14 +93,30 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 	switch a.action {
 	case "uninstall":
 		err := eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Uninstall(ctx, env, t) })
-		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
+		return afterTransaction(ctx, a, env, ts, err)
 	case "unbuild":
 		err := eachTarget(ctx, ts, func(t lifecycle.Target) error { return lifecycle.Unbuild(ctx, env, t) })
-		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
+		return afterTransaction(ctx, a, env, ts, err)
 	default:
 		err := lifecycle.Remove(ctx, env, a.module, a.version, ts)
-		return firstErr(err, regenerateInitrds(ctx, a, env, ts))
+		return afterTransaction(ctx, a, env, ts, err)
 	}
+}
+
+// afterTransaction ends an install, uninstall, unbuild or remove: the
+// initrds, then, when the command succeeded, framework.conf's
+// post_transaction (for the first kernel, as dkms runs it), whose own
+// failure does not change the exit status.
+func afterTransaction(ctx context.Context, a *args, env *lifecycle.Env, ts []lifecycle.Target, err error) error {
+	initrdErr := regenerateInitrds(ctx, a, env, ts)
+	if err == nil {
+		t := lifecycle.Target{Module: a.module, Version: a.version}
+		if len(ts) > 0 {
+			t = ts[0]
+		}
+		lifecycle.PostTransaction(ctx, env, t)
+	}
+	return firstErr(err, initrdErr)
 }
 
 // firstErr is the command's failure, else the initrd step's.

@@ -56,7 +56,8 @@ func newBatchRoot(t *testing.T) *batchRoot {
 		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DKMSD_ROOT", "LC_ALL", "LANG",
 			// framework.conf settings the environment may also give
 			"parallel_jobs", "modprobe_on_install", "post_transaction", "sign_file",
-			"mok_signing_key", "mok_certificate", "autoinstall_all_kernels":
+			"mok_signing_key", "mok_certificate", "autoinstall_all_kernels",
+			"try_sign_modules", "build_environment":
 		default:
 			env = append(env, kv)
 		}

@@ -61,6 +61,11 @@ func batch(ctx context.Context, a *args, env *lifecycle.Env) error {
 	if err != nil {
 		return err
 	}
+	// dkms 3.4 runs post_transaction after an autoinstall that succeeded
+	// and installed something; not after match or the kernel_* actions.
+	if k, installed := sum.InstalledKernel(); installed && a.action == "autoinstall" && !sum.Failed() {
+		lifecycle.PostTransaction(ctx, env, lifecycle.Target{Kernel: k, Arch: arch[0]})
+	}
 	if sum.Failed() {
 		return &lifecycle.Error{Kind: lifecycle.KindAutoinstall, Lines: []string{
 			"One or more modules failed to install during " + a.action + ".",

@@ -49,6 +49,7 @@ func newEnv(ctx context.Context, a *args, sink lifecycle.Sink) (*lifecycle.Env, 
 	env.NoInitrd = a.noInitrd
 	env.Verbose = env.Verbose || a.verbose
 	env.SymlinkModules = env.SymlinkModules || a.symlinkModules
+	env.ModprobeOnInstall = env.ModprobeOnInstall || a.modprobeOnInstall
 	env.ConfFile, env.Directives, env.KernelConfig = a.conf, a.directives, a.kernelConfig
 	if a.jobs != "" {
 		env.Jobs, _ = strconv.Atoi(a.jobs)

@@ -1,7 +1,8 @@
 // Package kcompress writes the compressed formats the kernel's own
-// decompressors read back — compressed modules (.ko.gz, .ko.xz, .ko.zst)
-// and initrd segments — with the settings they need, kept in one place:
-// xz with CRC32 and a 1 MiB dictionary, zstd with an 8 MiB window.
+// decompressors read back — initrd segments — with the settings they
+// need, kept in one place: xz with CRC32 and a 1 MiB dictionary, zstd with
+// an 8 MiB window. (Modules are compressed by gzip, xz and zstd
+// themselves, with framework.conf's compress_*_opts, as dkms does.)
 //
 //	packed, err := kcompress.Encode(kcompress.Zstd, data, true)
 package kcompress
@@ -25,8 +26,8 @@ const (
 	Zstd Format = "zstd"
 )
 
-// Encode compresses data in format f. small trades time for size (module
-// files, whole-archive rewrites); otherwise speed wins (an appended initrd
+// Encode compresses data in format f. small trades time for size (a
+// whole-archive rewrite); otherwise speed wins (an appended initrd
 // segment). xz has one setting.
 func Encode(f Format, data []byte, small bool) ([]byte, error) {
 	var buf bytes.Buffer
