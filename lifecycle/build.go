@@ -206,7 +206,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel, 
 	if err != nil {
 		return r.failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
 	}
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if !exists(ko) {
 			return r.failed(KindNoModuleBuilt, nil, fmt.Sprintf("Build of %s%s.ko failed for: %s (%s)", m.BuiltLocation, m.BuiltName, t.Kernel, t.Arch),
@@ -307,7 +307,7 @@ func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, 
 			return err
 		}
 	}
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if m.Strip {
 			var out strings.Builder

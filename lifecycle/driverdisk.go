@@ -161,7 +161,7 @@ func (e *Env) driverDiskModules(ctx context.Context, module, version string, tar
 				cpioRecs = append(cpioRecs, cpio.Directory(d, 0o755))
 			}
 		}
-		for _, m := range conf.Modules {
+		for _, m := range conf.Buildable() {
 			f := tree.FindModuleFile(modDir, m.DestName)
 			if f == "" {
 				return nil, fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, modDir))

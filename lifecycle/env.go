@@ -197,7 +197,7 @@ func (e *Env) isBuilt(ctx context.Context, t Target) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		if tree.FindModuleFile(dir, m.DestName) == "" {
 			return false, nil
 		}

@@ -93,7 +93,7 @@ func (e *Env) planInstall(t Target, k tree.Kernel, conf *tree.Conf) ([]plannedMo
 	builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
 	var plan []plannedModule
 	release := k.Release()
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		f := tree.FindModuleFile(builtDir, m.DestName)
 		if f == "" {
 			return nil, fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, builtDir))

@@ -66,6 +66,9 @@ type ModuleSpec struct {
 	DestLocation    string
 	RawDestLocation string
 	Strip           bool
+	// Excluded names the BUILD_EXCLUSIVE_*[#] directive that leaves this
+	// module out for the kernel and arch, or is "".
+	Excluded string
 }
 
 // Conf is a dkms.conf evaluated for one kernel and architecture.
@@ -90,7 +93,8 @@ type Conf struct {
 	NoWeakModules       bool
 	RemakeInitrd        bool
 	// Excluded names the BUILD_EXCLUSIVE_* directive that rules this
-	// kernel/arch out, or is "".
+	// kernel/arch out for the whole package (element 0, or each module's
+	// own element), or is "".
 	Excluded string
 
 	// Warnings are what a strict read prints (deprecated directives, zero
