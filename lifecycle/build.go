@@ -149,6 +149,9 @@ func (e *Env) startBuild(t Target, start time.Time) (*buildRun, error) {
 	if err := copyTree(sourceDir, r.dir); err != nil {
 		return nil, fmt.Errorf("copy %s to %s: %w", sourceDir, r.dir, err)
 	}
+	if err := e.overlayPatches(t.Module, r.dir); err != nil {
+		return nil, fmt.Errorf("copy the patches of %s into %s: %w", e.moduleConfDir(t.Module), r.dir, err)
+	}
 	r.logPath = filepath.Join(r.dir, "make.log")
 	log, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -191,7 +194,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel, 
 		}
 	}
 	if conf.PreBuild != "" {
-		if err := e.buildScript(ctx, "pre_build", buildDir, conf.PreBuild, log, cc); err != nil {
+		if err := e.buildScript(ctx, "pre_build", e.scriptDir(t.Module, buildDir, conf.PreBuild), conf.PreBuild, log, cc); err != nil {
 			return r.failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
@@ -235,7 +238,7 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, cc
 		return r.failed(KindInternal, err, err.Error())
 	}
 	if conf.PostBuild != "" {
-		if err := e.buildScript(ctx, "post_build", buildDir, conf.PostBuild, log, cc); err != nil {
+		if err := e.buildScript(ctx, "post_build", e.scriptDir(t.Module, buildDir, conf.PostBuild), conf.PostBuild, log, cc); err != nil {
 			return r.failed(KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
@@ -403,11 +406,12 @@ func (k buildKernel) cc() []string {
 	return []string{"CC=" + cc}
 }
 
-// buildScript runs PRE_BUILD/POST_BUILD in the build dir, logged to make.log.
-func (e *Env) buildScript(ctx context.Context, kind, buildDir, script string, log *os.File, cc []string) error {
+// buildScript runs PRE_BUILD/POST_BUILD in dir (the build dir, or the
+// module's override dir), logged to make.log.
+func (e *Env) buildScript(ctx context.Context, kind, dir, script string, log *os.File, cc []string) error {
 	e.info("Running the %s script...", kind)
-	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+buildDir+"/ && "+filepath.Join(buildDir, script))
-	ran, err := e.runScript(ctx, kind, buildDir, script, log)
+	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+dir+"/ && "+filepath.Join(dir, script))
+	ran, err := e.runScript(ctx, kind, dir, script, log)
 	if !ran {
 		blk.end(nil)
 		return nil
