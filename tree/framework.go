@@ -53,6 +53,8 @@ type Framework struct {
 
 	// Files are the files read, in order.
 	Files []string
+	// Unused are the settings given that have no effect, for a warning.
+	Unused []UnusedSetting
 }
 
 // ReadFramework evaluates <confDir>/framework.conf and then
@@ -71,7 +73,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 			vals[name] = Value{Elems: map[int]string{0: v}}
 		}
 	}
-	var fw Framework
+	fw := Framework{Unused: inertFromEnv()}
 	for _, f := range files {
 		src, err := os.ReadFile(f)
 		if err != nil {
@@ -88,6 +90,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 		if err != nil {
 			return Framework{}, err
 		}
+		fw.Unused = append(fw.Unused, unusedIn(f, vals, res)...)
 		vals = res.Values
 		fw.Files = append(fw.Files, f)
 	}
