@@ -26,7 +26,13 @@ var confNames = []string{
 	"STRIP", "AUTOINSTALL", "NO_WEAK_MODULES",
 	"REMAKE_INITRD", "MODULES_CONF", "MODULES_CONF_OBSOLETES",
 	"MODULES_CONF_ALIAS_TYPE", "MODULES_CONF_OBSOLETE_ONLY",
+	"SIGN_FILE", "MOK_SIGNING_KEY", "MOK_CERTIFICATE",
 }
+
+// unusedConfNames are directives dkms 3.0.10 reads from a dkms.conf and
+// never uses (signing is framework.conf's sign_file, mok_signing_key and
+// mok_certificate): dkmsd says so rather than ignore them in silence.
+var unusedConfNames = []string{"SIGN_FILE", "MOK_SIGNING_KEY", "MOK_CERTIFICATE"}
 
 // deprecatedNames are accepted and ignored, with the warning dkms 3.x
 // prints. REMAKE_INITRD is not among them: dkmsd acts on it (initrd).
@@ -101,6 +107,8 @@ type Conf struct {
 	// modules); Lines maps each directive to the line that first set it.
 	Warnings []string
 	Lines    map[string]int
+	// Unused are the directives set that have no effect (unusedConfNames).
+	Unused []string
 }
 
 // ConfError is an invalid dkms.conf: every problem found, each naming the

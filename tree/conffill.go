@@ -36,6 +36,11 @@ func (c *Conf) fill(vals map[string]Value, ctx ConfContext) []string {
 	k.fillMake(vals, ctx)
 	k.fillPatches(vals, ctx)
 	k.fillExclusions(vals, ctx)
+	for _, n := range unusedConfNames {
+		if vals[n].Set() {
+			c.Unused = append(c.Unused, n)
+		}
+	}
 	return k.problems
 }
 
