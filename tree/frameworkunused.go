@@ -14,6 +14,11 @@ var inertFrameworkNames = []string{
 	"modprobe_on_install", "post_transaction",
 }
 
+// NoEffect reports whether dkmsd reads the framework setting name but
+// does not act on it yet (then its command-line twin, such as
+// --modprobe-on-install, earns a warning too).
+func NoEffect(name string) bool { return slices.Contains(inertFrameworkNames, name) }
+
 // FrameworkNames are the framework.conf settings dkmsd reads, in the
 // order the reader lists them.
 func FrameworkNames() []string { return slices.Clone(frameworkNames) }

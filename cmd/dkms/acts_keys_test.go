@@ -286,7 +286,7 @@ func installIntoInitrd(t *testing.T, s *actsSetup, with bool, framework, args []
 var pendingCases = []actsCase{{
 	name: "modprobe_on_install",
 	run: func(t *testing.T, s *actsSetup, with bool) string {
-		return modprobeOnInstall(t, s, with, func(b *batchRoot) []string {
+		return modprobeScenario(t, s, with, func(b *batchRoot) []string {
 			writeFramework(t, b, `modprobe_on_install="true"`)
 			return nil
 		})
@@ -295,7 +295,7 @@ var pendingCases = []actsCase{{
 }, {
 	name: "--modprobe-on-install",
 	run: func(t *testing.T, s *actsSetup, with bool) string {
-		return modprobeOnInstall(t, s, with, func(*batchRoot) []string { return []string{"--modprobe-on-install"} })
+		return modprobeScenario(t, s, with, func(*batchRoot) []string { return []string{"--modprobe-on-install"} })
 	},
 	want: "modprobe -a -b -q",
 }, {
@@ -405,11 +405,11 @@ func compressedBuild(t *testing.T, s *actsSetup, with bool, suffix, framework st
 	return data
 }
 
-// modprobeOnInstall installs dkmsd_hello for the running kernel (dkms
+// modprobeScenario installs dkmsd_hello for the running kernel (dkms
 // 3.4 loads modules only there) with --debug, which shows every command
 // run; with, set changes the root and returns extra arguments. Upstream
 // then runs modprobe -a -b -q over the machine's modaliases.
-func modprobeOnInstall(t *testing.T, s *actsSetup, with bool, set func(b *batchRoot) []string) string {
+func modprobeScenario(t *testing.T, s *actsSetup, with bool, set func(b *batchRoot) []string) string {
 	t.Helper()
 	running := strings.TrimSpace(testkit.MustRun(t, "uname", "-r"))
 	if _, err := os.Stat("/lib/modules/" + running + "/build/include"); err != nil {

@@ -351,3 +351,28 @@ func onlyKo(t *testing.T, dir string) string {
 	}
 	return filepath.Join(dir, kos[0])
 }
+
+// TestUnknownOptionRefusedAsDkms3010: an option dkms does not have is
+// refused as dkms 3.0.10 refuses it: the same error on stderr, the usage
+// on stdout, exit 2, wherever it stands on the line.
+func TestUnknownOptionRefusedAsDkms3010(t *testing.T) {
+	if _, err := os.Stat(referenceDkms); err != nil {
+		testkit.Missing(t, "Debian's dkms 3.0.10 at "+referenceDkms+" (apt-get install -y dkms)")
+	}
+	for _, argv := range [][]string{{"--bogus"}, {"status", "--bogus"}, {"-x", "status"}, {"status", "--verbosex"}, {"build", "--no-such-thing=1"}} {
+		ref := testkit.Cmd{Argv: append([]string{referenceDkms}, argv...)}.Run(t)
+		got := testkit.Cmd{Argv: append([]string{testkit.Binary(t, "dkms")}, argv...)}.Run(t)
+		if ref.Code != 2 || !strings.HasPrefix(ref.Stdout, "Usage: ") {
+			t.Fatalf("dkms 3.0.10 %q: exit %d\n%s", argv, ref.Code, ref.Out)
+		}
+		if got.Code != ref.Code || got.Stderr != ref.Stderr || !strings.HasPrefix(got.Stdout, "Usage: ") {
+			t.Errorf("dkms %q: exit %d, stderr %q, stdout %q; dkms 3.0.10: exit %d, stderr %q, usage on stdout",
+				argv, got.Code, got.Stderr, firstLine(got.Stdout), ref.Code, ref.Stderr)
+		}
+	}
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/tree"
 )
 
 // args is a parsed dkms command line. The grammar is dkms's: options and
@@ -132,13 +133,22 @@ var flagOptions = map[string]func(a *args, w string){
 	"--all":                    func(a *args, _ string) { a.all = true },
 	"--verbose":                func(a *args, _ string) { a.verbose = true },
 	"--no-depmod":              func(a *args, _ string) { a.noDepmod = true },
-	"--modprobe-on-install":    func(a *args, _ string) { a.modprobeOnInstall = true },
+	"--modprobe-on-install":    modprobeOnInstall,
 	"--symlink-modules":        func(a *args, _ string) { a.symlinkModules = true },
 	// dkms traced its bash script; dkmsd shows the commands it runs.
 	"--debug": func(a *args, _ string) { a.debug = true },
 }
 
 func deprecatedFlag(a *args, w string) { a.warnings = append(a.warnings, "Deprecated feature: "+w) }
+
+// modprobeOnInstall is framework.conf's modprobe_on_install for one
+// command; while dkmsd does not act on that setting, it says so.
+func modprobeOnInstall(a *args, w string) {
+	a.modprobeOnInstall = true
+	if tree.NoEffect("modprobe_on_install") {
+		a.warnings = append(a.warnings, "Warning: "+w+" is not an option dkmsd acts on; it is ignored.")
+	}
+}
 
 // flag takes an option without a value.
 func (a *args) flag(w string) bool {

@@ -49,6 +49,8 @@ func newEnv(ctx context.Context, a *args, sink lifecycle.Sink) (*lifecycle.Env, 
 	env.NoInitrd = a.noInitrd
 	env.Verbose = env.Verbose || a.verbose
 	env.SymlinkModules = env.SymlinkModules || a.symlinkModules
+	// --modprobe-on-install is modprobe_on_install for this command.
+	env.Framework.ModprobeOnInstall = env.Framework.ModprobeOnInstall || a.modprobeOnInstall
 	env.ConfFile, env.Directives, env.KernelConfig = a.conf, a.directives, a.kernelConfig
 	// dkms exports each --directive, so make and the scripts see it too,
 	// whether or not it names a dkms.conf directive.
