@@ -44,7 +44,7 @@ func Add(ctx context.Context, e *Env, module, version, kernel, arch string) erro
 	}
 	e.Sink.Emit(Event{Type: Added, Module: module, Version: version})
 	if conf.PostAdd != "" {
-		ran, err := e.runShownScript(ctx, "post_add", src, conf.PostAdd)
+		ran, err := e.runShownScript(ctx, "post_add", e.scriptDir(module, src, conf.PostAdd), conf.PostAdd)
 		if ran && err != nil {
 			return &Error{Kind: KindScriptFailed, Code: exitCode(err), Lines: []string{fmt.Sprintf("The post_add script of %s/%s failed (exit status %d).", module, version, exitCode(err))}, Err: err}
 		}

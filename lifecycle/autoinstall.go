@@ -24,6 +24,10 @@ const (
 	OutcomeSkipped          Outcome = "skipped"
 	OutcomeFailed           Outcome = "failed"
 	OutcomeNotBuilt         Outcome = "not built"
+	// OutcomeDeferred: a BUILD_DEPENDS names a module the tree has never
+	// heard of (its package may not be configured yet). Not a failure: the
+	// next autoinstall builds it, after the dependency (dkms 3.4.1).
+	OutcomeDeferred Outcome = "deferred"
 )
 
 // JobResult is the end of one job.
@@ -79,13 +83,32 @@ func (s *Summary) Lines(code func(error) int) []string {
 		if len(o[OutcomeFailed]) > 0 {
 			lines = append(lines, fmt.Sprintf("Autoinstall on %s failed for module(s) %s.", k, strings.Join(o[OutcomeFailed], " ")))
 		}
+		var deferred []string
 		for _, r := range s.Results {
-			if r.Kernel == k && r.Outcome == OutcomeNotBuilt {
+			switch {
+			case r.Kernel != k:
+			case r.Outcome == OutcomeNotBuilt:
 				lines = append(lines, fmt.Sprintf("%s/%s autoinstall failed: %s.", r.Module, r.Version, r.Reason))
+			case r.Outcome == OutcomeDeferred:
+				lines = append(lines, fmt.Sprintf("%s/%s autoinstall deferred: BUILD_DEPENDS not registered with DKMS: %s.", r.Module, r.Version, r.Reason))
+				deferred = append(deferred, r.Module+"/"+r.Version)
 			}
 		}
+		lines = append(lines, deferredLines(k, deferred)...)
 	}
 	return lines
+}
+
+// deferredLines end a kernel's summary when modules wait for a
+// BUILD_DEPENDS no package has registered yet (dkms 3.4.1's text).
+func deferredLines(kernel string, deferred []string) []string {
+	if len(deferred) == 0 {
+		return nil
+	}
+	return []string{
+		fmt.Sprintf("Autoinstall on %s deferred module(s) %s due to BUILD_DEPENDS not yet registered with DKMS.", kernel, strings.Join(deferred, " ")),
+		"These may be provided externally or by a package not yet configured; autoinstall will retry on the next trigger.",
+	}
 }
 
 // job is one module version to install on one kernel.
@@ -242,23 +265,46 @@ func (e *Env) autoinstallPlan(ctx context.Context, mvs []tree.ModuleVersion, ker
 		}
 		jobs = append(jobs, j)
 	}
-	// Dependencies that are neither installed nor being installed.
+	settleMissingDeps(jobs, mvs, func(d string) bool {
+		_, ok := latest[d]
+		return ok || installed[d] != ""
+	})
+	markCycles(jobs)
+	return jobs, nil
+}
+
+// settleMissingDeps settles the jobs whose BUILD_DEPENDS are neither
+// installed nor being installed: a failure when such a dependency is a
+// module the tree knows, deferred when every one of them is unknown to it
+// (dkms 3.4.1: its package may not be configured yet).
+func settleMissingDeps(jobs []*job, mvs []tree.ModuleVersion, present func(string) bool) {
+	known := map[string]bool{}
+	for _, mv := range mvs {
+		if !mv.Broken {
+			known[mv.Name] = true
+		}
+	}
 	for _, j := range jobs {
 		if j.settled != nil {
 			continue
 		}
-		var missing []string
+		var real, unknown []string
 		for _, d := range j.deps {
-			if _, ok := latest[d]; !ok && installed[d] == "" {
-				missing = append(missing, d)
+			switch {
+			case present(d):
+			case known[d]:
+				real = append(real, d)
+			default:
+				unknown = append(unknown, d)
 			}
 		}
-		if len(missing) > 0 {
-			j.settled = &JobResult{Target: j.Target, Outcome: OutcomeNotBuilt, Reason: "missing dependencies: " + strings.Join(missing, " ")}
+		switch {
+		case len(real) > 0:
+			j.settled = &JobResult{Target: j.Target, Outcome: OutcomeNotBuilt, Reason: "missing dependencies: " + strings.Join(real, " ")}
+		case len(unknown) > 0:
+			j.settled = &JobResult{Target: j.Target, Outcome: OutcomeDeferred, Reason: strings.Join(unknown, " ")}
 		}
 	}
-	markCycles(jobs)
-	return jobs, nil
 }
 
 // markCycles settles every job on a BUILD_DEPENDS cycle with an error that

@@ -153,6 +153,9 @@ func (e *Env) startBuild(t Target, start time.Time) (*buildRun, error) {
 	if err := copyTree(sourceDir, r.dir); err != nil {
 		return nil, fmt.Errorf("copy %s to %s: %w", sourceDir, r.dir, err)
 	}
+	if err := e.overlayPatches(t.Module, r.dir); err != nil {
+		return nil, fmt.Errorf("copy the patches of %s into %s: %w", e.moduleConfDir(t.Module), r.dir, err)
+	}
 	r.logPath = filepath.Join(r.dir, "make.log")
 	log, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -195,7 +198,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 		}
 	}
 	if conf.PreBuild != "" {
-		if err := e.buildScript(ctx, "pre_build", buildDir, conf.PreBuild, log, r.env); err != nil {
+		if err := e.buildScript(ctx, "pre_build", e.scriptDir(t.Module, buildDir, conf.PreBuild), conf.PreBuild, log, r.env); err != nil {
 			return r.failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
@@ -210,7 +213,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 	if err != nil {
 		return r.failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
 	}
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if !exists(ko) {
 			return r.failed(KindNoModuleBuilt, nil, fmt.Sprintf("Build of %s%s.ko failed for: %s (%s)", m.BuiltLocation, m.BuiltName, t.Kernel, t.Arch),
@@ -239,7 +242,7 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		return r.failed(KindInternal, err, err.Error())
 	}
 	if conf.PostBuild != "" {
-		if err := e.buildScript(ctx, "post_build", buildDir, conf.PostBuild, log, r.env); err != nil {
+		if err := e.buildScript(ctx, "post_build", e.scriptDir(t.Module, buildDir, conf.PostBuild), conf.PostBuild, log, r.env); err != nil {
 			return r.failed(KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
@@ -311,7 +314,7 @@ func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, 
 			return err
 		}
 	}
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if m.Strip {
 			var out strings.Builder
@@ -405,12 +408,12 @@ func (k buildKernel) cc() []string {
 	return []string{"CC=" + cc}
 }
 
-// buildScript runs PRE_BUILD/POST_BUILD in the build dir with env, logged
-// to make.log.
-func (e *Env) buildScript(ctx context.Context, kind, buildDir, script string, log *os.File, env []string) error {
+// buildScript runs PRE_BUILD/POST_BUILD in dir (the build dir, or the
+// module's override dir) with env, logged to make.log.
+func (e *Env) buildScript(ctx context.Context, kind, dir, script string, log *os.File, env []string) error {
 	e.info("Running the %s script...", kind)
-	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+buildDir+"/ && "+filepath.Join(buildDir, script))
-	ran, err := e.runScript(ctx, kind, buildDir, script, env, log)
+	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+dir+"/ && "+filepath.Join(dir, script))
+	ran, err := e.runScript(ctx, kind, dir, script, env, log)
 	if !ran {
 		blk.end(nil)
 		return nil

@@ -161,7 +161,7 @@ func (e *Env) driverDiskModules(ctx context.Context, module, version string, tar
 				cpioRecs = append(cpioRecs, cpio.Directory(d, 0o755))
 			}
 		}
-		for _, m := range conf.Modules {
+		for _, m := range conf.Buildable() {
 			f := tree.FindModuleFile(modDir, m.DestName)
 			if f == "" {
 				return nil, fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, modDir))
@@ -229,6 +229,7 @@ func (e *Env) driverDiskISO(ctx context.Context, module, disk string) ([]byte, e
 	}
 	var msg strings.Builder
 	cmd := exec.CommandContext(ctx, "xorriso", "-as", "mkisofs", "-quiet", "-V", label, "-R", "-J", "-o", iso, disk)
+	trace(ctx, "", cmd.Args...)
 	cmd.Stdout, cmd.Stderr = &msg, &msg
 	if err := cmd.Run(); err != nil {
 		return nil, &Error{Kind: KindTarball, Lines: []string{"Could not write the ISO image with xorriso (apt-get install xorriso): " + strings.TrimSpace(msg.String())}, Err: err}

@@ -57,8 +57,9 @@ type Env struct {
 	LockWait, LockReport time.Duration
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
-	confs *tree.ConfCache
-	mokMu *sync.Mutex // one MOK key generation at a time
+	confs  *tree.ConfCache
+	mokMu  *sync.Mutex // one MOK key generation at a time
+	warned *warnOnce
 }
 
 // NewEnv reads framework.conf under the layout's configuration dir and
@@ -68,12 +69,15 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 		sink = Discard
 	}
 	e := &Env{Layout: layout, Sink: sink, Distro: tree.ReadDistro(layout.Root), Environ: os.Environ(),
-		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}}
+		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}, warned: &warnOnce{}}
 	fw, err := tree.ReadFramework(ctx, layout.ConfDir, "", e.Environ, &lineWriter{sink: sink, typ: Warning})
 	if err != nil {
 		return nil, fmt.Errorf("read framework.conf: %w", err)
 	}
 	e.Framework = fw
+	for _, u := range fw.Unused {
+		e.warn("Warning: %s: %s is not a setting dkmsd acts on; it is ignored.", u.Where, u.Name)
+	}
 	e.Layout = fw.Apply(layout)
 	// The CPU budget: parallel_jobs, else a -jN in the caller's MAKEFLAGS
 	// (dkms ignored it), else the number of CPUs. -j on the command line
@@ -145,6 +149,7 @@ func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) 
 		for _, w := range conf.Warnings {
 			e.warn("%s", w)
 		}
+		e.warnUnusedDirectives(file, conf.Unused)
 		for _, d := range e.Directives {
 			name, value, _ := strings.Cut(d, "=")
 			e.info("DIRECTIVE: %s=\"%s\"", name, value)
@@ -205,7 +210,7 @@ func (e *Env) isBuilt(ctx context.Context, t Target) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		if tree.FindModuleFile(dir, m.DestName) == "" {
 			return false, nil
 		}

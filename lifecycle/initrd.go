@@ -272,7 +272,7 @@ func (e *Env) installedSpecs(ctx context.Context, kernel, arch string) ([]instal
 		if err != nil {
 			return nil, err
 		}
-		for _, m := range conf.Modules {
+		for _, m := range conf.Buildable() {
 			out = append(out, installedSpec{t: t, spec: m, remakeInitrd: conf.RemakeInitrd})
 		}
 	}

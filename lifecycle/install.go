@@ -63,7 +63,7 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		return err
 	}
 	if conf.PreInstall != "" {
-		ran, err := e.runShownScript(ctx, "pre_install", e.sourceDir(t), conf.PreInstall)
+		ran, err := e.runShownScript(ctx, "pre_install", e.scriptDir(t.Module, e.sourceDir(t), conf.PreInstall), conf.PreInstall)
 		if ran && err != nil && !e.Force {
 			return fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force.")
 		}
@@ -76,7 +76,7 @@ func (e *Env) install(ctx context.Context, t Target) error {
 		return e.rollbackInstall(t, done, err)
 	}
 	if conf.PostInstall != "" {
-		_, _ = e.runShownScript(ctx, "post_install", e.sourceDir(t), conf.PostInstall)
+		_, _ = e.runShownScript(ctx, "post_install", e.scriptDir(t.Module, e.sourceDir(t), conf.PostInstall), conf.PostInstall)
 	}
 	return e.finishInstall(ctx, t)
 }
@@ -93,7 +93,7 @@ func (e *Env) planInstall(t Target, k tree.Kernel, conf *tree.Conf) ([]plannedMo
 	builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
 	var plan []plannedModule
 	release := k.Release()
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		f := tree.FindModuleFile(builtDir, m.DestName)
 		if f == "" {
 			return nil, fail(KindMissingBuilt, fmt.Sprintf("Missing module %s in %s", m.DestName, builtDir))

@@ -31,6 +31,7 @@ func (e *Env) buildEnviron(extra ...string) []string {
 // runShell runs a command line with bash (dkms evals its MAKE lines in
 // bash) in dir, its output appended to log.
 func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Writer, extra ...*os.File) error {
+	trace(ctx, dir, "bash", "-c", cmdline)
 	cmd := exec.CommandContext(ctx, "bash", "-c", cmdline)
 	cmd.Dir = dir
 	cmd.Env = env
@@ -48,6 +49,7 @@ func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Wri
 // without a slash is looked up in env's PATH (a build_environment may put
 // its own tools first), as a shell would.
 func runArgv(ctx context.Context, dir string, env []string, out io.Writer, argv ...string) error {
+	trace(ctx, dir, argv...)
 	cmd := exec.CommandContext(ctx, lookPathIn(argv[0], env), argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = env

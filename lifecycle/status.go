@@ -156,7 +156,7 @@ func (e *Env) buildStatus(t Target, b tree.Build, conf *tree.Conf) (StatusLine, 
 		line.State = StateInstalled
 	}
 	modDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		if tree.FindModuleFile(modDir, m.DestName) == "" {
 			return line, false
 		}
@@ -167,7 +167,7 @@ func (e *Env) buildStatus(t Target, b tree.Build, conf *tree.Conf) (StatusLine, 
 	if !b.Installed {
 		return line, true
 	}
-	for _, m := range conf.Modules {
+	for _, m := range conf.Buildable() {
 		built := tree.FindModuleFile(modDir, m.DestName)
 		installed := e.installedCopy(t, m, modDir)
 		if installed == "" || !sameFile(built, installed) {

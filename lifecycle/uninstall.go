@@ -74,7 +74,7 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 		e.info("This module version was INACTIVE for this kernel.")
 	}
 	if conf.PostRemove != "" {
-		_, _ = e.runShownScript(ctx, "post_remove", e.sourceDir(t), conf.PostRemove)
+		_, _ = e.runShownScript(ctx, "post_remove", e.scriptDir(t.Module, e.sourceDir(t), conf.PostRemove), conf.PostRemove)
 	}
 	if e.Layout.Kernel(t.Kernel).Exists() && !e.DeferDepmod {
 		e.info("Running depmod...")

@@ -26,7 +26,13 @@ var confNames = []string{
 	"STRIP", "AUTOINSTALL", "NO_WEAK_MODULES",
 	"REMAKE_INITRD", "MODULES_CONF", "MODULES_CONF_OBSOLETES",
 	"MODULES_CONF_ALIAS_TYPE", "MODULES_CONF_OBSOLETE_ONLY",
+	"SIGN_FILE", "MOK_SIGNING_KEY", "MOK_CERTIFICATE",
 }
+
+// unusedConfNames are directives dkms 3.0.10 reads from a dkms.conf and
+// never uses (signing is framework.conf's sign_file, mok_signing_key and
+// mok_certificate): dkmsd says so rather than ignore them in silence.
+var unusedConfNames = []string{"SIGN_FILE", "MOK_SIGNING_KEY", "MOK_CERTIFICATE"}
 
 // deprecatedNames are accepted and ignored, with the warning dkms 3.x
 // prints. REMAKE_INITRD is not among them: dkmsd acts on it (initrd).
@@ -66,6 +72,9 @@ type ModuleSpec struct {
 	DestLocation    string
 	RawDestLocation string
 	Strip           bool
+	// Excluded names the BUILD_EXCLUSIVE_*[#] directive that leaves this
+	// module out for the kernel and arch, or is "".
+	Excluded string
 }
 
 // Conf is a dkms.conf evaluated for one kernel and architecture.
@@ -90,13 +99,16 @@ type Conf struct {
 	NoWeakModules       bool
 	RemakeInitrd        bool
 	// Excluded names the BUILD_EXCLUSIVE_* directive that rules this
-	// kernel/arch out, or is "".
+	// kernel/arch out for the whole package (element 0, or each module's
+	// own element), or is "".
 	Excluded string
 
 	// Warnings are what a strict read prints (deprecated directives, zero
 	// modules); Lines maps each directive to the line that first set it.
 	Warnings []string
 	Lines    map[string]int
+	// Unused are the directives set that have no effect (unusedConfNames).
+	Unused []string
 }
 
 // ConfError is an invalid dkms.conf: every problem found, each naming the

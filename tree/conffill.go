@@ -1,9 +1,7 @@
 package tree
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"regexp"
 	"strings"
 )
@@ -37,11 +35,12 @@ func (c *Conf) fill(vals map[string]Value, ctx ConfContext) []string {
 	k.fillModules(vals, ctx)
 	k.fillMake(vals, ctx)
 	k.fillPatches(vals, ctx)
-	excl, err := excludedBy(vals, ctx)
-	if err != nil {
-		k.bad("%v.", err)
+	k.fillExclusions(vals, ctx)
+	for _, n := range unusedConfNames {
+		if vals[n].Set() {
+			c.Unused = append(c.Unused, n)
+		}
 	}
-	c.Excluded = excl
 	return k.problems
 }
 
@@ -242,74 +241,6 @@ func (k *confCheck) fillPatches(vals map[string]Value, ctx ConfContext) {
 		}
 		c.Patches = append(c.Patches, p)
 	}
-}
-
-// excludedBy names the BUILD_EXCLUSIVE_* directive that rules the kernel
-// and arch out.
-func excludedBy(vals map[string]Value, c ConfContext) (string, error) {
-	if by, err := excludedByRE(vals, "BUILD_EXCLUSIVE_KERNEL", c.Kernel); by != "" || err != nil {
-		return by, err
-	}
-	if min := vals["BUILD_EXCLUSIVE_KERNEL_MIN"].Scalar(); min != "" && CompareVersions(c.Kernel, min) < 0 {
-		return "BUILD_EXCLUSIVE_KERNEL_MIN", nil
-	}
-	max := vals["BUILD_EXCLUSIVE_KERNEL_MAX"].Scalar()
-	if max == "" {
-		max = vals["OBSOLETE_BY"].Scalar()
-	}
-	if max != "" && CompareVersions(c.Kernel, max) > 0 {
-		return "BUILD_EXCLUSIVE_KERNEL_MAX", nil
-	}
-	if by, err := excludedByRE(vals, "BUILD_EXCLUSIVE_ARCH", c.Arch); by != "" || err != nil {
-		return by, err
-	}
-	if cfgs := strings.Fields(vals["BUILD_EXCLUSIVE_CONFIG"].Scalar()); len(cfgs) > 0 && c.KernelConfig != "" {
-		set, err := readKconfig(c.KernelConfig)
-		if err == nil {
-			for _, want := range cfgs {
-				name, negate := strings.CutPrefix(want, "!")
-				if set[name] == negate {
-					return "BUILD_EXCLUSIVE_CONFIG", nil
-				}
-			}
-		}
-	}
-	return "", nil
-}
-
-// excludedByRE names the directive when s does not match the regexp it
-// holds (an unset one rules nothing out).
-func excludedByRE(vals map[string]Value, name, s string) (string, error) {
-	re := vals[name].Scalar()
-	if re == "" {
-		return "", nil
-	}
-	ok, err := matchERE(re, s)
-	if err != nil {
-		return "", fmt.Errorf("'%s' is not a valid regular expression: %v", name, err)
-	}
-	if !ok {
-		return name, nil
-	}
-	return "", nil
-}
-
-// readKconfig returns the options set to y or m in a kernel .config.
-func readKconfig(file string) (map[string]bool, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	set := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		name, val, ok := strings.Cut(sc.Text(), "=")
-		if ok && (val == "y" || val == "m") {
-			set[name] = true
-		}
-	}
-	return set, sc.Err()
 }
 
 // matchERE is bash's [[ s =~ re ]]: an unanchored POSIX extended regexp.

@@ -81,6 +81,8 @@ type Framework struct {
 
 	// Files are the files read, in order.
 	Files []string
+	// Unused are the settings given that have no effect, for a warning.
+	Unused []UnusedSetting
 }
 
 // ReadFramework evaluates <confDir>/framework.conf and then
@@ -119,6 +121,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 		if err != nil {
 			return Framework{}, err
 		}
+		fw.Unused = append(fw.Unused, unusedIn(f, res)...)
 		vals = res.Values
 		fw.Files = append(fw.Files, f)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -93,5 +94,40 @@ func TestFrameworkSettingsDocumented(t *testing.T) {
 		if !strings.Contains(string(data), "\n# "+name+"=") {
 			t.Errorf("dist/framework.conf has no commented example of %s", name)
 		}
+	}
+}
+
+// TestReadFrameworkUnusedSettings: a variable a framework file leaves set
+// that is no setting (a typo, a setting of another dkms release), and a
+// setting dkmsd reads but does not act on, are each reported once, with
+// the file that set them; settings, environment variables, a function's
+// locals and what a file unsets are not.
+func TestReadFrameworkUnusedSettings(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"framework.conf": "parallel_job=3\nkver=${kernelver%.*}\nsign_file=/usr/lib/linux-kbuild-$kver/scripts/sign-file\nPATH=$PATH:/opt/bin\n" +
+			"f() { local tmp=1; helper=$tmp; }\nf\nscratch=1\nunset scratch\nfor i in 1 2; do :; done\n",
+		"framework.conf.d/10-x.conf": "export sign_tool=/etc/dkms/sign_helper.sh\ncompress_xz_opts='-9'\nparallel_jobs=2\n",
+		"framework.conf.d/20-y.conf": "post_transaction=true\n",
+	} {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fw, err := ReadFramework(context.Background(), dir, "6.1.0-56-amd64", os.Environ(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	main, x := filepath.Join(dir, "framework.conf"), filepath.Join(dir, "framework.conf.d/10-x.conf")
+	want := []UnusedSetting{{"helper", main}, {"kver", main}, {"parallel_job", main}, {"sign_tool", x}}
+	if !reflect.DeepEqual(fw.Unused, want) {
+		t.Errorf("Unused =\n %v\nwant\n %v", fw.Unused, want)
+	}
+	if fw.ParallelJobs != 2 || fw.CompressXzOpts != "-9" || fw.PostTransaction != "true" || fw.SignFile != "/usr/lib/linux-kbuild-6.1/scripts/sign-file" {
+		t.Errorf("settings = %+v", fw)
 	}
 }

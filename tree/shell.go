@@ -101,6 +101,9 @@ type evalResult struct {
 	Values map[string]Value
 	// Lines is the first line on which each harvested name is assigned.
 	Lines map[string]int
+	// Others are the variables the file assigned and left set that are
+	// not among the harvested names (see leftovers).
+	Others []string
 }
 
 // parsedShell is a configuration file parsed once.
@@ -239,6 +242,7 @@ func (s shellEval) exec(ctx context.Context, file string, p *parsedShell, names 
 			res.Values[n] = v
 		}
 	}
+	res.Others = leftovers(prog, runner, want, envList)
 	return res, nil
 }
 

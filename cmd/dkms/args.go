@@ -34,6 +34,7 @@ type args struct {
 	force, forceVersionOverride, all, verbose, quiet bool
 	binariesOnly, sourceOnly, noDepmod               bool
 	modprobeOnInstall, symlinkModules, noInitrd      bool
+	debug                                            bool
 	jobs                                             string
 	version_                                         bool
 	help                                             bool
@@ -109,42 +110,47 @@ func (a *args) shortOption(w string, next func() string) bool {
 	return true
 }
 
-// flag takes the options without a value.
+// flagOptions are the options without a value, each with what it sets.
+// Every option dkms 3.0.10 accepts is here and acts (TestEveryOptionActs).
+var flagOptions = map[string]func(a *args, w string){
+	"-q":        func(a *args, _ string) { a.quiet = true },
+	"--quiet":   func(a *args, _ string) { a.quiet = true },
+	"-V":        func(a *args, _ string) { a.version_ = true },
+	"--version": func(a *args, _ string) { a.version_ = true },
+	"-h":        func(a *args, _ string) { a.help = true },
+	"--help":    func(a *args, _ string) { a.help = true },
+	// dkms 3.x deprecated it; dkmsd regenerates initrds, and this turns
+	// that off.
+	"--no-initrd":              func(a *args, _ string) { a.noInitrd = true },
+	"--no-clean-kernel":        deprecatedFlag,
+	"--no-prepare-kernel":      deprecatedFlag,
+	"--binaries-only":          func(a *args, _ string) { a.binariesOnly = true },
+	"--source-only":            func(a *args, _ string) { a.sourceOnly = true },
+	"--force":                  func(a *args, _ string) { a.force = true },
+	"--rpm_safe_upgrade":       func(a *args, _ string) { a.force = true },
+	"--force-version-override": func(a *args, _ string) { a.forceVersionOverride = true },
+	"--all":                    func(a *args, _ string) { a.all = true },
+	"--verbose":                func(a *args, _ string) { a.verbose = true },
+	"--no-depmod":              func(a *args, _ string) { a.noDepmod = true },
+	"--modprobe-on-install":    modprobeOnInstall,
+	"--symlink-modules":        func(a *args, _ string) { a.symlinkModules = true },
+	// dkms traced its bash script; dkmsd shows the commands it runs.
+	"--debug": func(a *args, _ string) { a.debug = true },
+}
+
+func deprecatedFlag(a *args, w string) { a.warnings = append(a.warnings, "Deprecated feature: "+w) }
+
+// modprobeOnInstall is framework.conf's modprobe_on_install for one
+// command.
+func modprobeOnInstall(a *args, _ string) { a.modprobeOnInstall = true }
+
+// flag takes an option without a value.
 func (a *args) flag(w string) bool {
-	switch w {
-	case "-q", "--quiet":
-		a.quiet = true
-	case "-V", "--version":
-		a.version_ = true
-	case "-h", "--help":
-		a.help = true
-	case "--no-initrd":
-		a.noInitrd = true // dkmsd regenerates initrds; this turns it off
-	case "--no-clean-kernel", "--no-prepare-kernel":
-		a.warnings = append(a.warnings, "Deprecated feature: "+w)
-	case "--binaries-only":
-		a.binariesOnly = true
-	case "--source-only":
-		a.sourceOnly = true
-	case "--force", "--rpm_safe_upgrade":
-		a.force = true
-	case "--force-version-override":
-		a.forceVersionOverride = true
-	case "--all":
-		a.all = true
-	case "--verbose":
-		a.verbose = true
-	case "--no-depmod":
-		a.noDepmod = true
-	case "--modprobe-on-install":
-		a.modprobeOnInstall = true
-	case "--symlink-modules":
-		a.symlinkModules = true
-	case "--debug":
-	default:
-		return false
+	set, ok := flagOptions[w]
+	if ok {
+		set(a, w)
 	}
-	return true
+	return ok
 }
 
 // setLong sets the long option opt (as longOption names it) to v.

@@ -51,6 +51,11 @@ func realMain(argv []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if a.debug {
+		ctx = lifecycle.WithTracer(ctx, func(dir string, argv []string) {
+			fmt.Fprintln(os.Stderr, lifecycle.TraceLine(dir, argv))
+		})
+	}
 	tty := term.IsTerminal(int(os.Stdout.Fd()))
 	sinks := report.NewSinks("dkms "+a.action, os.Stdout, os.Stderr, tty)
 	defer sinks.Close()

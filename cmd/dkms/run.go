@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -49,8 +50,16 @@ func newEnv(ctx context.Context, a *args, sink lifecycle.Sink) (*lifecycle.Env, 
 	env.NoInitrd = a.noInitrd
 	env.Verbose = env.Verbose || a.verbose
 	env.SymlinkModules = env.SymlinkModules || a.symlinkModules
+	// --modprobe-on-install is modprobe_on_install for this command.
 	env.ModprobeOnInstall = env.ModprobeOnInstall || a.modprobeOnInstall
 	env.ConfFile, env.Directives, env.KernelConfig = a.conf, a.directives, a.kernelConfig
+	// dkms exports each --directive, so make and the scripts see it too,
+	// whether or not it names a dkms.conf directive.
+	for _, d := range a.directives {
+		if strings.Contains(d, "=") {
+			env.Environ = append(env.Environ, d)
+		}
+	}
 	if a.jobs != "" {
 		env.Jobs, _ = strconv.Atoi(a.jobs)
 	}

@@ -67,6 +67,8 @@ func (t *Terminal) jobLine(name string, e lifecycle.Event) {
 		fmt.Fprintf(t.stdout, "%s: installed%s\n", name, secs)
 	case lifecycle.OutcomeSkipped:
 		fmt.Fprintf(t.stdout, "%s: skipped (BUILD_EXCLUSIVE does not match this kernel/arch)\n", name)
+	case lifecycle.OutcomeDeferred:
+		fmt.Fprintf(t.stdout, "%s: deferred: BUILD_DEPENDS %v not registered yet\n", name, e.Err)
 	case lifecycle.OutcomeNotBuilt:
 		fmt.Fprintf(t.stderr, "%s: not built: %v\n", name, e.Err)
 	default:
