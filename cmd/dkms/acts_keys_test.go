@@ -1,13 +1,19 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
@@ -194,6 +200,42 @@ var keyCases = []actsCase{{
 			Env: append(append([]string{}, b.env...), "DKMSD_ROOT="+b.root)}.Run(t)
 		return "dkmsd-apt " + exitOf(r)
 	},
+}, {
+	name: "hook_lock_timeout",
+	run: func(t *testing.T, s *actsSetup, with bool) string {
+		// While another process holds the tree lock, a hook gives up
+		// after hook_lock_timeout seconds; without it, after 60 s, past
+		// the 15 s this scenario waits.
+		b := s.root(t)
+		if with {
+			writeFramework(t, b, `hook_lock_timeout=1`)
+		}
+		lock, err := os.OpenFile(b.path("var/lib/dkms", lifecycle.LockFile), os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lock.Close()
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testkit.Binary(t, "dkmsd-apt"), "header_postinst", b.kernels[0])
+		cmd.Env = append(append([]string{}, b.env...), "DKMSD_ROOT="+b.root)
+		r, err := testkit.Exec(cmd)
+		if ctx.Err() != nil {
+			return "dkmsd-apt still waiting after 15 s"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := "dkmsd-apt " + exitOf(r)
+		if strings.Contains(r.Out, "is marked pending") {
+			out += ", kernel marked pending"
+		}
+		return out
+	},
+	want: "marked pending",
 }}
 
 // installedKind says whether the kernel's copy of dkmsd_hello is a file
@@ -311,9 +353,9 @@ var dkms34Cases = []actsCase{{
 		}
 		r := b.mustRun(t, "remove", "dkmsd_hello/1.0", "--all")
 		log, _ := os.ReadFile(b.path("var/lib/dkms/post_transaction.log"))
-		return fmt.Sprintf("said: %v; log: %q", strings.Contains(r.Stdout, "Executing post-transaction command"), strings.TrimSpace(string(log)))
+		return fmt.Sprintf("said: %v; its output logged: %v", strings.Contains(r.Stdout, "Executing post-transaction command"), strings.Contains(string(log), "\npost-transaction ran\n"))
 	},
-	want: `said: true; log: "post-transaction ran"`,
+	want: `said: true; its output logged: true`,
 }, {
 	name: "compress_gzip_opts",
 	run: func(t *testing.T, s *actsSetup, with bool) string {
@@ -411,22 +453,26 @@ func compressedBuild(t *testing.T, s *actsSetup, with bool, suffix, framework st
 // then runs modprobe -a -b -q over the machine's modaliases.
 func modprobeScenario(t *testing.T, s *actsSetup, with bool, set func(b *batchRoot) []string) string {
 	t.Helper()
-	// The module is built for a kernel with headers and its build copied
-	// to the running kernel's place in the tree, as ldtarball of a
-	// binaries-only tarball would leave it: modprobe_on_install acts only
-	// for the running kernel, whose headers the machine need not have.
+	// modprobe_on_install acts only for the running kernel, whose headers
+	// the machine need not have: in the root, the running kernel's build
+	// link points at another kernel's headers, which the module is then
+	// built against.
 	running := strings.TrimSpace(testkit.MustRun(t, "uname", "-r"))
 	b := s.root(t)
 	if slices.Contains(b.kernels, running) {
-		t.Fatalf("the running kernel %s is one of the root's kernels; the scenario needs another to build on", running)
+		t.Fatalf("the running kernel %s is one of the root's kernels; the scenario needs another's headers", running)
 	}
 	if err := os.MkdirAll(b.path("lib/modules", running), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	headers, err := filepath.EvalSymlinks("/lib/modules/" + b.kernels[0] + "/build")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(headers, b.path("lib/modules", running, "build")); err != nil {
+		t.Fatal(err)
+	}
 	b.cloneHello(t, "dkmsd_hello", "1.0", nil, nil)
-	b.mustRun(t, "build", "dkmsd_hello/1.0", "-k", b.kernels[0])
-	built := b.path("var/lib/dkms/dkmsd_hello/1.0", b.kernels[0])
-	testkit.MustRun(t, "cp", "-a", built, b.path("var/lib/dkms/dkmsd_hello/1.0", running))
 	args := []string{"install", "dkmsd_hello/1.0", "-k", running, "--debug"}
 	if with {
 		args = append(args, set(b)...)
