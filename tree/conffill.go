@@ -16,13 +16,8 @@ func deprecations(vals map[string]Value, file string) []string {
 			w = append(w, fmt.Sprintf("Deprecated feature: %s (%s)", n, file))
 		}
 	}
-	if clean := vals["CLEAN"].Scalar(); vals["CLEAN"].Set() {
-		switch clean {
-		case "true", "/bin/true", "/usr/bin/true":
-		default:
-			w = append(w, fmt.Sprintf("Deprecated feature: CLEAN (%s)", file))
-		}
-	}
+	// CLEAN is not run either (docs/compatibility.md), but dkms 3.0.10
+	// says nothing about it, and neither does dkmsd.
 	return w
 }
 
