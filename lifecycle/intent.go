@@ -91,7 +91,7 @@ func Recover(ctx context.Context, e *Env) {
 					os.Remove(f)
 				}
 			}
-			if err := e.restoreOriginals(t); err != nil {
+			if _, err := e.restoreOriginals(t, ""); err != nil {
 				e.warn("%v", err)
 				continue // keep the intent: try again next time
 			}
@@ -111,7 +111,7 @@ func Recover(ctx context.Context, e *Env) {
 				os.Remove(p)
 				continue
 			}
-			if err := e.restoreOriginals(t); err != nil {
+			if _, err := e.restoreOriginals(t, ""); err != nil {
 				e.warn("%v", err)
 				continue
 			}

@@ -85,13 +85,17 @@ func (b *logBlock) end(err error) {
 
 // runShownScript runs a dkms.conf script (post_add, pre_install,
 // post_install, post_remove) whose output dkms shows on the terminal,
-// under the heading dkms prints for it; see runScript.
-func (e *Env) runShownScript(ctx context.Context, kind, dir, script string) (ran bool, err error) {
+// under the heading dkms prints for it, its output also written to also;
+// see runScript.
+func (e *Env) runShownScript(ctx context.Context, kind, dir, script string, also ...io.Writer) (ran bool, err error) {
+	if !e.scriptRunnable(kind, dir, script) {
+		return false, nil
+	}
 	e.info("")
 	e.info("Running the %s script:", kind)
 	out := &lineWriter{sink: e.Sink, typ: Info}
 	defer out.Flush()
-	return e.runScript(ctx, kind, dir, script, out)
+	return e.runScript(ctx, kind, dir, script, io.MultiWriter(append([]io.Writer{out}, also...)...))
 }
 
 // runScript runs a PRE_/POST_ script from a dkms.conf: the first word is a
@@ -99,17 +103,26 @@ func (e *Env) runShownScript(ctx context.Context, kind, dir, script string) (ran
 // parsing, as dkms execs it). Output goes to out. ran is false when the
 // script is not executable (dkms warns and carries on).
 func (e *Env) runScript(ctx context.Context, kind, dir, script string, out io.Writer) (ran bool, err error) {
+	if !e.scriptRunnable(kind, dir, script) {
+		return false, nil
+	}
+	words := strings.Fields(script)
+	argv := append([]string{filepath.Join(dir, words[0])}, words[1:]...)
+	return true, runArgv(ctx, dir, e.buildEnviron(), out, argv...)
+}
+
+// scriptRunnable reports whether a script's file is executable, warning
+// as dkms does when it is not.
+func (e *Env) scriptRunnable(kind, dir, script string) bool {
 	words := strings.Fields(script)
 	if len(words) == 0 {
-		return false, nil
+		return false
 	}
-	path := filepath.Join(dir, words[0])
-	fi, statErr := os.Stat(path)
-	if statErr != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+	fi, err := os.Stat(filepath.Join(dir, words[0]))
+	if err != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
 		e.info("")
 		e.warn("Warning: The %s script is not executable.", kind)
-		return false, nil
+		return false
 	}
-	argv := append([]string{path}, words[1:]...)
-	return true, runArgv(ctx, dir, e.buildEnviron(), out, argv...)
+	return true
 }
