@@ -496,7 +496,8 @@ func (e *Env) depmodAfter(ctx context.Context, jobs []*job, results []*JobResult
 		}
 	}
 	for _, k := range kernels {
-		err := e.depmod(ctx, k)
+		// Once per kernel, where dkms runs it after each module.
+		err := e.showDepmod(ctx, k)
 		if err == nil {
 			e.commitKernel(k)
 		}
