@@ -83,10 +83,12 @@ func (b *logBlock) end(err error) {
 		exitCode(err), int(el.Hours()), int(el.Minutes())%60, int(el.Seconds())%60, strings.Repeat("-", 64))
 }
 
-// runShownScript runs a dkms.conf script (post_add, pre_install,
-// post_install, post_remove) whose output dkms shows on the terminal,
-// under the heading dkms prints for it, its output also written to also;
-// see runScript.
+// runShownScript runs a script from a dkms.conf (PRE_BUILD, POST_BUILD,
+// POST_ADD, PRE_INSTALL, POST_INSTALL, POST_REMOVE) as dkms does: the
+// first word is a file in dir that must be executable, the rest its
+// arguments (no shell parsing: dkms execs it). Its output is shown under
+// the heading dkms prints for it, and also written to also. ran is false
+// when the script is not executable (dkms warns and carries on).
 func (e *Env) runShownScript(ctx context.Context, kind, dir, script string, also ...io.Writer) (ran bool, err error) {
 	if !e.scriptRunnable(kind, dir, script) {
 		return false, nil
@@ -95,20 +97,9 @@ func (e *Env) runShownScript(ctx context.Context, kind, dir, script string, also
 	e.info("Running the %s script:", kind)
 	out := &lineWriter{sink: e.Sink, typ: Info}
 	defer out.Flush()
-	return e.runScript(ctx, kind, dir, script, io.MultiWriter(append([]io.Writer{out}, also...)...))
-}
-
-// runScript runs a PRE_/POST_ script from a dkms.conf: the first word is a
-// file in dir that must be executable, the rest its arguments (no shell
-// parsing, as dkms execs it). Output goes to out. ran is false when the
-// script is not executable (dkms warns and carries on).
-func (e *Env) runScript(ctx context.Context, kind, dir, script string, out io.Writer) (ran bool, err error) {
-	if !e.scriptRunnable(kind, dir, script) {
-		return false, nil
-	}
 	words := strings.Fields(script)
 	argv := append([]string{filepath.Join(dir, words[0])}, words[1:]...)
-	return true, runArgv(ctx, dir, e.buildEnviron(), out, argv...)
+	return true, runArgv(ctx, dir, e.buildEnviron(), io.MultiWriter(append([]io.Writer{out}, also...)...), argv...)
 }
 
 // scriptRunnable reports whether a script's file is executable, warning
