@@ -69,7 +69,11 @@ func AddSourceDir(ctx context.Context, e *Env, dir, kernel, arch string) (module
 	})
 	stderr.Flush()
 	if err != nil {
-		return "", "", confFailure(filepath.Join(from, "dkms.conf"), err)
+		// Every problem of the file is told, as when it is added by name.
+		if _, full := e.readConf(ctx, filepath.Join(from, "dkms.conf"), Target{Kernel: kernel, Arch: arch}, false); full != nil {
+			return "", "", full
+		}
+		return "", "", e.reportConfFailure(filepath.Join(from, "dkms.conf"), err)
 	}
 	if mv, ok := e.Layout.Lookup(module, version); ok && !mv.Broken {
 		return "", "", fail(KindAlreadyAdded, fmt.Sprintf("DKMS tree already contains: %s-%s", module, version),

@@ -370,6 +370,13 @@ type jobKey struct{ module, kernel string }
 // dir); every make draws from one jobserver. depmod runs once per kernel
 // at the end.
 func (e *Env) runJobs(ctx context.Context, jobs []*job) *Summary {
+	// Every job reports through one serialized sink; each job's dkms text
+	// is replayed in dkms's order once it is over.
+	serial := &serialSink{sink: e.Sink}
+	be := *e
+	be.Sink = serial
+	e = &be
+	rep := newReplay(serial, jobs)
 	budget := e.Jobs
 	if budget <= 0 {
 		budget = 1
@@ -409,17 +416,19 @@ func (e *Env) runJobs(ctx context.Context, jobs []*job) *Summary {
 			if res == nil {
 				res = e.waitForDeps(ctx, j, finished, outcome, &mu)
 			}
+			var text []Event
 			if res == nil {
 				slots <- struct{}{}
 				l := lockFor(j.Module + "/" + j.Version)
 				l.Lock()
-				res = e.runJob(ctx, j, js)
+				res, text = e.runJob(ctx, j, js)
 				l.Unlock()
 				<-slots
 			} else if res.Outcome != OutcomeAlreadyInstalled {
 				e.Sink.Emit(Event{Type: JobFinished, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch,
 					Text: string(res.Outcome), Err: errors.New(res.Reason)})
 			}
+			rep.done(i, text)
 			mu.Lock()
 			results[i], outcome[k] = res, res
 			mu.Unlock()
@@ -461,38 +470,39 @@ func (e *Env) waitForDeps(ctx context.Context, j *job, finished map[jobKey]chan 
 	return nil
 }
 
-// runJob builds (if needed) and installs one target, with its progress text
-// kept out of the terminal: a job reports through JobStarted/JobFinished.
-func (e *Env) runJob(ctx context.Context, j *job, js *Jobserver) *JobResult {
+// runJob builds (if needed) and installs one target. Its dkms text is
+// returned for the replay (with its error, as dkms prints it), not shown
+// as it comes: jobs run at the same time.
+func (e *Env) runJob(ctx context.Context, j *job, js *Jobserver) (*JobResult, []Event) {
 	start := time.Now()
 	je := *e
 	je.Jobserver = js
 	je.DeferDepmod = true
 	je.Force = false
 	var failLog string
-	je.Sink = SinkFunc(func(ev Event) {
-		switch ev.Type {
-		case Info:
-			return // a batch shows one line per job, not each job's chatter
-		case BuildFailed:
+	text := &jobText{pass: SinkFunc(func(ev Event) {
+		if ev.Type == BuildFailed {
 			failLog = ev.Log
 		}
 		e.Sink.Emit(ev)
-	})
+	})}
+	je.Sink = text
 	e.Sink.Emit(Event{Type: JobStarted, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch})
 	if j.force {
 		if err := Unbuild(ctx, &je, j.Target); err != nil {
-			return e.jobDone(j, start, OutcomeFailed, err, failLog)
+			text.failed(err)
+			return e.jobDone(j, start, OutcomeFailed, err, failLog), text.text()
 		}
 	}
 	err := Install(ctx, &je, j.Target)
+	text.failed(err)
 	switch {
 	case err == nil:
-		return e.jobDone(j, start, OutcomeInstalled, nil, "")
+		return e.jobDone(j, start, OutcomeInstalled, nil, ""), text.text()
 	case KindOf(err) == KindExcluded:
-		return e.jobDone(j, start, OutcomeSkipped, err, "")
+		return e.jobDone(j, start, OutcomeSkipped, err, ""), text.text()
 	default:
-		return e.jobDone(j, start, OutcomeFailed, err, failLog)
+		return e.jobDone(j, start, OutcomeFailed, err, failLog), text.text()
 	}
 }
 
@@ -532,7 +542,8 @@ func (e *Env) depmodAfter(ctx context.Context, jobs []*job, results []*JobResult
 		}
 	}
 	for _, k := range kernels {
-		err := e.depmod(ctx, k)
+		// Once per kernel, where dkms runs it after each module.
+		err := e.showDepmod(ctx, k)
 		if err == nil {
 			e.commitKernel(k)
 			e.loadNewModules(ctx, k)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,23 +25,21 @@ func Build(ctx context.Context, e *Env, t Target) error {
 	if err := checkNames(t.Module, t.Version); err != nil {
 		return err
 	}
-	if mv, ok := e.Layout.Lookup(t.Module, t.Version); !ok {
-		if err := Add(ctx, e, t.Module, t.Version, t.Kernel, t.Arch); err != nil {
-			return err
-		}
-		e.info("")
-	} else if mv.Broken {
+	mv, added := e.Layout.Lookup(t.Module, t.Version)
+	if added && mv.Broken {
 		return brokenError(t.Module, t.Version)
 	}
-	built, err := e.isBuilt(ctx, t)
-	if err != nil {
-		return err
+	if added {
+		built, err := e.isBuilt(ctx, t)
+		if err != nil {
+			return err
+		}
+		if built && !e.Force {
+			e.info("Module %s/%s already built for kernel %s (%s), skip. You may override by specifying --force.", t.Module, t.Version, t.Kernel, t.Arch)
+			return nil
+		}
 	}
-	if built && !e.Force {
-		e.info("Module %s/%s already built for kernel %s (%s), skip. You may override by specifying --force.", t.Module, t.Version, t.Kernel, t.Arch)
-		return nil
-	}
-	return e.build(ctx, t)
+	return e.build(ctx, t, !added)
 }
 
 // buildKernel is the kernel a build is for: its directories and its
@@ -76,23 +75,29 @@ func (k buildKernel) moduleSuffix() string {
 	return ".ko"
 }
 
-// build runs one build: checks, the build dir, patches, PRE_BUILD, make,
-// then the finished modules into place.
-func (e *Env) build(ctx context.Context, t Target) error {
+// build runs one build: signing, the add an unregistered module needs,
+// checks, the build dir, patches, PRE_BUILD, make, then the finished
+// modules into place — in the order dkms 3.0.10 shows them.
+func (e *Env) build(ctx context.Context, t Target, add bool) error {
 	start := time.Now()
-	conf, err := e.readConf(ctx, e.confFile(t.Module, t.Version), t, true)
+	k := e.buildKernel(t.Kernel)
+	sign, err := e.prepareSigning(ctx, k)
+	if err != nil {
+		return err
+	}
+	if add {
+		if err := Add(ctx, e, t.Module, t.Version, t.Kernel, t.Arch); err != nil {
+			return err
+		}
+	}
+	// Add has shown the file's warnings already.
+	conf, err := e.readConf(ctx, e.confFile(t.Module, t.Version), t, !add)
 	if err != nil {
 		return err
 	}
 	if err := e.checkBuildable(t, conf); err != nil {
 		return err
 	}
-	k := e.buildKernel(t.Kernel)
-	sign, err := e.prepareSigning(ctx, k)
-	if err != nil {
-		return err
-	}
-	e.info("")
 	e.Sink.Emit(Event{Type: BuildStarted, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch})
 	r, err := e.startBuild(t, start)
 	if err != nil {
@@ -113,8 +118,9 @@ func (e *Env) checkBuildable(t Target, conf *tree.Conf) error {
 	if conf.Excluded != "" {
 		e.Sink.Emit(Event{Type: BuildSkipped, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 			Text: fmt.Sprintf("%s/%s is not built for %s (%s): %s rules it out", t.Module, t.Version, t.Kernel, t.Arch, conf.Excluded)})
+		// dkms 3.0.10 names a dkms.conf in the build's own dir.
 		return fail(KindExcluded,
-			fmt.Sprintf("The %s for module %s/%s includes a BUILD_EXCLUSIVE directive (%s) which does not match this kernel/arch/config.", conf.File, t.Module, t.Version, conf.Excluded),
+			fmt.Sprintf("The %s/dkms.conf for module %s includes a BUILD_EXCLUSIVE directive which does not match this kernel/arch/config.", e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), t.Module),
 			"This indicates that it should not be built.")
 	}
 	sourceDir := filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "source")
@@ -187,12 +193,15 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 	for _, p := range conf.Patches {
 		patch := filepath.Join(buildDir, "patches", p)
 		if !exists(patch) {
-			return r.failed(KindPatchMissing, nil, fmt.Sprintf("Patch %s as specified in dkms.conf cannot be", p), fmt.Sprintf("found in %s/patches/.", buildDir))
+			return r.failed(KindPatchMissing, nil, fmt.Sprintf(" Patch %s as specified in dkms.conf cannot be", p), fmt.Sprintf("found in %s/patches/.", buildDir))
 		}
-		e.info("Applying patch %s...", p)
-		blk := startLogBlock(log, "Applying patch "+p, "patch -p1 < ./patches/"+p)
-		err := runArgv(ctx, buildDir, r.env, log, "patch", "-p1", "-i", patch)
-		blk.end(err)
+		cmd := "patch -p1 < ./patches/" + p
+		err := e.invoke(step{Desc: "applying patch " + p, Command: cmd}, func(out io.Writer) error {
+			blk := startLogBlock(log, "Applying patch "+p, cmd)
+			err := runArgv(ctx, buildDir, r.env, io.MultiWriter(log, out), "patch", "-p1", "-i", patch)
+			blk.end(err)
+			return err
+		})
 		if err != nil {
 			return r.failed(KindPatchFailed, err, fmt.Sprintf("Application of patch %s failed.", p), fmt.Sprintf("Check %s for more information.", buildDir))
 		}
@@ -202,25 +211,39 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 			return r.failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
-	makeCmd := e.makeCommand(conf, t, k)
-	e.info("Building module(s)...")
-	if e.Verbose {
-		e.info("%s", makeCmd)
-	}
-	blk := startLogBlock(log, "Building module(s)", makeCmd)
-	err := e.runMake(ctx, buildDir, makeCmd, r.env, log)
-	blk.end(err)
+	e.info("")
+	e.info("Building module:")
+	e.cleanBuildArea(ctx, t, buildDir, r.env)
+	makeCmd, shown := e.makeCommand(conf, t, k)
+	err := e.invoke(step{Desc: shown, Command: fmt.Sprintf("{ %s; } >> %s 2>&1", makeCmd, logPath), Background: true}, func(io.Writer) error {
+		blk := startLogBlock(log, "Building module(s)", makeCmd)
+		err := e.runMake(ctx, buildDir, makeCmd, r.env, log)
+		blk.end(err)
+		return err
+	})
 	if err != nil {
 		return r.failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
 	}
 	for _, m := range conf.Buildable() {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if !exists(ko) {
-			return r.failed(KindNoModuleBuilt, nil, fmt.Sprintf("Build of %s%s.ko failed for: %s (%s)", m.BuiltLocation, m.BuiltName, t.Kernel, t.Arch),
-				"Make sure the name and location of the generated module are correct,", fmt.Sprintf("or consult %s for more information.", logPath))
+			return r.failed(KindNoModuleBuilt, nil, fmt.Sprintf(" Build of %s.ko failed for: %s (%s)", m.BuiltName, t.Kernel, t.Arch),
+				"Make sure the name of the generated module is correct and at the root of the",
+				"build directory, or consult make.log in the build directory", buildDir+" for more information.")
 		}
 	}
 	return nil
+}
+
+// cleanBuildArea runs kbuild's clean in the build dir before make, as
+// dkms 3.0.10 does by default (a package's own CLEAN is not run: see
+// docs/compatibility.md). Its failure is shown and does not stop the
+// build.
+func (e *Env) cleanBuildArea(ctx context.Context, t Target, buildDir string, env []string) {
+	cmd := fmt.Sprintf("make -C %s M=%s clean", e.Layout.KernelBuildDir(t.Kernel), buildDir)
+	_ = e.invoke(step{Desc: "Cleaning build area", Command: cmd, Background: true}, func(out io.Writer) error {
+		return runShell(ctx, buildDir, cmd, env, out)
+	})
 }
 
 // store stages module/ and log/ in a temporary dir beside the final one,
@@ -238,6 +261,15 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		return diskError(kdir, err)
 	}
 	defer os.RemoveAll(stage)
+	if sign != nil {
+		ok, err := sign.ready(ctx, e)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			sign = nil
+		}
+	}
 	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign, r.env); err != nil {
 		return r.failed(KindInternal, err, err.Error())
 	}
@@ -263,7 +295,11 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 	if err := replaceDir(stage, final); err != nil {
 		return err
 	}
-	os.RemoveAll(buildDir)
+	// dkms runs make clean here and then deletes the build dir; deleting
+	// it leaves the same.
+	_ = e.invoke(step{Desc: "Cleaning build area", Command: "rm -rf " + buildDir, Background: true}, func(io.Writer) error {
+		return os.RemoveAll(buildDir)
+	})
 	os.Remove(e.failedLog(t))
 	e.Sink.Emit(Event{Type: BuildFinished, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 		Log: filepath.Join(final, "log", "make.log"), Duration: time.Since(r.start)})
@@ -342,32 +378,37 @@ func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, 
 
 // makeCommand is the make line for t: the dkms.conf's (MAKE/MAKE_MATCH) or
 // the default kbuild call, with a leading "make" given dkms's -j and
-// KERNELRELEASE.
-func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel) string {
+// KERNELRELEASE. shown is the line as dkms shows it: under a jobserver
+// make runs without -j (it takes the shared -jN from MAKEFLAGS), and shown
+// names that -jN.
+func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel) (run, shown string) {
 	cmd := conf.MakeCommand
 	if cmd == "" {
 		cmd = fmt.Sprintf("make -C %s M=%s", e.Layout.KernelBuildDir(t.Kernel), filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "build"))
 	}
+	run, shown = cmd, cmd
 	if rest, ok := strings.CutPrefix(cmd, "make"); ok {
 		// Under a jobserver make takes its -j from MAKEFLAGS: a -j on the
 		// command line would make it start a jobserver of its own.
 		jobs := "-j "
-		switch {
-		case e.Jobserver != nil:
-			jobs = ""
-		case e.Jobs > 0:
+		if e.Jobs > 0 {
 			jobs = fmt.Sprintf("-j%d ", e.Jobs)
 		}
-		cmd = fmt.Sprintf("make %sKERNELRELEASE=%s%s", jobs, t.Kernel, rest)
+		shown = fmt.Sprintf("make %sKERNELRELEASE=%s%s", jobs, t.Kernel, rest)
+		if e.Jobserver != nil {
+			shown = fmt.Sprintf("make -j%d KERNELRELEASE=%s%s", e.Jobserver.Slots, t.Kernel, rest)
+			jobs = ""
+		}
+		run = fmt.Sprintf("make %sKERNELRELEASE=%s%s", jobs, t.Kernel, rest)
 	}
 	cfg := k.Config
-	if cfg["CONFIG_CC_IS_CLANG"] == "y" {
-		cmd += " CC=clang"
+	for _, opt := range []struct{ option, arg string }{{"CONFIG_CC_IS_CLANG", " CC=clang"}, {"CONFIG_LD_IS_LLD", " LD=ld.lld"}} {
+		if cfg[opt.option] == "y" {
+			run += opt.arg
+			shown += opt.arg
+		}
 	}
-	if cfg["CONFIG_LD_IS_LLD"] == "y" {
-		cmd += " LD=ld.lld"
-	}
-	return cmd
+	return run, shown
 }
 
 // runMake runs the make line in the build dir with env. Under a jobserver
@@ -409,11 +450,11 @@ func (k buildKernel) cc() []string {
 }
 
 // buildScript runs PRE_BUILD/POST_BUILD in dir (the build dir, or the
-// module's override dir) with env, logged to make.log.
+// module's override dir) with env, shown as dkms shows it and logged to
+// make.log.
 func (e *Env) buildScript(ctx context.Context, kind, dir, script string, log *os.File, env []string) error {
-	e.info("Running the %s script...", kind)
 	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+dir+"/ && "+filepath.Join(dir, script))
-	ran, err := e.runScript(ctx, kind, dir, script, env, log)
+	ran, err := e.runShownScriptIn(ctx, kind, dir, script, env, log)
 	if !ran {
 		blk.end(nil)
 		return nil

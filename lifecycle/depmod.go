@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,4 +61,12 @@ func (e *Env) depmodBase() (string, func(), error) {
 		return "", nil, err
 	}
 	return tmp, cleanup, nil
+}
+
+// showDepmod runs depmod for kernel, shown as dkms shows it ("depmod...",
+// even under --no-depmod, where it does nothing).
+func (e *Env) showDepmod(ctx context.Context, kernel string) error {
+	return e.invoke(step{Desc: "depmod", Command: "depmod -a " + kernel, Background: true}, func(io.Writer) error {
+		return e.depmod(ctx, kernel)
+	})
 }

@@ -143,7 +143,7 @@ func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) 
 		Cache:           e.confs,
 	})
 	if err != nil {
-		return nil, confFailure(file, err)
+		return nil, e.reportConfFailure(file, err)
 	}
 	if strict {
 		for _, w := range conf.Warnings {
@@ -161,24 +161,50 @@ func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) 
 // confFailure turns a tree error into dkms's "Bad conf file" error, with
 // every problem line.
 func confFailure(file string, err error) error {
+	problems, ok := confProblems(err)
+	if !ok {
+		return err
+	}
+	return &Error{Kind: KindBadConf, Lines: append(problems, badConfLines(file)...), Err: err}
+}
+
+// reportConfFailure is confFailure as dkms shows it: each problem on a
+// line of its own on stderr as it is found, then the "Error! Bad conf
+// file." error.
+func (e *Env) reportConfFailure(file string, err error) error {
+	problems, ok := confProblems(err)
+	if !ok {
+		return err
+	}
+	for _, p := range problems {
+		e.warn("%s", p)
+	}
+	return &Error{Kind: KindBadConf, Lines: append(problems, badConfLines(file)...), Err: err, Shown: len(problems)}
+}
+
+func badConfLines(file string) []string {
+	return []string{"Bad conf file.", "File: " + file + " does not represent a valid dkms.conf file."}
+}
+
+// confProblems are the lines that say what is wrong with a dkms.conf; ok
+// is false for an error that is not about the file.
+func confProblems(err error) (problems []string, ok bool) {
 	var ce *tree.ConfError
 	var se *tree.SyntaxError
 	var ee *tree.EvalError
-	lines := []string{}
 	switch {
 	case errors.As(err, &ce):
 		for _, p := range ce.Problems {
-			lines = append(lines, strings.Split(p, "\n")...)
+			problems = append(problems, strings.Split(p, "\n")...)
 		}
 	case errors.As(err, &se):
-		lines = append(lines, se.Error())
+		problems = append(problems, se.Error())
 	case errors.As(err, &ee):
-		lines = append(lines, ee.Error())
+		problems = append(problems, ee.Error())
 	default:
-		return err
+		return nil, false
 	}
-	lines = append(lines, "Bad conf file.", "File: "+file+" does not represent a valid dkms.conf file.")
-	return &Error{Kind: KindBadConf, Lines: lines, Err: err}
+	return problems, true
 }
 
 // RequireAdded checks that module/version is in the tree and not broken.
@@ -227,6 +253,16 @@ func (e *Env) isInstalled(ctx context.Context, t Target) (bool, error) {
 	return e.Layout.InstalledVersion(t.Module, t.Kernel, t.Arch) == t.Version, nil
 }
 
+// headersPlaces is where dkms says it looked for a kernel's headers:
+// the build dir (--kernelsourcedir), or the kernel's build and source
+// links.
+func headersPlaces(k tree.Kernel) string {
+	if filepath.Dir(k.BuildDir) != k.Dir {
+		return k.BuildDir
+	}
+	return k.BuildDir + " or " + filepath.Join(k.Dir, "source")
+}
+
 func (e *Env) checkHeaders(kernel string) error {
 	k := e.Layout.Kernel(kernel)
 	if k.HasHeaders() {
@@ -238,5 +274,5 @@ func (e *Env) checkHeaders(kernel string) error {
 	if pkg := e.Distro.HeadersPackage(kernel); pkg != "" {
 		advice = fmt.Sprintf("Please install the %s package or use the --kernelsourcedir option to tell DKMS where it's located.", pkg)
 	}
-	return fail(KindNoHeaders, fmt.Sprintf("Your kernel headers for kernel %s cannot be found at %s.", kernel, k.BuildDir), advice)
+	return fail(KindNoHeaders, fmt.Sprintf("Your kernel headers for kernel %s cannot be found at %s.", kernel, headersPlaces(k)), advice)
 }

@@ -69,6 +69,18 @@ type Error struct {
 	// Code is the exit status of a failing script, for KindScriptFailed.
 	Code int
 	Err  error
+	// Shown is how many of the first Lines were printed as they were
+	// found (dkms prints a bad dkms.conf's problems, then "Error! Bad
+	// conf file."); Unshown are the rest.
+	Shown int
+}
+
+// Unshown are the lines still to print after "Error! ".
+func (e *Error) Unshown() []string {
+	if e.Shown >= len(e.Lines) {
+		return nil
+	}
+	return e.Lines[e.Shown:]
 }
 
 func (e *Error) Error() string {

@@ -50,6 +50,9 @@ type Event struct {
 	Module, Version, Kernel, Arch string
 	// Text is the human-readable line(s), as a terminal shows them.
 	Text string
+	// Partial: Text is part of a line (dkms's "make ...", its progress
+	// dots, "(bad exit status: 2)"); no newline follows it.
+	Partial bool
 	// Log is the build log, for build outcomes.
 	Log      string
 	Duration time.Duration
@@ -109,18 +112,24 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Flush emits a final unterminated line.
+// Flush emits a final unterminated line as it is: what follows goes on
+// the same line, as on dkms's terminal.
 func (w *lineWriter) Flush() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.buf) > 0 {
-		w.sink.Emit(Event{Type: w.typ, Text: string(w.buf)})
+		w.sink.Emit(Event{Type: w.typ, Text: string(w.buf), Partial: true})
 		w.buf = nil
 	}
 }
 
 func (e *Env) info(format string, args ...any) {
 	e.Sink.Emit(Event{Type: Info, Text: fmt.Sprintf(format, args...)})
+}
+
+// part prints text without ending the line.
+func (e *Env) part(text string) {
+	e.Sink.Emit(Event{Type: Info, Text: text, Partial: true})
 }
 
 func (e *Env) warn(format string, args ...any) {

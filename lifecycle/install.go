@@ -35,7 +35,6 @@ func Install(ctx context.Context, e *Env, t Target) error {
 		if err := e.uninstall(ctx, t); err != nil {
 			return err
 		}
-		e.info("")
 	}
 	built, err := e.isBuilt(ctx, t)
 	if err != nil {
@@ -68,7 +67,7 @@ func (e *Env) install(ctx context.Context, t Target) error {
 			return fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force.")
 		}
 	}
-	done, err := e.placeModules(t, k, conf, plan)
+	done, err := e.placeModules(ctx, t, k, conf, plan)
 	if err != nil {
 		return err
 	}
@@ -113,9 +112,11 @@ func (e *Env) planInstall(t Target, k tree.Kernel, conf *tree.Conf) ([]plannedMo
 
 // placeModules records the intent, then puts each module that passes the
 // sanity check in place, keeping the originals it displaces on a first
-// install. It returns the files placed; on failure, everything is rolled
-// back and the error says why.
-func (e *Env) placeModules(t Target, k tree.Kernel, conf *tree.Conf, plan []plannedModule) ([]string, error) {
+// install, and shows it as dkms 3.0.10 does. PRE_INSTALL runs once the
+// first module has passed its check, where dkms runs it. It returns the
+// files placed; on failure, everything is rolled back and the error says
+// why.
+func (e *Env) placeModules(ctx context.Context, t Target, k tree.Kernel, conf *tree.Conf, plan []plannedModule) ([]string, error) {
 	hadLink := exists(e.Layout.KernelLink(t.Module, t.Kernel, t.Arch))
 	var dests []string
 	for _, p := range plan {
@@ -125,10 +126,11 @@ func (e *Env) placeModules(t Target, k tree.Kernel, conf *tree.Conf, plan []plan
 		return nil, err
 	}
 	var done []string
-	for _, p := range plan {
+	for i, p := range plan {
 		name := filepath.Base(p.built)
 		e.info("")
 		e.info("%s:", name)
+		e.info("Running module version sanity check.")
 		ok, err := e.sanityCheck(t, conf, p.spec, p.built)
 		if err != nil {
 			return nil, e.rollbackInstall(t, done, err)
@@ -136,17 +138,22 @@ func (e *Env) placeModules(t Target, k tree.Kernel, conf *tree.Conf, plan []plan
 		if !ok {
 			continue
 		}
-		if !hadLink {
-			if err := e.archiveOriginal(t, p.spec, p.built); err != nil {
-				return nil, e.rollbackInstall(t, done, err)
+		if i == 0 && conf.PreInstall != "" {
+			ran, err := e.runShownScript(ctx, "pre_install", e.sourceDir(t), conf.PreInstall)
+			if ran && err != nil && !e.Force {
+				return nil, e.rollbackInstall(t, done, fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force."))
 			}
+		}
+		if err := e.showOriginal(t, p, hadLink); err != nil {
+			return nil, e.rollbackInstall(t, done, err)
 		}
 		destDir := filepath.Join(k.Dir, p.spec.DestLocation)
 		if err := os.MkdirAll(destDir, 0o755); err != nil {
 			return nil, e.rollbackInstall(t, done, diskError(destDir, err))
 		}
 		dest := filepath.Join(destDir, name)
-		e.info("Installing %s", dest)
+		e.info(" - Installation")
+		e.info("   - Installing to %s/", destDir)
 		if e.SymlinkModules {
 			err = symlinkAtomic(p.built, dest)
 		} else {
@@ -163,6 +170,28 @@ func (e *Env) placeModules(t Target, k tree.Kernel, conf *tree.Conf, plan []plan
 	return done, nil
 }
 
+// showOriginal is dkms's " - Original module" step: on a first install
+// for the kernel, a same-named module the kernel has is archived (see
+// archiveOriginal).
+func (e *Env) showOriginal(t Target, p plannedModule, hadLink bool) error {
+	e.info(" - Original module")
+	switch {
+	case hadLink && tree.FindModuleFile(e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch), p.spec.DestName) != "":
+		e.info("   - An original module was already stored during a previous install")
+	case hadLink:
+		e.info("   - This kernel never originally had a module by this name")
+	default:
+		found, err := e.archiveOriginal(t, p.spec, p.built)
+		if err != nil {
+			return err
+		}
+		if !found {
+			e.info("   - No original module exists within this kernel")
+		}
+	}
+	return nil
+}
+
 // finishInstall runs depmod (a failure uninstalls the module again) and
 // drops the intent, unless the batch runs depmod once for the kernel.
 func (e *Env) finishInstall(ctx context.Context, t Target) error {
@@ -170,9 +199,7 @@ func (e *Env) finishInstall(ctx context.Context, t Target) error {
 	// drops the intent (commitKernel): a kill before that is rolled
 	// forward.
 	if !e.DeferDepmod {
-		e.info("Running depmod...")
-		if err := e.depmod(ctx, t.Kernel); err != nil {
-			e.warn("%v", err)
+		if err := e.showDepmod(ctx, t.Kernel); err != nil {
 			_ = e.uninstall(ctx, t)
 			e.commit(t)
 			return &Error{Kind: KindDepmod, Err: err, Lines: []string{"Problems with depmod detected. Automatically uninstalling this module.", "Install Failed (depmod problems). Module rolled back to built state."}}
@@ -192,7 +219,7 @@ func (e *Env) rollbackInstall(t Target, done []string, cause error) error {
 	for _, d := range done {
 		os.Remove(d)
 	}
-	if err := e.restoreOriginals(t); err != nil {
+	if _, err := e.restoreOriginals(t, ""); err != nil {
 		e.warn("%v", err)
 		return cause
 	}
@@ -209,6 +236,7 @@ func (e *Env) sourceDir(t Target) string {
 // false means skip this module (the reason has been reported).
 func (e *Env) sanityCheck(t Target, conf *tree.Conf, m tree.ModuleSpec, built string) (bool, error) {
 	if conf.ObsoleteBy != "" && !e.Force && obsoleted(t.Kernel, conf.ObsoleteBy) {
+		e.warn("")
 		e.warn("Module has been obsoleted due to being included\nin kernel %s.  We will avoid installing\nfor future kernels above %s.\nYou may override by specifying --force.", conf.ObsoleteBy, conf.ObsoleteBy)
 		return false, nil
 	}
@@ -229,7 +257,7 @@ func (e *Env) sanityCheck(t Target, conf *tree.Conf, m tree.ModuleSpec, built st
 		return true, nil
 	}
 	if len(others) > 1 {
-		e.warn("Warning: Cannot do version sanity checking because multiple %s modules were found in kernel %s.", m.DestName, t.Kernel)
+		e.warn("Warning: Warning! Cannot do version sanity checking because multiple %s\nmodules were found in kernel %s.", filepath.Base(built), t.Kernel)
 		return true, nil
 	}
 	theirs, err1 := tree.ReadModInfo(others[0])
@@ -240,7 +268,7 @@ func (e *Env) sanityCheck(t Target, conf *tree.Conf, m tree.ModuleSpec, built st
 	tv, mv := theirs.Get("version"), mine.Get("version")
 	switch {
 	case tv == mv && srcVersion(theirs) == srcVersion(mine):
-		e.warn("Module %s already installed at version %s, override by specifying --force", others[0], tv)
+		e.warn("Module version %s for %s\nexactly matches what is already found in kernel %s.\nDKMS will not replace this module.\nYou may override by specifying --force.", mv, filepath.Base(built), t.Kernel)
 		return false, nil
 	case tv != "" && mv != "" && tv != mv && tree.CompareVersions(tv, mv) > 0:
 		e.warn("Error! Module version %s for %s\nis not newer than what is already found in kernel %s (%s).\nYou may override by specifying --force.",
@@ -280,13 +308,8 @@ func (e *Env) findInstalled(kernel, name string) []string {
 		if d.IsDir() && p != root && (d.Name() == "build" || d.Name() == "source") && filepath.Dir(p) == root {
 			return filepath.SkipDir
 		}
-		if d.Type().IsRegular() || d.Type()&fs.ModeSymlink != 0 {
-			base := d.Name()
-			for _, ext := range []string{".ko", ".ko.gz", ".ko.xz", ".ko.zst"} {
-				if base == name+ext {
-					found = append(found, p)
-				}
-			}
+		if (d.Type().IsRegular() || d.Type()&fs.ModeSymlink != 0) && isModuleFile(d.Name(), name) {
+			found = append(found, p)
 		}
 		return nil
 	})
@@ -295,8 +318,10 @@ func (e *Env) findInstalled(kernel, name string) []string {
 
 // archiveOriginal moves a module the kernel already has under the same name
 // into <dkms_tree>/<m>/original_module/<k>/<a>, with a .origin file that
-// records where it came from, so uninstall can put it back.
-func (e *Env) archiveOriginal(t Target, m tree.ModuleSpec, built string) error {
+// records where it came from, so uninstall can put it back. It says so as
+// dkms 3.0.10 says it where it archives (not on Debian, where it left the
+// original in place).
+func (e *Env) archiveOriginal(t Target, m tree.ModuleSpec, built string) (found bool, err error) {
 	kdir := e.Layout.KernelDir(t.Kernel)
 	var candidates []string
 	for _, dir := range []string{"extra", "updates", strings.TrimPrefix(m.DestLocation, "/")} {
@@ -314,46 +339,53 @@ func (e *Env) archiveOriginal(t Target, m tree.ModuleSpec, built string) error {
 		}
 		dir := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return diskError(dir, err)
+			return false, diskError(dir, err)
 		}
 		saved := filepath.Join(dir, filepath.Base(orig))
-		e.info("Found pre-existing %s, archiving for uninstallation", orig)
+		e.info("   - Found %s", orig)
+		e.info("   - Storing in %s/", dir)
+		e.info("   - Archiving for uninstallation purposes")
 		// The .origin file first: a crash between the two steps leaves a
 		// record and the original still in place, never a lost module.
 		if err := writeFileAtomic(saved+".origin", []byte(orig+"\n"), 0o644); err != nil {
-			return err
+			return false, err
 		}
 		if err := copyFileAtomic(orig, saved); err != nil {
 			os.Remove(saved + ".origin")
-			return err
+			return false, err
 		}
 		if err := os.Remove(orig); err != nil {
 			// The original stays where it is: drop the archive copy.
 			os.Remove(saved)
 			os.Remove(saved + ".origin")
 			removeEmptyParents(dir, e.Layout.ModuleDir(t.Module))
-			return diskError(orig, err)
+			return false, diskError(orig, err)
 		}
-		return nil
+		return true, nil
 	}
-	return nil
+	return false, nil
 }
 
-// restoreOriginals moves archived originals back where they came from.
-// It fails, keeping the archive, when one cannot be put back: an archived
-// original is never deleted before it is in place again.
-func (e *Env) restoreOriginals(t Target) error {
+// restoreOriginals moves archived originals back where they came from:
+// those of the module named name, or every one when name is "". It fails,
+// keeping the archive, when one cannot be put back: an archived original
+// is never deleted before it is in place again. restored says whether one
+// was put back.
+func (e *Env) restoreOriginals(t Target, name string) (restored bool, err error) {
 	dir := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)
 	origins, _ := filepath.Glob(filepath.Join(dir, "*.origin"))
 	kdir := e.Layout.KernelDir(t.Kernel) + "/"
 	var failed error
 	for _, o := range origins {
+		saved := strings.TrimSuffix(o, ".origin")
+		if name != "" && !isModuleFile(filepath.Base(saved), name) {
+			continue
+		}
 		data, err := os.ReadFile(o)
 		if err != nil {
 			continue
 		}
 		dest := strings.TrimSpace(string(data))
-		saved := strings.TrimSuffix(o, ".origin")
 		if !strings.HasPrefix(dest, kdir) || strings.Contains(dest, "/../") {
 			e.warn("Warning: Bad original location '%s' in %s", dest, o)
 			continue
@@ -364,7 +396,12 @@ func (e *Env) restoreOriginals(t Target) error {
 			os.Remove(o)
 			continue
 		}
-		e.info("Restoring archived original module %s", dest)
+		if name != "" {
+			e.info("   - Archived original module found in the DKMS tree")
+			e.info("   - Moving it to: %s/", filepath.Dir(dest))
+		} else {
+			e.info("Restoring archived original module %s", dest)
+		}
 		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
 			failed = diskError(dest, err)
 			continue
@@ -375,12 +412,23 @@ func (e *Env) restoreOriginals(t Target) error {
 		}
 		os.Remove(saved)
 		os.Remove(o)
+		restored = true
 	}
 	removeEmptyParents(dir, e.Layout.ModuleDir(t.Module))
 	if failed != nil {
-		return &Error{Kind: KindInternal, Err: failed, Lines: []string{
+		return restored, &Error{Kind: KindInternal, Err: failed, Lines: []string{
 			fmt.Sprintf("Could not put back the original module(s) saved in %s: %v", dir, failed),
 			"They stay there; run the command again once the problem is fixed."}}
 	}
-	return nil
+	return restored, nil
+}
+
+// isModuleFile reports whether file is module name, compressed or not.
+func isModuleFile(file, name string) bool {
+	for _, ext := range []string{".ko", ".ko.gz", ".ko.xz", ".ko.zst"} {
+		if file == name+ext {
+			return true
+		}
+	}
+	return false
 }

@@ -100,7 +100,7 @@ func (e *Env) resolveIntents(ctx context.Context) {
 					os.Remove(f)
 				}
 			}
-			if err := e.restoreOriginals(t); err != nil {
+			if _, err := e.restoreOriginals(t, ""); err != nil {
 				e.warn("%v", err)
 				continue // keep the intent: try again next time
 			}
@@ -120,7 +120,7 @@ func (e *Env) resolveIntents(ctx context.Context) {
 				os.Remove(p)
 				continue
 			}
-			if err := e.restoreOriginals(t); err != nil {
+			if _, err := e.restoreOriginals(t, ""); err != nil {
 				e.warn("%v", err)
 				continue
 			}

@@ -115,7 +115,7 @@ func (e *Env) tarballIdentity(ctx context.Context, archive, tmp, loc string) (mo
 	module, version, err = tree.ReadPackageIdentity(ctx, conf, tree.ConfContext{Layout: e.Layout, Distro: e.Distro, Env: e.Environ, Stderr: stderr, Timeout: e.ConfTimeout})
 	stderr.Flush()
 	if err != nil {
-		return "", "", confFailure(archive+": "+loc+"/dkms.conf", err)
+		return "", "", e.reportConfFailure(archive+": "+loc+"/dkms.conf", err)
 	}
 	if loc == "dkms_binaries_only" {
 		for file, want := range map[string]string{"PACKAGE_NAME": module, "PACKAGE_VERSION": version} {
@@ -140,7 +140,9 @@ func (e *Env) loadTarballSource(tmp, loc, conf, module, version string) error {
 			e.warn("Warning: %s already exists; keeping it (use --force to replace it).", srcInTree)
 			return nil
 		}
-		if e.Force {
+		if e.Force && isDir(srcInTree) {
+			e.warn("")
+			e.info("Forcing install of %s-%s", module, version)
 			os.RemoveAll(srcInTree)
 		}
 		return copySourceInto(filepath.Join(tmp, loc), srcInTree)

@@ -87,35 +87,45 @@ func (b *logBlock) end(err error) {
 		exitCode(err), int(el.Hours()), int(el.Minutes())%60, int(el.Seconds())%60, strings.Repeat("-", 64))
 }
 
-// runShownScript runs a dkms.conf script (post_add, pre_install,
-// post_install, post_remove) whose output dkms shows on the terminal,
-// under the heading dkms prints for it; see runScript.
-func (e *Env) runShownScript(ctx context.Context, kind, dir, script string) (ran bool, err error) {
+// runShownScript runs a script from a dkms.conf (PRE_BUILD, POST_BUILD,
+// POST_ADD, PRE_INSTALL, POST_INSTALL, POST_REMOVE) as dkms does: the
+// first word is a file in dir that must be executable, the rest its
+// arguments (no shell parsing: dkms execs it). Its output is shown under
+// the heading dkms prints for it, and also written to also. ran is false
+// when the script is not executable (dkms warns and carries on).
+func (e *Env) runShownScript(ctx context.Context, kind, dir, script string, also ...io.Writer) (ran bool, err error) {
+	return e.runShownScriptIn(ctx, kind, dir, script, e.buildEnviron(), also...)
+}
+
+// runShownScriptIn is runShownScript in env (a build's, which
+// build_environment may have changed).
+func (e *Env) runShownScriptIn(ctx context.Context, kind, dir, script string, env []string, also ...io.Writer) (ran bool, err error) {
+	if !e.scriptRunnable(kind, dir, script) {
+		return false, nil
+	}
 	e.info("")
 	e.info("Running the %s script:", kind)
 	out := &lineWriter{sink: e.Sink, typ: Info}
 	defer out.Flush()
-	return e.runScript(ctx, kind, dir, script, e.buildEnviron(), out)
+	words := strings.Fields(script)
+	argv := append([]string{filepath.Join(dir, words[0])}, words[1:]...)
+	return true, runArgv(ctx, dir, env, io.MultiWriter(append([]io.Writer{out}, also...)...), argv...)
 }
 
-// runScript runs a PRE_/POST_ script from a dkms.conf: the first word is a
-// file in dir that must be executable, the rest its arguments (no shell
-// parsing, as dkms execs it), in env. Output goes to out. ran is false
-// when the script is not executable (dkms warns and carries on).
-func (e *Env) runScript(ctx context.Context, kind, dir, script string, env []string, out io.Writer) (ran bool, err error) {
+// scriptRunnable reports whether a script's file is executable, warning
+// as dkms does when it is not.
+func (e *Env) scriptRunnable(kind, dir, script string) bool {
 	words := strings.Fields(script)
 	if len(words) == 0 {
-		return false, nil
+		return false
 	}
-	path := filepath.Join(dir, words[0])
-	fi, statErr := os.Stat(path)
-	if statErr != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+	fi, err := os.Stat(filepath.Join(dir, words[0]))
+	if err != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
 		e.info("")
 		e.warn("Warning: The %s script is not executable.", kind)
-		return false, nil
+		return false
 	}
-	argv := append([]string{path}, words[1:]...)
-	return true, runArgv(ctx, dir, env, out, argv...)
+	return true
 }
 
 // lookPathIn finds name in the PATH of env (the last PATH= wins, as for

@@ -17,8 +17,10 @@ type signer struct {
 }
 
 // prepareSigning decides how modules for kernel are signed, printing what
-// dkms prints, and generates the MOK key pair on first use. A nil signer
-// means modules are not signed (the reason has been reported).
+// dkms 3.0.10 prints in its order (sign command, key, certificate). A nil
+// signer means modules are not signed (the reason has been reported). The
+// MOK key pair, when missing, is generated when the first module is
+// signed (ready), so that a build refused later leaves no key behind.
 func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error) {
 	kernel := k.Version
 	fw, err := tree.ReadFramework(ctx, e.Layout.ConfDir, kernel, e.Environ, &lineWriter{sink: e.Sink, typ: Warning})
@@ -37,16 +39,7 @@ func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error
 		e.info("Running in chroot, modules won't be signed")
 		return nil, nil
 	}
-	if k.ConfigFile == "" {
-		e.info("Kernel config %s not found, modules won't be signed", filepath.Join(k.BuildDir, ".config"))
-		return nil, nil
-	}
-	hash := k.Config["CONFIG_MODULE_SIG_HASH"]
-	if hash == "" {
-		e.info("The kernel is built without module signing facility, modules won't be signed")
-		return nil, nil
-	}
-	s := &signer{file: fw.SignFile, hash: hash}
+	s := &signer{file: fw.SignFile}
 	if s.file == "" {
 		if e.Distro.Debian() {
 			s.file = fmt.Sprintf("/usr/lib/linux-kbuild-%s/scripts/sign-file", trimLastComponent(kernel))
@@ -60,16 +53,29 @@ func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error
 		e.info("Binary %s not found, modules won't be signed", s.file)
 		return nil, nil
 	}
-	s.key, s.cert, err = e.mokPair(ctx, fw)
-	if err != nil || s.key == "" {
-		return nil, err
+	s.key, s.cert = e.mokPaths(fw)
+	// dkms 3.0.10 guessed sha512 for a kernel without module signing;
+	// dkms 3.1 does not sign for it, and neither does dkmsd.
+	if k.ConfigFile == "" {
+		e.info("Kernel config %s not found, modules won't be signed", filepath.Join(k.BuildDir, ".config"))
+		return nil, nil
+	}
+	if s.hash = k.Config["CONFIG_MODULE_SIG_HASH"]; s.hash == "" {
+		e.info("The kernel is built without module signing facility, modules won't be signed")
+		return nil, nil
 	}
 	return s, nil
 }
 
-// mokPair returns the signing key and certificate, generating a
-// self-signed pair when either is missing (as dkms does).
-func (e *Env) mokPair(ctx context.Context, fw tree.Framework) (key, cert string, err error) {
+// ready makes sure the key pair exists before the first module is signed;
+// false means modules are not signed (the reason has been reported).
+func (s *signer) ready(ctx context.Context, e *Env) (bool, error) {
+	return e.ensureMOK(ctx, s.key, s.cert)
+}
+
+// mokPaths are the signing key and certificate (framework.conf, else the
+// dkms tree's), shown as dkms shows them.
+func (e *Env) mokPaths(fw tree.Framework) (key, cert string) {
 	key, cert = fw.MOKSigningKey, fw.MOKCertificate
 	if key == "" {
 		key = e.Layout.MOKKey
@@ -79,22 +85,28 @@ func (e *Env) mokPair(ctx context.Context, fw tree.Framework) (key, cert string,
 	}
 	e.info("Signing key: %s", key)
 	e.info("Public certificate (MOK): %s", cert)
+	return key, cert
+}
+
+// ensureMOK generates a self-signed key pair when either file is missing
+// (as dkms does); ok is false when it could not.
+func (e *Env) ensureMOK(ctx context.Context, key, cert string) (ok bool, err error) {
 	if strings.HasPrefix(key, "pkcs11:") {
-		return key, cert, nil
+		return true, nil
 	}
 	e.mokMu.Lock()
 	defer e.mokMu.Unlock()
 	if exists(key) && exists(cert) {
-		return key, cert, nil
+		return true, nil
 	}
 	e.info("Certificate or key are missing, generating self signed certificate for MOK...")
 	if _, err := exec.LookPath("openssl"); err != nil {
 		e.info("openssl not found, can't generate key and certificate.")
-		return "", "", nil
+		return false, nil
 	}
 	for _, d := range []string{filepath.Dir(key), filepath.Dir(cert)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return "", "", diskError(d, err)
+			return false, diskError(d, err)
 		}
 	}
 	// Generate beside the final names and rename, so a crash never leaves
@@ -107,18 +119,18 @@ func (e *Env) mokPair(ctx context.Context, fw tree.Framework) (key, cert string,
 	if err != nil {
 		os.Remove(tmpKey)
 		os.Remove(tmpCert)
-		return "", "", &Error{Kind: KindMOK, Lines: []string{"Could not generate the MOK signing key and certificate:", strings.TrimSpace(out.String())}, Err: err}
+		return false, &Error{Kind: KindMOK, Lines: []string{"Could not generate the MOK signing key and certificate:", strings.TrimSpace(out.String())}, Err: err}
 	}
 	if err := os.Chmod(tmpKey, 0o600); err != nil {
-		return "", "", err
+		return false, err
 	}
 	if err := os.Rename(tmpCert, cert); err != nil {
-		return "", "", diskError(cert, err)
+		return false, diskError(cert, err)
 	}
 	if err := os.Rename(tmpKey, key); err != nil {
-		return "", "", diskError(key, err)
+		return false, diskError(key, err)
 	}
-	return key, cert, nil
+	return true, nil
 }
 
 // sign signs one uncompressed module file in place, running sign-file in
@@ -138,11 +150,12 @@ func GenerateMOK(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	key, _, err := e.mokPair(ctx, fw)
+	key, cert := e.mokPaths(fw)
+	ok, err := e.ensureMOK(ctx, key, cert)
 	if err != nil {
 		return err
 	}
-	if key == "" {
+	if !ok {
 		return fail(KindMOK, "The MOK signing key and certificate could not be generated.")
 	}
 	return nil

@@ -99,16 +99,19 @@ func MakeTarball(ctx context.Context, e *Env, module, version string, targets []
 		kernelList = "manykernels"
 	}
 	name := fmt.Sprintf("%s-%s-%s.dkms.tar.gz", module, version, kernelList)
+	// shown is the dir as dkms prints it: the default one with its
+	// trailing slash, --archive's as given.
 	dest := filepath.Join(e.Layout.VersionDir(module, version), "tarball")
+	shown := dest + "/"
 	if opts.Archive != "" {
 		name = filepath.Base(opts.Archive)
-		if strings.Contains(opts.Archive, "/") {
-			dest = filepath.Dir(opts.Archive)
+		if i := strings.LastIndex(opts.Archive, "/"); i >= 0 {
+			dest, shown = filepath.Dir(opts.Archive), opts.Archive[:i]
 		}
 	}
 	out := filepath.Join(dest, name)
 	e.info("")
-	e.info("Tarball location: %s", out)
+	e.info("Tarball location: %s/%s", shown, name)
 	if err := os.MkdirAll(dest, 0o755); err != nil {
 		return "", fail(KindTarballDest, fmt.Sprintf("Missing write permissions for %s.", dest))
 	}

@@ -31,43 +31,11 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	link := e.Layout.KernelLink(t.Module, t.Kernel, t.Arch)
 	active := e.Layout.InstalledVersion(t.Module, t.Kernel, t.Arch) == t.Version
+	restored := false
 	if active {
 		e.info("Before uninstall, this module version was ACTIVE on this kernel.")
-		builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
-		kdir := e.Layout.KernelDir(t.Kernel)
-		var files []string
-		for _, m := range conf.Modules {
-			if f := e.installedCopy(t, m, builtDir); f != "" {
-				files = append(files, f)
-			}
-		}
-		if err := e.begin("uninstall", t, files); err != nil {
-			return err
-		}
-		for _, m := range conf.Modules {
-			f := e.installedCopy(t, m, builtDir)
-			if f == "" {
-				e.info("Module %s was not found within %s/", m.DestName, kdir)
-				continue
-			}
-			e.info("Deleting %s", f)
-			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
-				if f == files[0] {
-					e.commit(t) // nothing changed yet
-				}
-				return diskError(f, err)
-			}
-			removeEmptyParents(filepath.Dir(f), kdir)
-		}
-		if err := e.restoreOriginals(t); err != nil {
-			return err // the link and the archive stay; the intent finishes it later
-		}
-		if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
-			return fmt.Errorf("uninstall %s: %w", link, err)
-		}
-		if err := atomicfile.SyncDir(filepath.Dir(link)); err != nil {
+		if restored, err = e.removeModules(t, conf); err != nil {
 			return err
 		}
 	} else {
@@ -77,17 +45,16 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 		_, _ = e.runShownScript(ctx, "post_remove", e.scriptDir(t.Module, e.sourceDir(t), conf.PostRemove), conf.PostRemove)
 	}
 	if e.Layout.Kernel(t.Kernel).Exists() && !e.DeferDepmod {
-		e.info("Running depmod...")
-		if err := e.depmod(ctx, t.Kernel); err != nil {
-			e.warn("Warning: %v", err)
-		}
+		_ = e.showDepmod(ctx, t.Kernel)
 	}
 	if !e.DeferDepmod {
 		e.commit(t)
 	}
 	if active {
 		orig := e.Layout.OriginalDir(t.Module, t.Kernel, t.Arch)
-		if isDir(orig) {
+		if restored || isDir(orig) {
+			e.info("")
+			e.info("Removing original_module from DKMS tree for kernel %s (%s)", t.Kernel, t.Arch)
 			os.RemoveAll(orig)
 			removeEmptyParents(filepath.Dir(orig), e.Layout.ModuleDir(t.Module))
 		}
@@ -95,6 +62,62 @@ func (e *Env) uninstall(ctx context.Context, t Target) error {
 			Text: fmt.Sprintf("%s/%s uninstalled from %s (%s)", t.Module, t.Version, t.Kernel, t.Arch)})
 	}
 	return nil
+}
+
+// removeModules deletes the installed files of an active version, puts
+// back the originals they displaced and drops the kernel link, showing
+// each module as dkms 3.0.10 does. restored says whether an original was
+// put back.
+func (e *Env) removeModules(t Target, conf *tree.Conf) (restored bool, err error) {
+	builtDir := filepath.Join(e.Layout.BuiltDir(t.Module, t.Version, t.Kernel, t.Arch), "module")
+	kdir := e.Layout.KernelDir(t.Kernel)
+	var files []string
+	for _, m := range conf.Modules {
+		if f := e.installedCopy(t, m, builtDir); f != "" {
+			files = append(files, f)
+		}
+	}
+	if err := e.begin("uninstall", t, files); err != nil {
+		return false, err
+	}
+	suffix := e.buildKernel(t.Kernel).moduleSuffix()
+	for _, m := range conf.Modules {
+		e.info("")
+		e.info("%s%s:", m.DestName, suffix)
+		e.info(" - Uninstallation")
+		if f := e.installedCopy(t, m, builtDir); f == "" {
+			e.info("   - Module was not found within %s/", kdir)
+		} else {
+			e.info("   - Deleting from: %s/", filepath.Dir(f))
+			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+				if f == files[0] {
+					e.commit(t) // nothing changed yet
+				}
+				return restored, diskError(f, err)
+			}
+			removeEmptyParents(filepath.Dir(f), kdir)
+		}
+		e.info(" - Original module")
+		back, err := e.restoreOriginals(t, m.DestName)
+		if err != nil {
+			return restored, err // the link and the archive stay; the intent finishes it later
+		}
+		if !back {
+			e.info("   - No original module was found for this module on this kernel.")
+			e.info("   - Use the dkms install command to reinstall any previous module version.")
+		}
+		restored = restored || back
+	}
+	// Originals no module of this version names (a dkms.conf changed
+	// since the install) go back too.
+	if _, err := e.restoreOriginals(t, ""); err != nil {
+		return restored, err
+	}
+	link := e.Layout.KernelLink(t.Module, t.Kernel, t.Arch)
+	if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
+		return restored, fmt.Errorf("uninstall %s: %w", link, err)
+	}
+	return restored, atomicfile.SyncDir(filepath.Dir(link))
 }
 
 // installedCopy finds the installed file of module m: in the
@@ -191,7 +214,6 @@ func Remove(ctx context.Context, e *Env, module, version string, targets []Targe
 		if err := Unbuild(ctx, e, t); err != nil {
 			return err
 		}
-		e.info("")
 	}
 	entries, err := os.ReadDir(vdir)
 	if err != nil {

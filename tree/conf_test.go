@@ -165,10 +165,10 @@ PATCH_MATCH[2]="^6\.1"
 		}
 	},
 }, {
-	name: "functions and other variables do not leak; deprecated directives warn",
+	name: "functions and other variables do not leak; deprecated directives warn, CLEAN silently (as dkms 3.0.10)",
 	body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/extra\nMODULES_CONF[0]='alias x foo'\nCLEAN='make clean'\nREMAKE_INITRD=yes\nOTHER=1\n",
 	check: func(t *testing.T, c *Conf) {
-		if len(c.Warnings) != 2 || !strings.HasPrefix(c.Warnings[0], "Deprecated feature: MODULES_CONF (") || !strings.HasPrefix(c.Warnings[1], "Deprecated feature: CLEAN (") {
+		if len(c.Warnings) != 1 || !strings.HasPrefix(c.Warnings[0], "Deprecated feature: MODULES_CONF (") {
 			t.Errorf("warnings = %q", c.Warnings)
 		}
 		if !c.RemakeInitrd {
@@ -225,7 +225,7 @@ func TestReadConfErrors(t *testing.T) {
 	}, {
 		name: "module name ends in .ko",
 		body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\n\nBUILT_MODULE_NAME[0]=foo.ko\nDEST_MODULE_LOCATION[0]=/extra\n",
-		want: []string{"'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #0 (", "dkms.conf line 4)."},
+		want: []string{"'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #0.\n"},
 	}, {
 		name: "destination outside the allowed trees",
 		body: "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=foo\nDEST_MODULE_LOCATION=/lib/firmware\n",
@@ -274,6 +274,35 @@ func TestReadConfErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReadConfErrorsInDkmsOrder: the problems of 3.0.10's own checks are
+// its lines, in its order — each record's, then the package's name and
+// version — since they are printed as they are found.
+func TestReadConfErrorsInDkmsOrder(t *testing.T) {
+	for body, want := range map[string][]string{
+		"BUILT_MODULE_NAME=x\n": {
+			"dkms.conf: Error! No 'DEST_MODULE_LOCATION' directive specified for record #0.",
+			"dkms.conf: Error! Directive 'DEST_MODULE_LOCATION' does not begin with\n'/kernel', '/updates', or '/extra' in record #0.",
+			"dkms.conf: Error! No 'PACKAGE_NAME' directive specified.",
+			"dkms.conf: Error! No 'PACKAGE_VERSION' directive specified.",
+		},
+		"PACKAGE_NAME=bad\nPACKAGE_VERSION=1.0\nDEST_MODULE_LOCATION[0]=/lib\nBUILT_MODULE_NAME[1]=x.ko\nDEST_MODULE_LOCATION[1]=/extra\n": {
+			"dkms.conf: Error! No 'BUILT_MODULE_NAME' directive specified for record #0.",
+			"dkms.conf: Error! Directive 'DEST_MODULE_LOCATION' does not begin with\n'/kernel', '/updates', or '/extra' in record #0.",
+			"dkms.conf: Error! 'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #1.",
+			"dkms.conf: Error! 'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #1.",
+		},
+	} {
+		_, err := ReadConf(context.Background(), writeConf(t, body), testContext(t))
+		var ce *ConfError
+		if !errors.As(err, &ce) {
+			t.Fatalf("%q: err = %v, want a ConfError", body, err)
+		}
+		if !reflect.DeepEqual(ce.Problems, want) {
+			t.Errorf("%q: problems\n%s\nwant\n%s", body, strings.Join(ce.Problems, "\n"), strings.Join(want, "\n"))
+		}
 	}
 }
 

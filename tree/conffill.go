@@ -14,13 +14,8 @@ func deprecations(vals map[string]Value, file string) []string {
 			w = append(w, fmt.Sprintf("Deprecated feature: %s (%s)", n, file))
 		}
 	}
-	if clean := vals["CLEAN"].Scalar(); vals["CLEAN"].Set() {
-		switch clean {
-		case "true", "/bin/true", "/usr/bin/true":
-		default:
-			w = append(w, fmt.Sprintf("Deprecated feature: CLEAN (%s)", file))
-		}
-	}
+	// CLEAN is not run either (docs/compatibility.md), but dkms 3.0.10
+	// says nothing about it, and neither does dkmsd.
 	return w
 }
 
@@ -30,9 +25,9 @@ func (c *Conf) fill(vals map[string]Value, ctx ConfContext) []string {
 	k := &confCheck{c: c}
 	c.fillScalars(vals)
 	k.checkScripts(vals)
-	k.checkIdentity()
 	k.fillFlags(vals)
 	k.fillModules(vals, ctx)
+	k.checkIdentity() // dkms tells the records' problems first
 	k.fillMake(vals, ctx)
 	k.fillPatches(vals, ctx)
 	k.fillExclusions(vals, ctx)
@@ -154,23 +149,26 @@ func (k *confCheck) fillModules(vals map[string]Value, ctx ConfContext) {
 		if m.BuiltName == "" {
 			k.bad("No 'BUILT_MODULE_NAME' directive specified for record #%d.", i)
 		} else if strings.HasSuffix(m.BuiltName, ".o") || strings.HasSuffix(m.BuiltName, ".ko") {
-			k.bad("'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #%d%s.", i, k.at("BUILT_MODULE_NAME"))
+			k.bad("'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #%d.", i)
 		} else if msg := badComponent(m.BuiltName); msg != "" {
 			k.bad("'BUILT_MODULE_NAME' %s in record #%d%s.", msg, i, k.at("BUILT_MODULE_NAME"))
 		}
 		if strings.HasSuffix(m.DestName, ".o") || strings.HasSuffix(m.DestName, ".ko") {
-			k.bad("'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #%d%s.", i, k.at("DEST_MODULE_NAME"))
+			k.bad("'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #%d.", i)
 		} else if msg := badComponent(m.DestName); dn.Get(i) != "" && msg != "" {
 			k.bad("'DEST_MODULE_NAME' %s in record #%d%s.", msg, i, k.at("DEST_MODULE_NAME"))
 		}
 		if m.BuiltLocation != "" && escapes(m.BuiltLocation) {
 			k.bad("'BUILT_MODULE_LOCATION' '%s' escapes the build directory in record #%d%s.", m.BuiltLocation, i, k.at("BUILT_MODULE_LOCATION"))
 		}
-		switch {
-		case m.RawDestLocation == "":
+		// The texts of dkms 3.0.10's own checks are its own: without the
+		// line dkmsd's further checks name.
+		if m.RawDestLocation == "" {
 			k.bad("No 'DEST_MODULE_LOCATION' directive specified for record #%d.", i)
+		}
+		switch {
 		case !strings.HasPrefix(m.RawDestLocation, "/kernel") && !strings.HasPrefix(m.RawDestLocation, "/updates") && !strings.HasPrefix(m.RawDestLocation, "/extra"):
-			k.bad("Directive 'DEST_MODULE_LOCATION' does not begin with\n'/kernel', '/updates', or '/extra' in record #%d%s.", i, k.at("DEST_MODULE_LOCATION"))
+			k.bad("Directive 'DEST_MODULE_LOCATION' does not begin with\n'/kernel', '/updates', or '/extra' in record #%d.", i)
 		case escapes(strings.TrimPrefix(m.RawDestLocation, "/")):
 			k.bad("'DEST_MODULE_LOCATION' '%s' escapes the kernel's module directory in record #%d%s.", m.RawDestLocation, i, k.at("DEST_MODULE_LOCATION"))
 		}

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -126,7 +128,9 @@ func parseShell(file string, src []byte, names []string) (*parsedShell, error) {
 	// strips the carriage returns, and so do we (3.0.10 kept them in values).
 	src = bytes.ReplaceAll(src, []byte("\r\n"), []byte("\n"))
 	parser := syntax.NewParser(syntax.Variant(syntax.LangBash))
-	prog, err := parser.Parse(bytes.NewReader(src), file)
+	// The name a program is parsed under is its $0: dkms's own path, as
+	// in the bash that sources the file.
+	prog, err := parser.Parse(bytes.NewReader(src), dkmsScript())
 	if err != nil {
 		var perr syntax.ParseError
 		if errors.As(err, &perr) {
@@ -201,23 +205,24 @@ func (s shellEval) exec(ctx context.Context, file string, p *parsedShell, names 
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// What bash's `source` gives the file in dkms: the working directory
+	// of the command, the variable names dkms passes its safe_source as
+	// positional parameters, and BASH_SOURCE naming the file, then dkms.
 	runner, err := interp.New(
 		interp.Env(expand.ListEnviron(envList...)),
 		interp.StdIO(nil, io.Discard, stderr),
 		interp.ExecHandlers(killOnCancel),
-		interp.Params("--"),
+		interp.Params(append([]string{"--"}, names...)...),
 	)
 	if err != nil {
 		return evalResult{}, fmt.Errorf("shell for %s: %w", file, err)
 	}
-	if len(s.Prelude) > 0 {
-		pre, err := parser.Parse(strings.NewReader(preludeSource(s.Prelude)), "prelude")
-		if err != nil {
-			return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
-		}
-		if err := safeRun(ctx, runner, pre); err != nil {
-			return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
-		}
+	pre, err := parser.Parse(strings.NewReader(sourceVars(file)+preludeSource(s.Prelude)), "prelude")
+	if err != nil {
+		return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
+	}
+	if err := safeRun(ctx, runner, pre); err != nil {
+		return evalResult{}, fmt.Errorf("prelude for %s: %w", file, err)
 	}
 	runErr := safeRun(ctx, runner, prog)
 	if ctx.Err() != nil {
@@ -369,6 +374,35 @@ func (c *cappedWriter) Write(p []byte) (int, error) {
 	}
 	c.left -= len(p)
 	return c.w.Write(p)
+}
+
+// dkmsScript is $0 and BASH_SOURCE[1] of a sourced file: the running
+// dkms, as bash names the dkms script that sources it.
+var dkmsScript = sync.OnceValue(func() string {
+	if exe, err := os.Executable(); err == nil {
+		return exe
+	}
+	return "/usr/sbin/dkms"
+})
+
+// sourceVars sets BASH_SOURCE as bash's `source` does: the file, then the
+// script sourcing it (a file that finds its directory with
+// `dirname $BASH_SOURCE` works).
+func sourceVars(file string) string {
+	var b strings.Builder
+	b.WriteString("BASH_SOURCE=(")
+	for i, s := range []string{file, dkmsScript()} {
+		q, err := syntax.Quote(s, syntax.LangBash)
+		if err != nil {
+			continue
+		}
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		b.WriteString(q)
+	}
+	b.WriteString(")\n")
+	return b.String()
 }
 
 // preludeSource writes values back as bash assignments, quoted so that they

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/term"
@@ -42,7 +44,7 @@ func realMain(argv []string) int {
 		fmt.Println(dkmsVersion)
 		return 0
 	case a.help:
-		usage()
+		help()
 		return 0
 	case a.action == "":
 		printLines([]string{`Unknown action specified: ""`})
@@ -70,7 +72,37 @@ func realMain(argv []string) int {
 	return lifecycle.ExitCode(err)
 }
 
+// usage is dkms 3.0.10's usage text, naming the command as invoked (its
+// $0), for the mistakes after which dkms shows it.
 func usage() {
+	fmt.Printf(`Usage: %s [action] [options]
+  [action]  = { add | remove | build | install | uninstall | match | autoinstall |
+                mktarball | ldtarball | status }
+  [options] = [-m module] [-v module-version] [-k kernel-version] [-a arch]
+              [-c dkms.conf-location] [-q] [--force] [--force-version-override] [--all]
+              [--templatekernel=kernel] [--directive='cli-directive=cli-value']
+              [--config=kernel-.config-location] [--archive=tarball-location]
+              [--kernelsourcedir=source-location]
+              [--binaries-only] [--source-only] [--verbose]
+              [--no-depmod] [--modprobe-on-install] [-j number] [--version]
+`, scriptName())
+}
+
+// scriptName is how bash names a script it runs ($0): the path the
+// command was found at.
+func scriptName() string {
+	name := os.Args[0]
+	if !strings.Contains(name, "/") {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return name
+}
+
+// help is `dkms --help` (an option dkms 3.0.10 lacks): every action and
+// option dkmsd has, and its release.
+func help() {
 	fmt.Printf(`Usage: dkms [action] [options]
   [action]  = { add | remove | build | unbuild | install | uninstall | match |
                 autoinstall | mktarball | ldtarball | status | generate_mok |

@@ -204,7 +204,7 @@ func printError(err error) {
 	var le *lifecycle.Error
 	switch {
 	case errors.As(err, &le) && len(le.Lines) > 0:
-		printLines(le.Lines)
+		printLines(le.Unshown())
 	default:
 		printLines([]string{err.Error()})
 	}

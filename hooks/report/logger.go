@@ -27,6 +27,19 @@ func NewLogger(stderr io.Writer) *logrus.Logger {
 	return l
 }
 
+// NewJournalLogger returns a logger for what the journal may keep but a
+// terminal must not show (dkms says nothing there, e.g. that there is no
+// system bus): entries go to the journal when there is one, else nowhere.
+func NewJournalLogger() *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	l.SetFormatter(plainFormatter{})
+	if journal.Enabled() {
+		l.AddHook(journalHook{})
+	}
+	return l
+}
+
 // plainFormatter writes "dkmsd: message: field=value …" lines, as a
 // command's diagnostics read on a terminal.
 type plainFormatter struct{}

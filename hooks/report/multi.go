@@ -12,7 +12,8 @@ import (
 // Sinks fans events out to the terminal and, for lifecycle outcomes, to
 // the journal and the system bus. The bus is connected on the first
 // outcome, so commands that change nothing never touch it; when there is
-// no bus the work goes on and the logger says so once.
+// no bus (or it refuses us) the work goes on and the logger says so once —
+// to the journal, never on the terminal, where dkms says nothing.
 type Sinks struct {
 	Terminal lifecycle.Sink
 	Journal  lifecycle.Sink // nil when there is no journal
@@ -28,7 +29,7 @@ type Sinks struct {
 // system bus once an outcome needs it; hook names the command in the
 // journal and on the bus.
 func NewSinks(hook string, stdout, stderr io.Writer, tty bool) *Sinks {
-	s := &Sinks{Terminal: NewTerminal(stdout, stderr, tty), Hook: hook, Log: NewLogger(stderr)}
+	s := &Sinks{Terminal: NewTerminal(stdout, stderr, tty), Hook: hook, Log: NewJournalLogger()}
 	// A nil *Journal in the interface would not compare equal to nil.
 	if j := NewJournal(hook); j != nil {
 		s.Journal = j

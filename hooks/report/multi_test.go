@@ -60,3 +60,19 @@ func TestSinksNilJournal(t *testing.T) {
 		t.Errorf("terminal got %d events", len(term.Events))
 	}
 }
+
+// TestNewSinksNoBusSaysNothingOnTheTerminal: where there is no system bus
+// (a chroot, a container, CI) dkms says nothing about it, and neither do
+// the sinks every binary reports to.
+func TestNewSinksNoBusSaysNothingOnTheTerminal(t *testing.T) {
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(t.TempDir(), "no-bus"))
+	var stdout, stderr bytes.Buffer
+	s := NewSinks("dkms install", &stdout, &stderr, false)
+	defer s.Close()
+	for _, e := range outcomeEvents() {
+		s.Emit(e)
+	}
+	if stdout.Len() != 0 || stderr.Len() != 0 {
+		t.Errorf("outcome events without a bus printed:\nstdout %q\nstderr %q", stdout.String(), stderr.String())
+	}
+}

@@ -27,6 +27,9 @@ type Terminal struct {
 	running        map[string]bool
 	done           int
 	progressShown  bool
+	// midLine: the last text ended inside a line (dkms's "make ...",
+	// waiting for its dots); no progress line may follow it.
+	midLine bool
 }
 
 // NewTerminal returns a Terminal sink; tty says stdout is a terminal.
@@ -43,9 +46,9 @@ func (t *Terminal) Emit(e lifecycle.Event) {
 	name := fmt.Sprintf("%s/%s, %s, %s", e.Module, e.Version, e.Kernel, e.Arch)
 	switch e.Type {
 	case lifecycle.Info:
-		fmt.Fprintln(t.stdout, e.Text)
+		t.midLine = printText(t.stdout, e)
 	case lifecycle.Warning:
-		fmt.Fprintln(t.stderr, e.Text)
+		t.midLine = printText(t.stderr, e)
 	case lifecycle.JobStarted:
 		t.running[name] = true
 		if t.tty {
@@ -56,6 +59,17 @@ func (t *Terminal) Emit(e lifecycle.Event) {
 		t.done++
 		t.jobLine(name, e)
 	}
+}
+
+// printText prints an Info or Warning text: a line, or part of one; it
+// reports whether the line is left open.
+func printText(w io.Writer, e lifecycle.Event) (open bool) {
+	if e.Partial {
+		fmt.Fprint(w, e.Text)
+		return e.Text != "" && !strings.HasSuffix(e.Text, "\n")
+	}
+	fmt.Fprintln(w, e.Text)
+	return false
 }
 
 // jobLine is the result of one job: outcome, seconds, and for a failure
@@ -99,7 +113,7 @@ func (t *Terminal) clearProgress() {
 }
 
 func (t *Terminal) showProgress() {
-	if !t.tty || len(t.running) == 0 {
+	if !t.tty || len(t.running) == 0 || t.midLine {
 		return
 	}
 	names := make([]string, 0, len(t.running))
