@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -271,6 +272,13 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		}
 	}
 	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign, r.env); err != nil {
+		var sf *signFailure
+		if errors.As(err, &sf) {
+			// dkms 3.0.10 warns and installs the module unsigned, which
+			// Secure Boot then refuses to load: fail the build instead.
+			return r.failed(KindSignFailed, sf.err, fmt.Sprintf("Failed to sign module '%s'!", sf.ko), sf.err.Error(),
+				fmt.Sprintf("The module is not installed unsigned; check that %s and %s are a key and its certificate.", sf.key, sf.cert))
+		}
 		return r.failed(KindInternal, err, err.Error())
 	}
 	if conf.PostBuild != "" {
@@ -361,7 +369,7 @@ func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, 
 		if sign != nil {
 			e.info("Signing module %s", ko)
 			if err := sign.sign(ctx, env, ko); err != nil {
-				e.warn("Warning: Failed to sign module '%s'!\n%v", ko, err)
+				return &signFailure{ko: ko, key: sign.key, cert: sign.cert, err: err}
 			}
 		}
 		file := e.compressModule(ctx, env, ko, suffix)
@@ -375,6 +383,15 @@ func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, 
 	}
 	return nil
 }
+
+// signFailure is sign-file refusing a module (a key and certificate that
+// are not a pair, an unreadable key).
+type signFailure struct {
+	ko, key, cert string
+	err           error
+}
+
+func (f *signFailure) Error() string { return fmt.Sprintf("sign %s: %v", f.ko, f.err) }
 
 // makeCommand is the make line for t: the dkms.conf's (MAKE/MAKE_MATCH) or
 // the default kbuild call, with a leading "make" given dkms's -j and

@@ -41,6 +41,7 @@ const (
 	KindBadArch                     // arch/kernel list mismatch
 	KindDiskFull                    // ENOSPC while writing
 	KindMOK                         // signing key could not be generated
+	KindSignFailed                  // sign-file refused a module
 	KindAutoinstall                 // autoinstall/match: one or more modules failed
 	KindPrerm                       // kernel_prerm: one or more modules failed
 	KindNoInitrd                    // dkms initrd: the kernel has no initrd

@@ -36,6 +36,7 @@ var exitCodes = map[Kind]int{
 	KindBadArch:         1,
 	KindDiskFull:        1,
 	KindMOK:             1,
+	KindSignFailed:      10,
 	KindAutoinstall:     11,
 	KindPrerm:           14,
 	KindNoInitrd:        1,

@@ -88,49 +88,89 @@ func (e *Env) mokPaths(fw tree.Framework) (key, cert string) {
 	return key, cert
 }
 
-// ensureMOK generates a self-signed key pair when either file is missing
-// (as dkms does); ok is false when it could not.
+// ensureMOK makes sure the key and certificate exist. It never replaces
+// or deletes a private key (users enrol its certificate in their
+// firmware): a key without its certificate gets the certificate made
+// from it; a certificate without its key is refused; only when both are
+// missing is a pair generated, and only in directories that exist. ok is
+// false when modules cannot be signed (the reason has been said).
 func (e *Env) ensureMOK(ctx context.Context, key, cert string) (ok bool, err error) {
 	if strings.HasPrefix(key, "pkcs11:") {
 		return true, nil
 	}
 	e.mokMu.Lock()
 	defer e.mokMu.Unlock()
-	if exists(key) && exists(cert) {
+	tmpKey, tmpCert := key+".dkmsd-new", cert+".dkmsd-new"
+	os.Remove(tmpKey) // left by a killed generation; never a finished file
+	os.Remove(tmpCert)
+	haveKey, haveCert := exists(key), exists(cert)
+	switch {
+	case haveKey && haveCert:
 		return true, nil
+	case !haveKey && haveCert:
+		e.info("Key file %s not found and can't be generated, modules won't be signed", key)
+		e.warn("Warning: the certificate %s is kept: it may be enrolled. Put its key back at %s, or remove the certificate to have a new pair made.", cert, key)
+		return false, nil
 	}
-	e.info("Certificate or key are missing, generating self signed certificate for MOK...")
 	if _, err := exec.LookPath("openssl"); err != nil {
+		e.info("Certificate or key are missing, generating self signed certificate for MOK...")
 		e.info("openssl not found, can't generate key and certificate.")
 		return false, nil
 	}
-	for _, d := range []string{filepath.Dir(key), filepath.Dir(cert)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return false, diskError(d, err)
-		}
+	if !isDir(filepath.Dir(cert)) {
+		e.info("Certificate file %s not found and can't be generated, modules won't be signed", cert)
+		return false, nil
 	}
-	// Generate beside the final names and rename, so a crash never leaves
-	// a key without its certificate.
-	tmpKey, tmpCert := key+".dkmsd-new", cert+".dkmsd-new"
 	var out strings.Builder
-	err = runArgv(ctx, "", e.Environ, &out, "openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
-		"-subj", "/CN=DKMS module signing key", "-newkey", "rsa:2048", "-keyout", tmpKey,
-		"-addext", "extendedKeyUsage=codeSigning", "-outform", "DER", "-out", tmpCert)
+	subject := []string{"-days", "36500", "-subj", "/CN=DKMS module signing key", "-addext", "extendedKeyUsage=codeSigning", "-outform", "DER", "-out", tmpCert}
+	if haveKey {
+		// The key is kept byte for byte; only the certificate is new.
+		e.info("Certificate file %s not found, making it from the existing key %s...", cert, key)
+		err = runArgv(ctx, "", e.Environ, &out, append([]string{"openssl", "req", "-new", "-x509", "-key", key}, subject...)...)
+	} else {
+		if !isDir(filepath.Dir(key)) {
+			e.info("Key file %s not found and can't be generated, modules won't be signed", key)
+			return false, nil
+		}
+		e.info("Certificate or key are missing, generating self signed certificate for MOK...")
+		err = runArgv(ctx, "", e.Environ, &out, append([]string{"openssl", "req", "-new", "-x509", "-nodes", "-newkey", "rsa:2048", "-keyout", tmpKey}, subject...)...)
+	}
 	if err != nil {
 		os.Remove(tmpKey)
 		os.Remove(tmpCert)
 		return false, &Error{Kind: KindMOK, Lines: []string{"Could not generate the MOK signing key and certificate:", strings.TrimSpace(out.String())}, Err: err}
 	}
-	if err := os.Chmod(tmpKey, 0o600); err != nil {
-		return false, err
+	if !haveKey {
+		if err := os.Chmod(tmpKey, 0o600); err != nil {
+			return false, err
+		}
+		if err := syncFile(tmpKey); err != nil {
+			return false, diskError(key, err)
+		}
+		// The key first: a crash before the certificate's rename leaves a
+		// key alone, which the next run completes with its certificate. A
+		// certificate alone could never get its key back.
+		if err := os.Rename(tmpKey, key); err != nil {
+			return false, diskError(key, err)
+		}
+	}
+	if err := syncFile(tmpCert); err != nil {
+		return false, diskError(cert, err)
 	}
 	if err := os.Rename(tmpCert, cert); err != nil {
 		return false, diskError(cert, err)
 	}
-	if err := os.Rename(tmpKey, key); err != nil {
-		return false, diskError(key, err)
-	}
 	return true, nil
+}
+
+// syncFile flushes a file's data to disk before it is renamed into place.
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // sign signs one uncompressed module file in place, running sign-file in
