@@ -30,7 +30,7 @@ vet:
 # prerequisite is missing.
 test: prereqs vet
 	$(GO) test -count=1 -timeout 45m ./...
-	$(GO) test -count=1 -p 1 -timeout 45m -tags systemtest -run '$(SYSTEM_TESTS)' ./...
+	$(GO) test -count=1 -p 1 -timeout 60m -tags systemtest -run '$(SYSTEM_TESTS)' ./...
 	$(MAKE) fuzz FUZZTIME=100000x
 
 # The fuzz targets (the initrd reader, the tarball checker, the dkms.conf
@@ -44,8 +44,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadConf$$' -fuzztime $(FUZZTIME) ./tree
 
 # Tests that install kernel packages or dkmsd's own package on this machine
-# (and put everything back): after the others, one at a time.
-SYSTEM_TESTS := RealApt|RealKernelInstall|RealHooksDoubleFiring|RealHeadersAptPendingFlush|SystemDebianPackage
+# (and put everything back), and the crash harness, long and timing-bound
+# (`systemtest` build tag, so the parallel step does not compile it): after
+# the others, one at a time.
+SYSTEM_TESTS := RealApt|RealKernelInstall|RealHooksDoubleFiring|RealHeadersAptPendingFlush|SystemDebianPackage|CrashSafetyKillRealHeaders|CrashSafetyKillUninstallInitrdEveryStep
 
 # The main job end to end on a sandboxed root: add, build and install the
 # test modules for every kernel with headers, show status, uninstall, remove.

@@ -164,6 +164,18 @@ func (e *Env) sweepTemps() {
 			}
 		}
 	}
+	// Putting an archived original back (a finished uninstall, an undone
+	// install) writes its temporary file beside the original's place,
+	// which its .origin record names.
+	origins, _ := filepath.Glob(filepath.Join(t, "*", "original_module", "*", "*", "*.origin"))
+	for _, o := range origins {
+		b, err := os.ReadFile(o)
+		dest := strings.TrimSpace(string(b))
+		if err != nil || !strings.HasPrefix(dest, e.Layout.InstallTree+"/") || strings.Contains(dest, "/../") {
+			continue
+		}
+		patterns = append(patterns, filepath.Join(filepath.Dir(dest), ".dkmsd-"+filepath.Base(dest)+"-*"))
+	}
 	for _, p := range patterns {
 		matches, _ := filepath.Glob(p)
 		for _, m := range matches {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dkmsd/dkmsd/initrd"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // TestRecoverKilledUninstallThenInitrd puts the tree in the state an
@@ -69,5 +70,64 @@ func TestRecoverKilledUninstallThenInitrd(t *testing.T) {
 	}
 	if _, err := os.Stat(b.path("var/lib/dkms/.dkmsd/initrd", k+".pending")); !os.IsNotExist(err) {
 		t.Errorf("initrd pending marker left: %v", err)
+	}
+}
+
+// TestRecoverKilledOriginalRestoreSweepsItsTemp puts the tree in the
+// state an uninstall leaves when it is killed while copying an archived
+// original module back to its place: the module file deleted, the intent
+// logged, the kernel link and the archive still there, and beside the
+// original's place the temporary file the copy was writing. The next
+// command to take the lock completes the uninstall; it must also delete
+// that temporary file, which lies outside the dirs the intent names.
+func TestRecoverKilledOriginalRestoreSweepsItsTemp(t *testing.T) {
+	b := newBatchRoot(t)
+	k := b.kernels[0]
+	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
+	b.mustRun(t, "add", "dkmsd_hello/1.0")
+	b.mustRun(t, "build", "dkmsd_hello/1.0", "-k", k)
+	original := b.path("lib/modules", k, "updates/dkmsd_hello.ko")
+	if err := os.MkdirAll(filepath.Dir(original), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(original, []byte("the original module"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.mustRun(t, "install", "dkmsd_hello/1.0", "-k", k)
+	if _, err := os.Stat(original); !os.IsNotExist(err) {
+		t.Fatalf("install did not archive the original %s (%v)", original, err)
+	}
+
+	installed := b.path("lib/modules", k, "updates/dkms/dkmsd_hello.ko")
+	intent, err := json.Marshal(map[string]any{"op": "uninstall", "Module": "dkmsd_hello", "Version": "1.0",
+		"Kernel": k, "Arch": machineArch(), "files": []string{installed}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := b.path("var/lib/dkms/.dkmsd/intent")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "dkmsd_hello--1.0--"+k+"--"+machineArch()+".json"), intent, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(installed); err != nil {
+		t.Fatal(err)
+	}
+	temp := filepath.Join(filepath.Dir(original), ".dkmsd-dkmsd_hello.ko-123456789")
+	if err := os.WriteFile(temp, []byte("the orig"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	r := b.run(t, crashProbe...)
+	if r.Code != 3 {
+		t.Fatalf("probe: exit %d, want 3\nstderr:\n%s", r.Code, r.Stderr)
+	}
+	if got, err := os.ReadFile(original); err != nil || string(got) != "the original module" {
+		t.Errorf("after recovery the original %s holds %q (%v), want it back", original, got, err)
+	}
+	b.wantStatus(t, "dkmsd_hello/1.0, "+k+", "+machineArch()+": built")
+	if _, err := os.Lstat(temp); !os.IsNotExist(err) {
+		t.Errorf("after recovery the killed copy's temporary file %s is still there (%v)\nstderr:\n%s", temp, err, r.Stderr)
 	}
 }
