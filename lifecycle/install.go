@@ -61,12 +61,6 @@ func (e *Env) install(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	if conf.PreInstall != "" {
-		ran, err := e.runShownScript(ctx, "pre_install", e.scriptDir(t.Module, e.sourceDir(t), conf.PreInstall), conf.PreInstall)
-		if ran && err != nil && !e.Force {
-			return fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force.")
-		}
-	}
 	done, err := e.placeModules(ctx, t, k, conf, plan)
 	if err != nil {
 		return err
@@ -139,7 +133,7 @@ func (e *Env) placeModules(ctx context.Context, t Target, k tree.Kernel, conf *t
 			continue
 		}
 		if i == 0 && conf.PreInstall != "" {
-			ran, err := e.runShownScript(ctx, "pre_install", e.sourceDir(t), conf.PreInstall)
+			ran, err := e.runShownScript(ctx, "pre_install", e.scriptDir(t.Module, e.sourceDir(t), conf.PreInstall), conf.PreInstall)
 			if ran && err != nil && !e.Force {
 				return nil, e.rollbackInstall(t, done, fail(KindPreInstall, "pre_install failed, aborting install.", "You may override by specifying --force."))
 			}

@@ -904,7 +904,7 @@ func TestAddRealHeadersWaitsForLock(t *testing.T) {
 	if !strings.Contains(msg, "Waiting for "+lockPath) {
 		t.Errorf("waiting message %q does not name the lock %s", msg, lockPath)
 	}
-	if !strings.Contains(msg, "(process "+strconv.Itoa(os.Getpid())+")") {
+	if !strings.Contains(msg, ": process "+strconv.Itoa(os.Getpid())+" (") {
 		t.Errorf("waiting message %q does not name the holder, process %d", msg, os.Getpid())
 	}
 	// Still waiting, and nothing added meanwhile.
