@@ -240,14 +240,14 @@ func reinstall(env *lifecycle.Env, req Request) Result {
 		warn(env, "dkmsd: %v", err)
 		return Result{}
 	}
-	var any bool
+	hasBuild := false
 	for _, mv := range built {
 		if len(env.Layout.Builds(mv.Name, mv.Version, req.Kernel, req.Arch)) > 0 {
-			any = true
+			hasBuild = true
 			break
 		}
 	}
-	if !any {
+	if !hasBuild {
 		return Result{Skipped: "nothing built for this kernel"}
 	}
 	st := newState(env)

@@ -43,18 +43,7 @@ func TestRecoverKilledUninstallThenInitrd(t *testing.T) {
 	if _, err := os.Stat(installed); err != nil {
 		t.Fatal(err)
 	}
-	intent, err := json.Marshal(map[string]any{"op": "uninstall", "Module": "dkmsd_crashinitrd", "Version": "1.0",
-		"Kernel": k, "Arch": machineArch(), "files": []string{installed}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := b.path("var/lib/dkms/.dkmsd/intent")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "dkmsd_crashinitrd--1.0--"+k+"--"+machineArch()+".json"), intent, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeUninstallIntent(t, b, "dkmsd_crashinitrd", "1.0", k, installed)
 	markInitrdPending(t, b.root, k)
 
 	r := b.run(t, crashProbe...)
@@ -99,18 +88,7 @@ func TestRecoverKilledOriginalRestoreSweepsItsTemp(t *testing.T) {
 	}
 
 	installed := b.path("lib/modules", k, "updates/dkms/dkmsd_hello.ko")
-	intent, err := json.Marshal(map[string]any{"op": "uninstall", "Module": "dkmsd_hello", "Version": "1.0",
-		"Kernel": k, "Arch": machineArch(), "files": []string{installed}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := b.path("var/lib/dkms/.dkmsd/intent")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "dkmsd_hello--1.0--"+k+"--"+machineArch()+".json"), intent, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeUninstallIntent(t, b, "dkmsd_hello", "1.0", k, installed)
 	if err := os.Remove(installed); err != nil {
 		t.Fatal(err)
 	}
@@ -129,5 +107,25 @@ func TestRecoverKilledOriginalRestoreSweepsItsTemp(t *testing.T) {
 	b.wantStatus(t, "dkmsd_hello/1.0, "+k+", "+machineArch()+": built")
 	if _, err := os.Lstat(temp); !os.IsNotExist(err) {
 		t.Errorf("after recovery the killed copy's temporary file %s is still there (%v)\nstderr:\n%s", temp, err, r.Stderr)
+	}
+}
+
+// writeUninstallIntent leaves the intent an uninstall of module/version on
+// kernel logs before its first change, as a kill right after it would
+// leave it.
+func writeUninstallIntent(t *testing.T, b *batchRoot, module, version, kernel string, files ...string) {
+	t.Helper()
+	intent, err := json.Marshal(map[string]any{"op": "uninstall", "Module": module, "Version": version,
+		"Kernel": kernel, "Arch": machineArch(), "files": files})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := b.path("var/lib/dkms/.dkmsd/intent")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := module + "--" + version + "--" + kernel + "--" + machineArch() + ".json"
+	if err := os.WriteFile(filepath.Join(dir, name), intent, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
