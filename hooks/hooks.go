@@ -57,6 +57,9 @@ type Request struct {
 	// Hook names the protocol and phase, e.g. "kernel-install",
 	// "debian-postinst", "debian-header_postinst", "apt-post-invoke".
 	Hook string
+	// Image is the kernel image's path where the protocol passes it
+	// (Debian's preinst and postinst hooks).
+	Image string
 	// InitrdFollows: the distribution's initrd generator runs after this
 	// hook in the same transaction (Debian's image postinst.d, where
 	// initramfs-tools comes next), so regenerating it here would be done
@@ -131,7 +134,7 @@ func busy(env *lifecycle.Env, req Request, err error) Result {
 		st.write(st.path("pending-remove", req.Kernel), []byte(time.Now().Format(time.RFC3339)+"\n"))
 		info(env, "dkmsd: %v. The DKMS modules of kernel %s will be removed when that process is done, or by the next kernel hook.", err, req.Kernel)
 	case Reinstall:
-		st.markReinstall(req.Kernel)
+		st.markReinstall(req.Kernel, req.Image)
 		st.forgetDone(req.Kernel)
 	default:
 		info(env, "dkmsd: %v. Pending kernels are left to that process or the next kernel hook.", err)
@@ -181,6 +184,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		st.markPending(req.Kernel)
 		return Result{Skipped: "no headers"}
 	}
+	rebuild := st.replacedImage(env, req.Kernel, req.Image)
 	fp := lifecycle.KernelFingerprint(env, req.Kernel, req.Arch, tree.RunningKernel())
 	if st.done(req.Kernel) == fp {
 		st.clearPending(req.Kernel)
@@ -190,7 +194,7 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 		Name:          req.Hook,
 		Kernels:       []string{req.Kernel},
 		Arch:          req.Arch,
-		Reinstall:     st.reinstalling(req.Kernel),
+		Reinstall:     rebuild,
 		InitrdFollows: req.InitrdFollows,
 		Defer:         req.DeferSummary,
 		InitrdFailed:  func(err error) { warn(env, "dkmsd: %v", err) },
@@ -229,31 +233,6 @@ func remove(ctx context.Context, env *lifecycle.Env, req Request) Result {
 			return Result{ExitCode: ExitFailed}
 		}
 	}
-	return Result{}
-}
-
-// reinstall marks a kernel whose package is being upgraded in place: the
-// next Add for it rebuilds its modules, even if nothing else changed.
-func reinstall(env *lifecycle.Env, req Request) Result {
-	built, err := env.Layout.ModuleVersions("", "")
-	if err != nil {
-		warn(env, "dkmsd: %v", err)
-		return Result{}
-	}
-	hasBuild := false
-	for _, mv := range built {
-		if len(env.Layout.Builds(mv.Name, mv.Version, req.Kernel, req.Arch)) > 0 {
-			hasBuild = true
-			break
-		}
-	}
-	if !hasBuild {
-		return Result{Skipped: "nothing built for this kernel"}
-	}
-	st := newState(env)
-	st.markReinstall(req.Kernel)
-	st.forgetDone(req.Kernel)
-	info(env, "dkmsd: kernel %s is being reinstalled: its DKMS modules will be rebuilt when it is configured.", req.Kernel)
 	return Result{}
 }
 
@@ -371,17 +350,6 @@ func (s state) list(kind string) []string {
 	sort.Strings(out)
 	return out
 }
-
-func (s state) markReinstall(kernel string) {
-	s.write(s.path("reinstall", kernel), []byte(time.Now().Format(time.RFC3339)+"\n"))
-}
-
-func (s state) reinstalling(kernel string) bool {
-	_, err := os.Stat(s.path("reinstall", kernel))
-	return err == nil
-}
-
-func (s state) clearReinstall(kernel string) { os.Remove(s.path("reinstall", kernel)) }
 
 func (s state) forgetDone(kernel string) { os.Remove(s.path("done", kernel)) }
 

@@ -54,6 +54,9 @@ func DebianKernelHook(phase string, args []string, getenv func(string) string) (
 		return Request{}, false, &UsageError{fmt.Sprintf("usage: /etc/kernel/%s.d/dkmsd KERNEL-VERSION [IMAGE]", phase)}
 	}
 	req = Request{Kernel: args[0], Hook: "debian-" + phase}
+	if len(args) > 1 {
+		req.Image = args[1]
+	}
 	inDpkg := getenv("DPKG_MAINTSCRIPT_PACKAGE") != ""
 	// Inside dpkg the apt Post-Invoke hook ends the transaction with one
 	// summary; alone (make install, dpkg -i) report at once.
@@ -73,7 +76,8 @@ func DebianKernelHook(phase string, args []string, getenv func(string) string) (
 	case "preinst":
 		// "upgrade OLD" replaces the kernel at the same version: what was
 		// built against the old image is rebuilt when the postinst
-		// comes. A first install has nothing built for it.
+		// comes, if the image did change. A first install has nothing
+		// built for it.
 		if len(maint) > 0 && maint[0] != "upgrade" {
 			return Request{}, false, nil
 		}

@@ -150,6 +150,9 @@ func TestDebianKernelHookArguments(t *testing.T) {
 		{"preinst install", "preinst", []string{k, image}, env("DPKG_MAINTSCRIPT_PACKAGE", "linux-image-"+k, "DEB_MAINT_PARAMS", "install"), want{ok: false}},
 		{"preinst abort-upgrade", "preinst", []string{k, image}, env("DPKG_MAINTSCRIPT_PACKAGE", "linux-image-"+k, "DEB_MAINT_PARAMS", "abort-upgrade 6.1.192-2"), want{ok: false}},
 	} {
+		if tc.want.ok && len(tc.args) > 1 {
+			tc.want.req.Image = tc.args[1] // passed on: preinst compares it with the postinst's
+		}
 		r, ok, err := hooks.DebianKernelHook(tc.phase, tc.args, tc.env)
 		checkParse(t, tc.name, r, ok, err, tc.want)
 	}

@@ -57,43 +57,66 @@ func relocatedHookRoot(t *testing.T, kernel string, headers bool) (root, counter
 // TestRealAptPreinstUpgradeRebuilds is an in-place upgrade of a kernel
 // package (same version, new build): its preinst.d marks the kernel, the
 // module stays installed meanwhile, and the postinst that follows rebuilds
-// it although the hook had already done this kernel.
+// it although the hook had already done this kernel — only if the image
+// changed; a reinstall of the same revision builds nothing.
 func TestRealAptPreinstUpgradeRebuilds(t *testing.T) {
 	testkit.RequireTool(t, "make", "make")
 	kernel := testkit.Kernels(t, 1)[0]
 	root, counter, bin := relocatedHookRoot(t, kernel, true)
 	apt := filepath.Join(bin, "dkmsd-apt")
+	// The image the package manager replaces: a copy, so that the test can
+	// change it as a new package revision would.
+	image := filepath.Join(t.TempDir(), "vmlinuz-"+kernel)
+	if err := os.WriteFile(image, []byte("kernel image, revision 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	env := func(params string) []string {
 		return []string{"DKMSD_ROOT=" + root, "DKMSD_APT_HOOK=off", "DPKG_MAINTSCRIPT_PACKAGE=linux-image-" + kernel, "DEB_MAINT_PARAMS=" + params}
 	}
 	hook := func(phase, params string) testkit.Result {
 		t.Helper()
-		r := testkit.Cmd{Argv: []string{apt, phase, kernel, "/boot/vmlinuz-" + kernel}, Env: env(params)}.Run(t)
+		r := testkit.Cmd{Argv: []string{apt, phase, kernel, image}, Env: env(params)}.Run(t)
 		if r.Code != 0 {
 			t.Fatalf("%s %s: exit %d\n%s", phase, params, r.Code, r.Out)
 		}
 		return r
 	}
+	mark := filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/reinstall", kernel)
 	hook("preinst", "install") // a first install: nothing is built, nothing to mark
-	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/reinstall", kernel), false)
+	wantFile(t, mark, false)
 	hook("postinst", "configure ")
 	hook("postinst", "configure ") // done for this kernel and tree: no build
 	wantBuilds(t, counter, kernel)
+	target, _ := filepath.EvalSymlinks("/lib/modules/" + kernel + "/build")
 
+	// apt-get install --reinstall: the same package revision puts the
+	// same image back; what is built for it stays.
 	r := hook("preinst", "upgrade 6.1.999-1")
-	if want := "dkmsd: kernel " + kernel + " is being reinstalled: its DKMS modules will be rebuilt when it is configured."; !strings.Contains(r.Out, want) {
+	if want := "dkmsd: kernel " + kernel + " is being reinstalled: its DKMS modules will be rebuilt when it is configured, if its image changed."; !strings.Contains(r.Out, want) {
 		t.Errorf("preinst upgrade printed %q, want %q", r.Out, want)
 	}
-	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/reinstall", kernel), true)
+	wantFile(t, mark, true)
+	r = hook("postinst", "configure 6.1.999-1")
+	if want := "dkmsd: kernel " + kernel + " was reinstalled with the same image: its DKMS modules are kept."; !strings.Contains(r.Out, want) {
+		t.Errorf("postinst after a same-image reinstall printed %q, want %q", r.Out, want)
+	}
+	wantBuilds(t, counter, kernel)
+	wantFile(t, mark, false)
+
+	// A new package revision at the same ABI: the image changes between
+	// the preinst and the postinst, and the modules are rebuilt.
+	hook("preinst", "upgrade 6.1.999-1")
+	wantFile(t, mark, true)
 	// Unlike dkms's kernel_preinst, nothing is removed before the new
 	// image is even unpacked.
-	target, _ := filepath.EvalSymlinks("/lib/modules/" + kernel + "/build")
 	wantInstalled(t, filepath.Join(bin, "dkms"), []string{"--root", root}, filepath.Join(root, "lib/modules"), kernel, headersRelease(t, target), []testModule{probeModule})
-
+	if err := os.WriteFile(image, []byte("kernel image, revision 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	hook("postinst", "configure 6.1.999-1")
 	wantBuilds(t, counter, kernel, kernel)
 	wantInstalled(t, filepath.Join(bin, "dkms"), []string{"--root", root}, filepath.Join(root, "lib/modules"), kernel, headersRelease(t, target), []testModule{probeModule})
-	wantFile(t, filepath.Join(root, "var/lib/dkms/.dkmsd/hooks/reinstall", kernel), false)
+	wantFile(t, mark, false)
 }
 
 // TestHookNoHeadersNamesPackage: a kernel arriving without its headers
