@@ -91,6 +91,7 @@ func Run(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	if env.LockWait == 0 {
 		env.LockWait = DefaultLockWait
 	}
+	env.RememberFailures = true
 	unlock, err := lifecycle.LockTree(ctx, env)
 	if lifecycle.IsBusy(err) {
 		return busy(env, req, err)
@@ -186,7 +187,9 @@ func add(ctx context.Context, env *lifecycle.Env, req Request) Result {
 	}
 	rebuild := st.replacedImage(env, req.Kernel, req.Image)
 	fp := lifecycle.KernelFingerprint(env, req.Kernel, req.Arch, tree.RunningKernel())
-	if st.done(req.Kernel) == fp {
+	// A kernel with builds that keep failing is gone through again: each
+	// hook run says so, and retries those whose inputs changed.
+	if st.done(req.Kernel) == fp && len(lifecycle.FailureRecords(env, "", "", req.Kernel)) == 0 {
 		st.clearPending(req.Kernel)
 		return Result{Skipped: "already done for this kernel and tree"}
 	}

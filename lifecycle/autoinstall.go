@@ -170,10 +170,24 @@ func Autoinstall(ctx context.Context, e *Env, kernels []string, arch string) (*S
 		}
 		jobs = append(jobs, ks...)
 	}
+	return e.runPlanned(ctx, jobs)
+}
+
+// runPlanned runs the jobs of a match or autoinstall once their kernels'
+// headers are known to be there; a hook's run skips and records the
+// builds that keep failing.
+func (e *Env) runPlanned(ctx context.Context, jobs []*job) (*Summary, error) {
+	if e.RememberFailures {
+		e.settleKnownFailures(jobs)
+	}
 	if err := e.checkHeadersFor(ctx, jobs); err != nil {
 		return nil, err
 	}
-	return e.runJobs(ctx, jobs), nil
+	sum := e.runJobs(ctx, jobs)
+	if e.RememberFailures {
+		e.recordFailures(jobs, sum)
+	}
+	return sum, nil
 }
 
 // checkHeadersFor fails before anything runs when a job needs a build and

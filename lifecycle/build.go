@@ -30,6 +30,9 @@ func Build(ctx context.Context, e *Env, t Target) error {
 	if added && mv.Broken {
 		return brokenError(t.Module, t.Version)
 	}
+	if !e.RememberFailures {
+		e.forgetFailure(t) // asked for by hand: the hooks try again too
+	}
 	if added {
 		built, err := e.isBuilt(ctx, t)
 		if err != nil {
@@ -309,6 +312,7 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		return os.RemoveAll(buildDir)
 	})
 	os.Remove(e.failedLog(t))
+	e.forgetFailure(t)
 	e.Sink.Emit(Event{Type: BuildFinished, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
 		Log: filepath.Join(final, "log", "make.log"), Duration: time.Since(r.start)})
 	return nil

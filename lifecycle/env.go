@@ -55,6 +55,12 @@ type Env struct {
 	// package-manager hooks that must not hang a transaction; LockReport
 	// is how often a waiter says who holds it (0: DefaultLockReport).
 	LockWait, LockReport time.Duration
+	// RememberFailures is set by package-manager hooks: their autoinstall
+	// settles a job whose failure record still holds without building it
+	// and records the failures of the builds it runs (failmemory.go).
+	// dkms's own commands always build, as dkms 3.0.10 does, and a build
+	// they start forgets the record.
+	RememberFailures bool
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
 	confs  *tree.ConfCache

@@ -48,6 +48,7 @@ var exitCodes = map[Kind]int{
 	KindNoConfInTarball: 3,
 	KindTarballAdded:    8,
 	KindVermagic:        6,
+	KindStillFailing:    10,
 
 	KindUnknownOption:     2,
 	KindTwoActions:        4,
@@ -64,7 +65,7 @@ func ExitCode(err error) int {
 		return 0
 	}
 	var le *Error
-	if errors.As(err, &le) && le.Kind == KindScriptFailed && le.Code > 0 {
+	if errors.As(err, &le) && (le.Kind == KindScriptFailed || le.Kind == KindStillFailing) && le.Code > 0 {
 		return le.Code
 	}
 	if code, ok := exitCodes[KindOf(err)]; ok {

@@ -139,6 +139,10 @@ func KernelFingerprint(e *Env, kernel, arch, template string) string {
 		if fi, err := os.Stat(e.Layout.ConfFile(mv.Name, mv.Version)); err == nil {
 			fmt.Fprintf(h, " conf=%d/%d", fi.Size(), fi.ModTime().UnixNano())
 		}
+		// A failure a user's own command has forgotten is tried again.
+		if fi, err := os.Stat(e.failureRecordPath(Target{Module: mv.Name, Version: mv.Version, Kernel: kernel, Arch: arch})); err == nil {
+			fmt.Fprintf(h, " failed=%d", fi.ModTime().UnixNano())
+		}
 		fmt.Fprintln(h)
 	}
 	if fi, err := os.Stat(e.Layout.Kernel(kernel).HeadersDir()); err == nil {

@@ -59,10 +59,7 @@ func Match(ctx context.Context, e *Env, template, kernel, arch, module string) (
 		j.deps = deps
 	}
 	markCycles(jobs)
-	if err := e.checkHeadersFor(ctx, jobs); err != nil {
-		return nil, err
-	}
-	return e.runJobs(ctx, jobs), nil
+	return e.runPlanned(ctx, jobs)
 }
 
 // KernelPrerm removes every module built for a kernel that is going away:

@@ -38,6 +38,9 @@ type StatusLine struct {
 	Notes []string
 	// Problem is a message for stderr (a broken module, a bad dkms.conf).
 	Problem []string
+	// Notices are dkmsd's own remarks for stderr: a hook's build of this
+	// module that has been failing (FailureRecord.Notice).
+	Notices []string
 }
 
 // Annotations dkms 3.0.10 appends to built/installed lines.
@@ -129,6 +132,7 @@ func (e *Env) moduleStatus(ctx context.Context, mv tree.ModuleVersion, kernelGlo
 	if len(lines) == 0 {
 		lines = append(lines, StatusLine{Module: mv.Name, Version: mv.Version, State: StateAdded})
 	}
+	lines[len(lines)-1].Notices = e.failureStatusNotices(mv, kernelGlob, archGlob)
 	return lines
 }
 

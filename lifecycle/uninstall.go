@@ -205,7 +205,7 @@ func Remove(ctx context.Context, e *Env, module, version string, targets []Targe
 	vdir := e.Layout.VersionDir(module, version)
 	stale, _ := filepath.Glob(filepath.Join(vdir, "*", ".tmp_*"))
 	for _, t := range targets {
-		stale = append(stale, e.failedLog(t))
+		stale = append(stale, e.failedLog(t), e.failureRecordPath(t))
 	}
 	for _, s := range stale {
 		os.RemoveAll(s)
@@ -239,6 +239,11 @@ func Remove(ctx context.Context, e *Env, module, version string, targets []Targe
 	mdir := e.Layout.ModuleDir(module)
 	if rest, err := os.ReadDir(mdir); err == nil && len(rest) == 0 {
 		os.Remove(mdir)
+	}
+	// Failures on kernels nothing was built for go with the version.
+	for _, r := range FailureRecords(e, module, version, "") {
+		os.Remove(e.failedLog(r.Target))
+		e.forgetFailure(r.Target)
 	}
 	e.Sink.Emit(Event{Type: Removed, Module: module, Version: version})
 	return nil

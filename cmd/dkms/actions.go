@@ -145,6 +145,12 @@ func status(ctx context.Context, a *args, env *lifecycle.Env) error {
 			fmt.Fprintln(os.Stderr)
 			printLines(l.Problem)
 		}
+		if len(l.Notices) > 0 {
+			w.Flush()
+			for _, n := range l.Notices {
+				fmt.Fprintln(os.Stderr, n)
+			}
+		}
 	}
 	return nil
 }

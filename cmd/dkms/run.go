@@ -143,6 +143,7 @@ func lockTree(ctx context.Context, env *lifecycle.Env) (func(), error) {
 		hookEnv := *env
 		hookEnv.Force, hookEnv.ForceVersionOverride, hookEnv.NoInitrd, hookEnv.NoDepmod = false, false, false, false
 		hookEnv.ConfFile, hookEnv.Directives, hookEnv.KernelConfig = "", nil, ""
+		hookEnv.RememberFailures = true
 		hooks.CatchUp(ctx, &hookEnv)
 		unlock()
 	}, nil
