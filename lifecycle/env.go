@@ -55,6 +55,9 @@ type Env struct {
 	// package-manager hooks that must not hang a transaction; LockReport
 	// is how often a waiter says who holds it (0: DefaultLockReport).
 	LockWait, LockReport time.Duration
+	// BuildTimeout bounds one module's build for one kernel (0: no
+	// bound): framework.conf's build_timeout.
+	BuildTimeout time.Duration
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
 	confs  *tree.ConfCache
@@ -92,6 +95,7 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 	e.Verbose = fw.Verbose
 	e.SymlinkModules = fw.SymlinkModules
 	e.ModprobeOnInstall = fw.ModprobeOnInstall
+	e.BuildTimeout = fw.BuildTimeout
 	return e, nil
 }
 
