@@ -62,6 +62,11 @@ func buildTimedOut(ctx context.Context) bool {
 // is killed after WaitDelay.
 func stopOnCancel(ctx context.Context, cmd *exec.Cmd) {
 	cmd.Cancel = func() error {
+		// Through the process's own handle: a process already waited for
+		// is not looked for by its pid, which may be another's now.
+		if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+			return err
+		}
 		if buildTimedOut(ctx) {
 			return killTree(cmd.Process.Pid)
 		}
