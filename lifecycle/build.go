@@ -108,11 +108,25 @@ func (e *Env) build(ctx context.Context, t Target, add bool) error {
 		return err
 	}
 	defer r.log.Close()
-	r.env = e.withBuildEnvironment(ctx, t, e.buildEnviron(k.cc()...))
-	if err := r.compile(ctx, conf, k); err != nil {
-		return err
+	// build_timeout bounds build_environment, patches, PRE_BUILD, make
+	// and POST_BUILD: a build that hangs never holds the tree lock (and a
+	// package manager's transaction) for ever.
+	bctx := ctx
+	if e.BuildTimeout > 0 {
+		var cancel context.CancelFunc
+		bctx, cancel = context.WithTimeoutCause(ctx, e.BuildTimeout, errBuildTimedOut)
+		defer cancel()
 	}
-	return r.store(ctx, conf, k, sign)
+	r.env = e.withBuildEnvironment(bctx, t, e.buildEnviron(k.cc()...))
+	err = r.compile(bctx, conf, k)
+	if err == nil {
+		err = r.store(bctx, conf, k, sign)
+	}
+	if err != nil && buildTimedOut(bctx) && KindOf(err) != KindBuildTimeout {
+		// A step that failed without r.failed (a MOK key being made).
+		return r.failed(bctx, KindBuildTimeout, err)
+	}
+	return err
 }
 
 // checkBuildable refuses what dkms refuses before building: a kernel
@@ -179,8 +193,13 @@ func (e *Env) startBuild(t Target, start time.Time) (*buildRun, error) {
 // failed reports the build's failure, keeping its log: build/make.log is
 // where dkms users look, but the next kernel's build replaces it, so a
 // copy per kernel is kept for the report.
-func (r *buildRun) failed(kind Kind, err error, lines ...string) error {
+// A build stopped at build_timeout fails as such, whatever step it was
+// in.
+func (r *buildRun) failed(ctx context.Context, kind Kind, err error, lines ...string) error {
 	e, t := r.e, r.t
+	if buildTimedOut(ctx) {
+		kind, lines = KindBuildTimeout, r.timedOut()
+	}
 	kept := r.logPath
 	if os.MkdirAll(filepath.Dir(e.failedLog(t)), 0o755) == nil && copyFileAtomic(r.logPath, e.failedLog(t)) == nil {
 		kept = e.failedLog(t)
@@ -190,6 +209,22 @@ func (r *buildRun) failed(kind Kind, err error, lines ...string) error {
 	return &Error{Kind: kind, Lines: lines, Err: err, Code: exitCode(err)}
 }
 
+// timedOut writes in make.log that the build was stopped at
+// build_timeout, and returns the error's lines.
+func (r *buildRun) timedOut() []string {
+	e, t := r.e, r.t
+	secs := int64(e.BuildTimeout / time.Second)
+	// Appended by path: the log may be closed already (after POST_BUILD).
+	if f, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		fmt.Fprintf(f, "\n# dkmsd: the build reached build_timeout (%d seconds) and every process of it was killed.\n", secs)
+		f.Close()
+	}
+	return []string{
+		fmt.Sprintf("Build of %s/%s for %s (%s) timed out after %d seconds (build_timeout in framework.conf); the build's processes were killed.", t.Module, t.Version, t.Kernel, t.Arch, secs),
+		fmt.Sprintf("Consult %s for more information.", r.logPath),
+	}
+}
+
 // compile applies the patches, runs PRE_BUILD and make, and checks that
 // every module the dkms.conf names was built.
 func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) error {
@@ -197,7 +232,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 	for _, p := range conf.Patches {
 		patch := filepath.Join(buildDir, "patches", p)
 		if !exists(patch) {
-			return r.failed(KindPatchMissing, nil, fmt.Sprintf(" Patch %s as specified in dkms.conf cannot be", p), fmt.Sprintf("found in %s/patches/.", buildDir))
+			return r.failed(ctx, KindPatchMissing, nil, fmt.Sprintf(" Patch %s as specified in dkms.conf cannot be", p), fmt.Sprintf("found in %s/patches/.", buildDir))
 		}
 		cmd := "patch -p1 < ./patches/" + p
 		err := e.invoke(step{Desc: "applying patch " + p, Command: cmd}, func(out io.Writer) error {
@@ -207,12 +242,12 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 			return err
 		})
 		if err != nil {
-			return r.failed(KindPatchFailed, err, fmt.Sprintf("Application of patch %s failed.", p), fmt.Sprintf("Check %s for more information.", buildDir))
+			return r.failed(ctx, KindPatchFailed, err, fmt.Sprintf("Application of patch %s failed.", p), fmt.Sprintf("Check %s for more information.", buildDir))
 		}
 	}
 	if conf.PreBuild != "" {
 		if err := e.buildScript(ctx, "pre_build", e.scriptDir(t.Module, buildDir, conf.PreBuild), conf.PreBuild, log, r.env); err != nil {
-			return r.failed(KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
+			return r.failed(ctx, KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
 	e.info("")
@@ -226,12 +261,12 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 		return err
 	})
 	if err != nil {
-		return r.failed(KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
+		return r.failed(ctx, KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
 	}
 	for _, m := range conf.Buildable() {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
 		if !exists(ko) {
-			return r.failed(KindNoModuleBuilt, nil, fmt.Sprintf(" Build of %s.ko failed for: %s (%s)", m.BuiltName, t.Kernel, t.Arch),
+			return r.failed(ctx, KindNoModuleBuilt, nil, fmt.Sprintf(" Build of %s.ko failed for: %s (%s)", m.BuiltName, t.Kernel, t.Arch),
 				"Make sure the name of the generated module is correct and at the root of the",
 				"build directory, or consult make.log in the build directory", buildDir+" for more information.")
 		}
@@ -279,14 +314,14 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		if errors.As(err, &sf) {
 			// dkms 3.0.10 warns and installs the module unsigned, which
 			// Secure Boot then refuses to load: fail the build instead.
-			return r.failed(KindSignFailed, sf.err, fmt.Sprintf("Failed to sign module '%s'!", sf.ko), sf.err.Error(),
+			return r.failed(ctx, KindSignFailed, sf.err, fmt.Sprintf("Failed to sign module '%s'!", sf.ko), sf.err.Error(),
 				fmt.Sprintf("The module is not installed unsigned; check that %s and %s are a key and its certificate.", sf.key, sf.cert))
 		}
-		return r.failed(KindInternal, err, err.Error())
+		return r.failed(ctx, KindInternal, err, err.Error())
 	}
 	if conf.PostBuild != "" {
 		if err := e.buildScript(ctx, "post_build", e.scriptDir(t.Module, buildDir, conf.PostBuild), conf.PostBuild, log, r.env); err != nil {
-			return r.failed(KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
+			return r.failed(ctx, KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
 	log.Close()

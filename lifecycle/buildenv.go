@@ -37,6 +37,7 @@ func (e *Env) withBuildEnvironment(ctx context.Context, t Target, env []string) 
 		`. "$0" >/dev/null 2>&1` + "\nexec " + shellQuote(envTool) + " -0\n"
 	cmd := exec.CommandContext(ctx, "bash", "-c", script, file)
 	cmd.Env = env
+	stopOnCancel(ctx, cmd)
 	out, err := cmd.Output()
 	if err != nil {
 		// The file ended the shell (exit, a failed `set -e` command)

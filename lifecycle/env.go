@@ -61,6 +61,9 @@ type Env struct {
 	// dkms's own commands always build, as dkms 3.0.10 does, and a build
 	// they start forgets the record.
 	RememberFailures bool
+	// BuildTimeout bounds one module's build for one kernel (0: no
+	// bound): framework.conf's build_timeout.
+	BuildTimeout time.Duration
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
 	confs  *tree.ConfCache
@@ -98,6 +101,7 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 	e.Verbose = fw.Verbose
 	e.SymlinkModules = fw.SymlinkModules
 	e.ModprobeOnInstall = fw.ModprobeOnInstall
+	e.BuildTimeout = fw.BuildTimeout
 	return e, nil
 }
 

@@ -27,6 +27,7 @@ const (
 	KindPatchFailed                 // patch did not apply
 	KindBuildFailed                 // make failed
 	KindNoModuleBuilt               // make succeeded, a .ko is missing
+	KindBuildTimeout                // the build reached build_timeout and was killed
 	KindScriptFailed                // PRE_BUILD/POST_BUILD/POST_ADD failed (exit = script's status)
 	KindNoKernelDir                 // install onto a kernel without <install_tree>/<k>
 	KindMissingBuilt                // install: a built module file is missing

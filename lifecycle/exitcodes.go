@@ -23,6 +23,7 @@ var exitCodes = map[Kind]int{
 	KindPatchFailed:     6,
 	KindBuildFailed:     10,
 	KindNoModuleBuilt:   7,
+	KindBuildTimeout:    10,
 	KindNoKernelDir:     6,
 	KindMissingBuilt:    6,
 	KindInstallAborted:  6,

@@ -39,10 +39,40 @@ func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Wri
 	cmd.Stdout, cmd.Stderr = log, log
 	// make stays in dkms's process group, so killing the group (a kill of
 	// a hook run, a service stop) never leaves a build writing into the
-	// tree. On cancel make gets SIGTERM and stops its own jobs.
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 5 * time.Second
+	// tree. When ctx ends, stopOnCancel ends make and its jobs.
+	stopOnCancel(ctx, cmd)
 	return cmd.Run()
+}
+
+// errBuildTimedOut is the cause of a build's context when build_timeout
+// ends it.
+var errBuildTimedOut = errors.New("build_timeout reached")
+
+// buildTimedOut reports whether ctx ended at build_timeout.
+func buildTimedOut(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), errBuildTimedOut)
+}
+
+// stopOnCancel sets how cmd ends with ctx. At build_timeout its whole
+// process tree is killed, so nothing of the build is left running. When
+// dkms itself is stopped (a signal), every process of the tree gets
+// SIGTERM, as a signal to dkms's process group would give them: make
+// then removes its half-written targets, and a job's own children (a
+// recipe's background command) do not outlive it. What ignores SIGTERM
+// is killed after WaitDelay.
+func stopOnCancel(ctx context.Context, cmd *exec.Cmd) {
+	cmd.Cancel = func() error {
+		// Through the process's own handle: a process already waited for
+		// is not looked for by its pid, which may be another's now.
+		if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
+			return err
+		}
+		if buildTimedOut(ctx) {
+			return killTree(cmd.Process.Pid)
+		}
+		return signalTree(cmd.Process.Pid, syscall.SIGTERM)
+	}
+	cmd.WaitDelay = 5 * time.Second
 }
 
 // runArgv runs a program with arguments, output to out. A program named
@@ -54,6 +84,7 @@ func runArgv(ctx context.Context, dir string, env []string, out io.Writer, argv 
 	cmd.Dir = dir
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
+	stopOnCancel(ctx, cmd)
 	return cmd.Run()
 }
 

@@ -19,7 +19,7 @@ var frameworkNames = []string{
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
 	"try_sign_modules", "build_environment",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
-	"hook_lock_timeout",
+	"hook_lock_timeout", "build_timeout",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -39,6 +39,11 @@ var compressDefaults = map[string]string{
 	"compress_xz_opts":   "--check=crc32 --lzma2=dict=1MiB",
 	"compress_zstd_opts": "-q --rm -T0",
 }
+
+// DefaultBuildTimeout bounds a build when framework.conf does not: long
+// enough for zfs or nvidia on a slow machine, short enough that a build
+// hanging under a package manager ends.
+const DefaultBuildTimeout = 2 * time.Hour
 
 // Framework is the evaluated framework configuration. Empty means unset.
 type Framework struct {
@@ -78,6 +83,10 @@ type Framework struct {
 	// hook waits for the tree lock before it leaves its kernel pending
 	// (0: dkmsd's default).
 	HookLockTimeout time.Duration
+	// BuildTimeout is build_timeout: how long one module's build for one
+	// kernel may take before its processes are killed (0: no limit;
+	// DefaultBuildTimeout when unset).
+	BuildTimeout time.Duration
 
 	// Files are the files read, in order.
 	Files []string
@@ -145,6 +154,10 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	}
 	if n, err := strconv.Atoi(get("hook_lock_timeout")); err == nil && n > 0 {
 		fw.HookLockTimeout = time.Duration(n) * time.Second
+	}
+	fw.BuildTimeout = DefaultBuildTimeout
+	if n, err := strconv.Atoi(get("build_timeout")); err == nil && n >= 0 {
+		fw.BuildTimeout = time.Duration(n) * time.Second
 	}
 	return fw, nil
 }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestReadFrameworkOrderEnvAndKernelver(t *testing.T) {
@@ -129,5 +130,32 @@ func TestReadFrameworkUnusedSettings(t *testing.T) {
 	}
 	if fw.ParallelJobs != 2 || fw.CompressXzOpts != "-9" || fw.PostTransaction != "true" || fw.SignFile != "/usr/lib/linux-kbuild-6.1/scripts/sign-file" {
 		t.Errorf("settings = %+v", fw)
+	}
+}
+
+// TestReadFrameworkBuildTimeout: build_timeout is seconds, 0 is no limit,
+// and unset or unreadable is the default.
+func TestReadFrameworkBuildTimeout(t *testing.T) {
+	for _, c := range []struct {
+		conf string
+		want time.Duration
+	}{
+		{"", DefaultBuildTimeout},
+		{"build_timeout=0\n", 0},
+		{"build_timeout=3\n", 3 * time.Second},
+		{"build_timeout=soon\n", DefaultBuildTimeout},
+		{"build_timeout=-5\n", DefaultBuildTimeout},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "framework.conf"), []byte(c.conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fw, err := ReadFramework(context.Background(), dir, "", nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fw.BuildTimeout != c.want {
+			t.Errorf("%q: BuildTimeout = %v, want %v", c.conf, fw.BuildTimeout, c.want)
+		}
 	}
 }

@@ -238,6 +238,25 @@ var keyCases = []actsCase{{
 		return out
 	},
 	want: "marked pending",
+}, {
+	name: "build_timeout",
+	run: func(t *testing.T, s *actsSetup, with bool) string {
+		// A make that fails after 6 s: build_timeout=2 stops it first,
+		// with an error that names the limit; without it (7200 s), make
+		// fails on its own.
+		b := s.root(t)
+		failbuild(t, b, `MAKE[0]="sleep 6; false"`)
+		if with {
+			writeFramework(t, b, "build_timeout=2")
+		}
+		r := b.run(t, "build", "dkmsd_failbuild/1.0", "-k", b.kernels[0])
+		out := exitOf(r)
+		if strings.Contains(r.Stderr, "timed out after 2 seconds (build_timeout in framework.conf)") {
+			out += ", timed out after 2 seconds"
+		}
+		return out
+	},
+	want: "timed out after 2 seconds",
 }}
 
 // installedKind says whether the kernel's copy of dkmsd_hello is a file
