@@ -109,8 +109,8 @@ func (e *Env) forgetFailure(t Target) { os.Remove(e.failureRecordPath(t)) }
 
 // isBuildFailure: the failures worth remembering are the module's own —
 // its patches, scripts, make (hung past build_timeout too), or the modules
-// it should have made. Missing
-// headers, a full disk or a signing key are the machine's, and retried.
+// it should have made. Missing headers, a full disk or a signing key are
+// the machine's, and retried.
 func isBuildFailure(err error) bool {
 	switch KindOf(err) {
 	case KindPatchMissing, KindPatchFailed, KindBuildFailed, KindNoModuleBuilt, KindScriptFailed, KindBuildTimeout:
