@@ -293,7 +293,7 @@ func autoinstallEnviron(b *testing.B) []string {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "LC_ALL=C", "parallel_jobs=2", "mok_signing_key="+key, "mok_certificate="+cert)
+	return append(env, "LC_ALL=C", "parallel_jobs=2", "mok_signing_key="+key, "mok_certificate="+cert, testkit.SignAnywhere)
 }
 
 // tail is the last n lines of out.

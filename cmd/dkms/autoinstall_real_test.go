@@ -62,7 +62,7 @@ func newBatchRoot(t *testing.T) *batchRoot {
 			env = append(env, kv)
 		}
 	}
-	env = append(env, "LC_ALL=C", "mok_signing_key="+key, "mok_certificate="+cert)
+	env = append(env, "LC_ALL=C", "mok_signing_key="+key, "mok_certificate="+cert, testkit.SignAnywhere)
 	return &batchRoot{bin: testkit.Binary(t, "dkms"), root: root, env: env, kernels: ks}
 }
 

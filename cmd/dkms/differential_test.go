@@ -95,7 +95,7 @@ func differentialSetup(t *testing.T) (dkmsd, ref side, kernels []string) {
 		"-newkey", "rsa:2048", "-keyout", key, "-outform", "DER", "-out", cert).CombinedOutput(); err != nil {
 		t.Fatalf("openssl: %v: %s", err, out)
 	}
-	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root", "mok_signing_key=" + key, "mok_certificate=" + cert, "parallel_jobs=2"}
+	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root", "mok_signing_key=" + key, "mok_certificate=" + cert, "parallel_jobs=2", testkit.SignAnywhere}
 	dkmsd = side{name: "dkmsd", bin: testkit.Binary(t, "dkms"), root: testkit.NewRoot(t, kernels...), env: env}
 	ref = side{name: "dkms-3.0.10", bin: referenceDkms, root: testkit.NewRoot(t, kernels...), env: env}
 	return dkmsd, ref, kernels

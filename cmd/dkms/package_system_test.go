@@ -391,7 +391,7 @@ func pkgBuildReference(t *testing.T, mods []*pkgModule, kernels []string) *pkgRe
 	pkgMustRun(t, "", "openssl", "req", "-new", "-x509", "-nodes", "-days", "365", "-subj", "/CN=dkmsd package test",
 		"-newkey", "rsa:2048", "-keyout", key, "-outform", "DER", "-out", cert)
 	ref := side{name: "dkms-3.0.10", bin: referenceDkms, root: root,
-		env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root", "mok_signing_key=" + key, "mok_certificate=" + cert}}
+		env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=/root", "mok_signing_key=" + key, "mok_certificate=" + cert, testkit.SignAnywhere}}
 	setup := pkgSetup{root: root, dkms: func(args ...string) pkgStatus {
 		r := ref.run(t, args...)
 		return pkgStatus{r.Stdout, r.Code}

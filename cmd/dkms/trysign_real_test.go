@@ -61,7 +61,9 @@ func signEnv() []string {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "LC_ALL=C")
+	// testkit.Cmd puts the test process's environment first, where
+	// TestMain set testkit.SignAnywhere: an empty value is the default.
+	return append(env, "LC_ALL=C", "try_sign_modules=")
 }
 
 // TestTrySignModulesChrootRealHeaders builds dkmsd_hello with each
@@ -70,7 +72,8 @@ func signEnv() []string {
 // private mount namespace, with /proc mounted or not): by default
 // (not_in_chroot) modules are signed outside and neither signed nor a MOK
 // key made inside; "true" signs inside too; "false" never signs. The
-// message says why, as dkms 3.4.3's does.
+// message says why, as dkms 3.4.3's does. (TestMain's SignAnywhere is
+// cleared: these cases are about the default.)
 func TestTrySignModulesChrootRealHeaders(t *testing.T) {
 	testkit.RequireRoot(t)
 	for tool, pkg := range map[string]string{"depmod": "kmod", "openssl": "openssl", "make": "make", "gcc": "gcc", "unshare": "util-linux", "chroot": "coreutils"} {
@@ -105,6 +108,12 @@ func TestTrySignModulesChrootRealHeaders(t *testing.T) {
 				if c.proc {
 					env = append(env, "PROC=yes")
 				}
+			} else {
+				// Outside: dkms is the init of a pid namespace of its own,
+				// which shares its root and mounts as a machine's init
+				// does — so the case holds when the suite itself runs in a
+				// chroot (a fresh debootstrap root).
+				argv = append([]string{"unshare", "--pid", "--fork", "--mount-proc"}, argv...)
 			}
 			r := testkit.Cmd{Argv: argv, Env: env}.Run(t)
 			if r.Code != 0 {
