@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dkmsd/dkmsd/lifecycle/memory"
 	"github.com/dkmsd/dkmsd/tree"
 )
 
@@ -43,9 +44,12 @@ type Env struct {
 	ConfTimeout time.Duration
 	// Environ is the environment handed to dkms.conf, scripts and make.
 	Environ []string
-	// Jobserver, when set, is the one CPU budget every make shares; make
+	// Jobserver, when set, is the one job budget every make shares; make
 	// then gets no -j of its own.
 	Jobserver *Jobserver
+	// Host is the machine whose memory the job budget counts (its zero
+	// value: this one).
+	Host memory.Host
 	// DeferDepmod leaves depmod to the caller, which runs it once per
 	// kernel after a batch of installs.
 	DeferDepmod bool
@@ -55,6 +59,10 @@ type Env struct {
 	// package-manager hooks that must not hang a transaction; LockReport
 	// is how often a waiter says who holds it (0: DefaultLockReport).
 	LockWait, LockReport time.Duration
+
+	// budget, set by a scheduler on the copies it hands its jobs, is the
+	// job budget of their batch.
+	budget *jobBudget
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
 	confs  *tree.ConfCache

@@ -53,6 +53,7 @@ const (
 	KindNoConfInTarball             // ldtarball: no dkms.conf in it
 	KindTarballAdded                // ldtarball: module already added
 	KindVermagic                    // install: a module built for another kernel
+	KindOOMKilled                   // make failed: the out-of-memory killer killed part of it
 
 	// The command line's own mistakes, each with dkms's exit code.
 	KindUnknownOption     // an option dkms does not have (the usage follows)

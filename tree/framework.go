@@ -19,7 +19,7 @@ var frameworkNames = []string{
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
 	"try_sign_modules", "build_environment",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
-	"hook_lock_timeout",
+	"hook_lock_timeout", "build_memory_per_job",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -78,6 +78,13 @@ type Framework struct {
 	// hook waits for the tree lock before it leaves its kernel pending
 	// (0: dkmsd's default).
 	HookLockTimeout time.Duration
+	// BuildMemoryPerJob is build_memory_per_job: the memory one build job
+	// (one compiler) needs, in MiB, when framework.conf gives a size; 0
+	// for "auto" (unset): learned from the builds dkmsd has seen.
+	// NoMemoryBudget is build_memory_per_job=0: the job budget counts
+	// CPUs only.
+	BuildMemoryPerJob int
+	NoMemoryBudget    bool
 
 	// Files are the files read, in order.
 	Files []string
@@ -145,6 +152,12 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	}
 	if n, err := strconv.Atoi(get("hook_lock_timeout")); err == nil && n > 0 {
 		fw.HookLockTimeout = time.Duration(n) * time.Second
+	}
+	switch n, err := strconv.Atoi(get("build_memory_per_job")); {
+	case err == nil && n == 0:
+		fw.NoMemoryBudget = true
+	case err == nil && n > 0:
+		fw.BuildMemoryPerJob = n
 	}
 	return fw, nil
 }
