@@ -122,19 +122,21 @@ func (e *Env) jobMemory(module string) (uint64, string) {
 	if kib, ok := readPeak(e.Layout.MemoryFile(module)); ok {
 		return kib<<10 + kib<<10/4 + jobOverhead, fmt.Sprintf("learned (its largest process took %d MiB)", kib>>10)
 	}
-	return defaultJobMemory, "by default (no build of it seen yet)"
+	return defaultJobMemory, "by default (no complete build of it seen yet)"
 }
 
 // recordJobMemory keeps the peak (KiB) a build of module took. A failed
-// build only raises the record: it may have stopped before its largest
-// file. Failing to keep it only leaves the estimate as it was, so it is
-// not an error of the build.
+// build (killed by the OOM killer, say) may have stopped before its
+// largest file: it only raises a record, and makes none, leaving the
+// default in place. Failing to keep it only leaves the estimate as it
+// was, so it is not an error of the build.
 func (e *Env) recordJobMemory(module string, kib uint64, succeeded bool) {
 	if kib == 0 {
 		return
 	}
 	file := e.Layout.MemoryFile(module)
-	if old, ok := readPeak(file); ok && (old == kib || (!succeeded && old > kib)) {
+	old, ok := readPeak(file)
+	if old == kib || (!succeeded && (!ok || old > kib)) {
 		return
 	}
 	if os.MkdirAll(filepath.Dir(file), 0o755) != nil {

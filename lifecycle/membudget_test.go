@@ -36,9 +36,9 @@ func TestJobBudget(t *testing.T) {
 		}
 	}
 	check("default estimate", e.budgetFor(16, []string{"foo"}), 4,
-		"dkmsd: build budget: 4 jobs (2048 MiB available, 512 MiB per job for foo; CPU budget 16, available memory from MemAvailable, per job by default (no build of it seen yet))")
+		"dkmsd: build budget: 4 jobs (2048 MiB available, 512 MiB per job for foo; CPU budget 16, available memory from MemAvailable, per job by default (no complete build of it seen yet))")
 	check("CPUs lower", e.budgetFor(2, []string{"foo"}), 2,
-		"dkmsd: build budget: 2 jobs (2048 MiB available, 512 MiB per job for foo; CPU budget 2, available memory from MemAvailable, per job by default (no build of it seen yet))")
+		"dkmsd: build budget: 2 jobs (2048 MiB available, 512 MiB per job for foo; CPU budget 2, available memory from MemAvailable, per job by default (no complete build of it seen yet))")
 
 	// foo's compiler took 150 MiB: 150 + 25% + 64 = 251.5 MiB a job.
 	e.recordJobMemory("foo", 150<<10, true)
@@ -46,7 +46,7 @@ func TestJobBudget(t *testing.T) {
 		"dkmsd: build budget: 8 jobs (2048 MiB available, 251 MiB per job for foo; CPU budget 16, available memory from MemAvailable, per job learned (its largest process took 150 MiB))")
 	// The largest estimate of the batch decides: bar has no record.
 	check("largest of the batch", e.budgetFor(16, []string{"foo", "bar"}), 4,
-		"dkmsd: build budget: 4 jobs (2048 MiB available, 512 MiB per job for bar; CPU budget 16, available memory from MemAvailable, per job by default (no build of it seen yet))")
+		"dkmsd: build budget: 4 jobs (2048 MiB available, 512 MiB per job for bar; CPU budget 16, available memory from MemAvailable, per job by default (no complete build of it seen yet))")
 	check("bare -j", e.budgetFor(0, []string{"foo"}), 8,
 		"dkmsd: build budget: 8 jobs (2048 MiB available, 251 MiB per job for foo; CPU budget no bound, available memory from MemAvailable, per job learned (its largest process took 150 MiB))")
 
@@ -75,7 +75,7 @@ func TestJobBudget(t *testing.T) {
 }
 
 // TestRecordJobMemory: a build's peak is kept per module; a failed build
-// only raises it.
+// only raises a record, and makes none.
 func TestRecordJobMemory(t *testing.T) {
 	e := budgetEnv(t, 1024)
 	file := e.Layout.MemoryFile("foo")
@@ -85,8 +85,9 @@ func TestRecordJobMemory(t *testing.T) {
 		return n
 	}
 	e.recordJobMemory("foo", 0, true)
+	e.recordJobMemory("foo", 100_000, false)
 	if _, err := os.Stat(file); err == nil {
-		t.Errorf("a peak of 0 (make never ran) was recorded")
+		t.Errorf("a peak of 0 (make never ran), or of a failed build with no record before, was recorded")
 	}
 	for _, c := range []struct {
 		kib       uint64

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/dkmsd/dkmsd/tree"
 	"github.com/dkmsd/dkmsd/tree/testkit"
@@ -86,15 +89,30 @@ func (c *memoryCgroup) write(t *testing.T, file, value string) {
 	}
 }
 
-// remove kills what is left in the group and removes it.
-func (c *memoryCgroup) remove(t *testing.T) {
+// killAll kills every process left in the group (a make a killed dkms
+// left behind), waiting up to 5 s for them to go; it reports whether the
+// group is empty.
+func (c *memoryCgroup) killAll() bool {
 	for try := 0; try < 50; try++ {
 		data, _ := os.ReadFile(filepath.Join(c.dir, "cgroup.procs"))
-		for _, f := range strings.Fields(string(data)) {
+		pids := strings.Fields(string(data))
+		if len(pids) == 0 {
+			return true
+		}
+		for _, f := range pids {
 			if pid, err := strconv.Atoi(f); err == nil {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
+}
+
+// remove kills what is left in the group and removes it.
+func (c *memoryCgroup) remove(t *testing.T) {
+	c.killAll()
+	for try := 0; try < 50; try++ {
 		if err := os.Remove(c.dir); err == nil || os.IsNotExist(err) {
 			return
 		}
@@ -156,22 +174,44 @@ func (c *memoryCgroup) resetPeak() {
 	_ = os.WriteFile(filepath.Join(c.dir, file), []byte("0"), 0o644)
 }
 
-// autoinstallIn runs `dkms autoinstall -k k` inside the cgroup: a shell
-// writes its pid into the group and then becomes dkms, so that
-// everything the build starts is in it.
-func (b *batchRoot) autoinstallIn(t *testing.T, c *memoryCgroup, k string) testkit.Result {
+// runIn runs `dkms --root R args…` inside the cgroup: a shell writes its
+// pid into the group and then becomes dkms, so that everything the build
+// starts is in it.
+func (b *batchRoot) runIn(t *testing.T, c *memoryCgroup, args ...string) testkit.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "sh", "-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(c.dir, "cgroup.procs"),
-		b.bin, "--root", b.root, "autoinstall", "-k", k)
+	cmd := exec.CommandContext(ctx, "sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(c.dir, "cgroup.procs"),
+		b.bin, "--root", b.root}, args...)...)
 	cmd.Env = b.env
 	cmd.Dir = b.root
 	r, err := testkit.Exec(cmd)
+	if !c.killAll() {
+		t.Errorf("processes left in %s after dkms ended", c.dir)
+	}
 	if err != nil {
-		t.Fatalf("dkms autoinstall: %v\nstdout:\n%s\nstderr:\n%s", err, r.Stdout, r.Stderr)
+		t.Fatalf("dkms %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, r.Stdout, r.Stderr)
 	}
 	return r
+}
+
+// tmpfsDKMSTree mounts a tmpfs on the root's DKMS tree, where the builds
+// run, until the end of the test. What they write there is then memory
+// the kernel cannot drop (there is no swap), so at the cgroup's limit the
+// OOM killer acts at once; on a disk, a cgroup at its limit can instead
+// thrash for minutes on page cache it drops and reads back (the kernel
+// retries while reclaim frees anything), with no OOM kill.
+func tmpfsDKMSTree(t *testing.T, b *batchRoot) {
+	t.Helper()
+	dir := b.path("var/lib/dkms")
+	if err := unix.Mount("dkmsd-test", dir, "tmpfs", 0, "mode=0755"); err != nil {
+		t.Fatalf("mount a tmpfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
 }
 
 // drmKernel is a kernel of the root whose configuration has DRM and I2C,
@@ -189,6 +229,37 @@ func drmKernel(t *testing.T, b *batchRoot) string {
 	return ""
 }
 
+// budget is what a memory budget line says.
+type budget struct {
+	jobs, available, perJob int
+	module                  string
+}
+
+// checkBudget parses a make.log's memory budget line for what (the
+// cgroup's limit of 640 MiB deciding, the per-job estimate found as how
+// says), and checks that its jobs are floor(available/per job), fewer
+// than the CPU budget of 16, at least 1. nil when it does not parse.
+func checkBudget(t *testing.T, what, line string, c *memoryCgroup, how string) *budget {
+	t.Helper()
+	re := regexp.MustCompile(`^dkmsd: build budget: ([0-9]+) jobs? \(([0-9]+) MiB available, ([0-9]+) MiB per job for (\S+); CPU budget 16, available memory from memory cgroup /` +
+		filepath.Base(c.dir) + ` \(limit 640 MiB\), per job ` + how + `\)$`)
+	m := re.FindStringSubmatch(line)
+	if m == nil {
+		t.Errorf("%s: make.log's budget %q, want %q", what, line, re)
+		return nil
+	}
+	b := &budget{module: m[4]}
+	b.jobs, _ = strconv.Atoi(m[1])
+	b.available, _ = strconv.Atoi(m[2])
+	b.perJob, _ = strconv.Atoi(m[3])
+	// The line rounds MiB down: floor(available/per job) is between these.
+	lo, hi := max(1, b.available/(b.perJob+1)), max(1, (b.available+1)/b.perJob)
+	if b.jobs >= 16 || b.jobs < lo || b.jobs > hi || b.available > 640 {
+		t.Errorf("%s: budget of %d jobs of %d MiB from %d MiB available: not floor(available/per job), or not under the limit", what, b.jobs, b.perJob, b.available)
+	}
+	return b
+}
+
 var budgetLineRE = regexp.MustCompile(`(?m)^dkmsd: build budget: .*$`)
 
 // budgetLine is the budget a build's make.log starts with.
@@ -203,19 +274,21 @@ func budgetLine(t *testing.T, log string) string {
 }
 
 // TestAutoinstallRealHeadersMemoryBudget autoinstalls dkmsd_hello and two
-// real Debian packages of many source files, openvpn-dco-dkms and evdi-dkms,
-// with parallel_jobs=16, inside a memory cgroup limited to 640 MiB (a
-// compiler of theirs takes up to ~150 MiB: 16 at once do not fit, 2 do).
-// With the CPU-only budget (build_memory_per_job=0) the run is OOM-killed:
-// the cgroup's OOM kill counter rises, the failures name the OOM killer,
-// and the builds retried alone at -j16 are killed again. The modules are
-// removed and added again and the same run goes with the memory budget
-// (build_memory_per_job unset: learned from the first run's builds): no
-// OOM kill, every module installed, the budget (fewer jobs than 16,
-// learned) in each make.log.
+// real Debian packages of many source files, openvpn-dco-dkms and
+// evdi-dkms, with parallel_jobs=16, inside a memory cgroup limited to 640
+// MiB (a compiler of theirs takes up to ~150 MiB: 16 at once do not fit),
+// the DKMS tree on a tmpfs (see tmpfsDKMSTree). With the CPU-only budget
+// (build_memory_per_job=0) the run is OOM-killed: the cgroup's OOM kill
+// counter rises, the failures name the OOM killer, and the builds retried
+// alone at -j16 are killed again. The modules are removed and added again
+// and the same run goes with the memory budget (build_memory_per_job
+// unset): no OOM kill, every module installed, the budget in each
+// make.log (512 MiB a job for a module never built completely: 1 job).
+// Then a lone rebuild of dkmsd_hello counts what it took in that run.
 func TestAutoinstallRealHeadersMemoryBudget(t *testing.T) {
 	b := newBatchRoot(t)
 	k := drmKernel(t, b)
+	tmpfsDKMSTree(t, b)
 	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
 	mvs := []string{"dkmsd_hello/1.0"}
 	for _, deb := range []string{"openvpn-dco-dkms", "evdi-dkms"} {
@@ -231,7 +304,7 @@ func TestAutoinstallRealHeadersMemoryBudget(t *testing.T) {
 	writeFramework(t, b, "parallel_jobs=16", "build_memory_per_job=0")
 	killsBefore := cg.oomKills(t)
 	start := time.Now()
-	r := b.autoinstallIn(t, cg, k)
+	r := b.runIn(t, cg, "autoinstall", "-k", k)
 	kills := cg.oomKills(t) - killsBefore
 	t.Logf("CPU-only budget: exit %d in %v, %d OOM kills, peak %d MiB of %d\nstdout:\n%s\nstderr:\n%s",
 		r.Code, time.Since(start).Round(time.Second), kills, cg.peakMiB(), limit>>20, r.Stdout, r.Stderr)
@@ -256,20 +329,17 @@ func TestAutoinstallRealHeadersMemoryBudget(t *testing.T) {
 		}
 	}
 
-	// The same run from the same start, with the memory budget.
+	// The same run from the same start, with the memory budget. The
+	// modules killed have no complete build on record: 512 MiB a job.
 	for _, mv := range mvs {
 		b.mustRun(t, "remove", mv, "--all")
 		b.mustRun(t, "add", mv)
 	}
 	writeFramework(t, b, "parallel_jobs=16")
-	for _, mv := range mvs {
-		peak, _ := os.ReadFile(b.path("var/lib/dkms/.dkmsd/memory", strings.Split(mv, "/")[0]))
-		t.Logf("%s: the first run recorded a peak of %s KiB", mv, strings.TrimSpace(string(peak)))
-	}
 	killsBefore = cg.oomKills(t)
 	cg.resetPeak()
 	start = time.Now()
-	r = b.autoinstallIn(t, cg, k)
+	r = b.runIn(t, cg, "autoinstall", "-k", k)
 	kills = cg.oomKills(t) - killsBefore
 	t.Logf("memory budget: exit %d in %v, %d OOM kills, peak %d MiB of %d\nstdout:\n%s\nstderr:\n%s",
 		r.Code, time.Since(start).Round(time.Second), kills, cg.peakMiB(), limit>>20, r.Stdout, r.Stderr)
@@ -278,23 +348,28 @@ func TestAutoinstallRealHeadersMemoryBudget(t *testing.T) {
 	}
 	arch := machineArch()
 	var st []string
-	budgetRE := regexp.MustCompile(`^dkmsd: build budget: ([0-9]+) jobs? \(([0-9]+) MiB available, ([0-9]+) MiB per job for (\S+); CPU budget 16, available memory from memory cgroup /` +
-		filepath.Base(cg.dir) + ` \(limit 640 MiB\), per job learned \(its largest process took [0-9]+ MiB\)\)$`)
 	for _, mv := range mvs {
 		name, version, _ := strings.Cut(mv, "/")
 		st = append(st, statusLine(name, version, k, "installed"))
 		line := budgetLine(t, b.path("var/lib/dkms", name, version, k, arch, "log/make.log"))
 		t.Logf("%s: %s", mv, line)
-		m := budgetRE.FindStringSubmatch(line)
-		if m == nil {
-			t.Errorf("%s: make.log's budget %q, want %q", mv, line, budgetRE)
-			continue
+		m := checkBudget(t, mv, line, cg, `by default \(no complete build of it seen yet\)`)
+		if m != nil && (m.perJob != 512 || !slices.ContainsFunc(killed, func(k []string) bool { return k[1] == m.module })) {
+			t.Errorf("%s: budget counted %d MiB a job for %s; want 512 for a module killed in the first run", mv, m.perJob, m.module)
 		}
-		jobs, _ := strconv.Atoi(m[1])
-		avail, _ := strconv.Atoi(m[2])
-		perJob, _ := strconv.Atoi(m[3])
-		if jobs < 1 || jobs >= 16 || jobs != max(1, avail/perJob) || avail > limit>>20 {
-			t.Errorf("%s: budget %d jobs of %d MiB from %d MiB available: not floor(available/per job), or not under the limit", mv, jobs, perJob, avail)
+		peak, _ := os.ReadFile(b.path("var/lib/dkms/.dkmsd/memory", name))
+		t.Logf("%s: recorded peak %s KiB", mv, strings.TrimSpace(string(peak)))
+	}
+	slices.Sort(st)
+	b.wantStatus(t, st...)
+
+	// A lone build counts what its module took last time.
+	r = b.runIn(t, cg, "build", "dkmsd_hello/1.0", "-k", k, "--force")
+	line := budgetLine(t, b.path("var/lib/dkms/dkmsd_hello/1.0", k, arch, "log/make.log"))
+	t.Logf("dkms build dkmsd_hello/1.0 --force: exit %d, %s", r.Code, line)
+	if m := checkBudget(t, "dkmsd_hello rebuilt", line, cg, `learned \(its largest process took [0-9]+ MiB\)`); m != nil {
+		if m.module != "dkmsd_hello" || !strings.Contains(r.Stdout, fmt.Sprintf("make -j%d KERNELRELEASE=", m.jobs)) {
+			t.Errorf("dkmsd_hello rebuilt: budget for %s, make line not -j%d:\n%s", m.module, m.jobs, r.Stdout)
 		}
 	}
 	slices.Sort(st)
