@@ -221,6 +221,9 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 	e.cleanBuildArea(ctx, t, buildDir, r.env)
 	makeCmd, shown := e.makeCommand(conf, t, k, r.budget.Jobs)
 	fmt.Fprintf(log, "%s\n\n", r.budget)
+	if e.Verbose && e.budget == nil {
+		e.info("%s", r.budget) // a batch shows its budget once, at its start
+	}
 	oomBefore := e.Host.OOMKills()
 	var run makeRun
 	err := e.invoke(step{Desc: shown, Command: fmt.Sprintf("{ %s; } >> %s 2>&1", makeCmd, logPath), Background: true}, func(io.Writer) error {

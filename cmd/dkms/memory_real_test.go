@@ -364,11 +364,14 @@ func TestAutoinstallRealHeadersMemoryBudget(t *testing.T) {
 	b.wantStatus(t, st...)
 
 	// A lone build counts what its module took last time.
-	r = b.runIn(t, cg, "build", "dkmsd_hello/1.0", "-k", k, "--force")
+	r = b.runIn(t, cg, "build", "dkmsd_hello/1.0", "-k", k, "--force", "--verbose")
 	line := budgetLine(t, b.path("var/lib/dkms/dkmsd_hello/1.0", k, arch, "log/make.log"))
-	t.Logf("dkms build dkmsd_hello/1.0 --force: exit %d, %s", r.Code, line)
+	t.Logf("dkms build dkmsd_hello/1.0 --force --verbose: exit %d, %s", r.Code, line)
+	if line == "" || !strings.Contains(r.Stdout, "\n"+line+"\n") {
+		t.Errorf("--verbose does not show the budget of make.log:\n%s", r.Stdout)
+	}
 	if m := checkBudget(t, "dkmsd_hello rebuilt", line, cg, `learned \(its largest process took [0-9]+ MiB\)`); m != nil {
-		if m.module != "dkmsd_hello" || !strings.Contains(r.Stdout, fmt.Sprintf("make -j%d KERNELRELEASE=", m.jobs)) {
+		if m.module != "dkmsd_hello" || !strings.Contains(r.Stdout, fmt.Sprintf("{ make -j%d KERNELRELEASE=", m.jobs)) {
 			t.Errorf("dkmsd_hello rebuilt: budget for %s, make line not -j%d:\n%s", m.module, m.jobs, r.Stdout)
 		}
 	}
