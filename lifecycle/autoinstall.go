@@ -3,13 +3,11 @@ package lifecycle
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/dkmsd/dkmsd/tree"
@@ -373,173 +371,6 @@ func markCycles(jobs []*job) {
 			visit(n)
 		}
 	}
-}
-
-// jobKey names a job: one module on one kernel.
-type jobKey struct{ module, kernel string }
-
-// runJobs runs jobs at the same time as far as dependencies and the CPU
-// budget allow: a job starts when the jobs it depends on (same kernel) have
-// installed; builds of one module version take turns (they share its build
-// dir); every make draws from one jobserver. depmod runs once per kernel
-// at the end.
-func (e *Env) runJobs(ctx context.Context, jobs []*job) *Summary {
-	// Every job reports through one serialized sink; each job's dkms text
-	// is replayed in dkms's order once it is over.
-	serial := &serialSink{sink: e.Sink}
-	be := *e
-	be.Sink = serial
-	e = &be
-	rep := newReplay(serial, jobs)
-	budget := e.Jobs
-	if budget <= 0 {
-		budget = 1
-	}
-	js := e.Jobserver
-	if js == nil {
-		var err error
-		if js, err = NewJobserver(budget); err == nil {
-			defer js.Close()
-		}
-	}
-	type key = jobKey
-	results := make([]*JobResult, len(jobs))
-	finished := map[key]chan struct{}{}
-	outcome := map[key]*JobResult{}
-	for _, j := range jobs {
-		finished[key{j.Module, j.Kernel}] = make(chan struct{})
-	}
-	var mu sync.Mutex
-	moduleLocks := map[string]*sync.Mutex{}
-	lockFor := func(mv string) *sync.Mutex {
-		mu.Lock()
-		defer mu.Unlock()
-		if moduleLocks[mv] == nil {
-			moduleLocks[mv] = &sync.Mutex{}
-		}
-		return moduleLocks[mv]
-	}
-	slots := make(chan struct{}, budget)
-	var wg sync.WaitGroup
-	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			k := key{j.Module, j.Kernel}
-			res := j.settled
-			if res == nil {
-				res = e.waitForDeps(ctx, j, finished, outcome, &mu)
-			}
-			var text []Event
-			if res == nil {
-				slots <- struct{}{}
-				l := lockFor(j.Module + "/" + j.Version)
-				l.Lock()
-				res, text = e.runJob(ctx, j, js)
-				l.Unlock()
-				<-slots
-			} else if res.Outcome != OutcomeAlreadyInstalled {
-				e.Sink.Emit(Event{Type: JobFinished, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch,
-					Text: string(res.Outcome), Err: errors.New(res.Reason)})
-			}
-			rep.done(i, text)
-			mu.Lock()
-			results[i], outcome[k] = res, res
-			mu.Unlock()
-			close(finished[k])
-		}()
-	}
-	wg.Wait()
-	e.depmodAfter(ctx, jobs, results)
-	s := &Summary{}
-	for _, r := range results {
-		s.Results = append(s.Results, *r)
-	}
-	return s
-}
-
-// waitForDeps waits until the jobs j depends on have ended; it returns a
-// result when j cannot be built because one of them failed.
-func (e *Env) waitForDeps(ctx context.Context, j *job, finished map[jobKey]chan struct{}, outcome map[jobKey]*JobResult, mu *sync.Mutex) *JobResult {
-	for _, d := range j.deps {
-		k := jobKey{d, j.Kernel}
-		ch, ok := finished[k]
-		if !ok {
-			continue // installed already, not part of this run
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return &JobResult{Target: j.Target, Outcome: OutcomeFailed, Reason: "interrupted", Err: ctx.Err()}
-		}
-		mu.Lock()
-		r := outcome[k]
-		mu.Unlock()
-		switch r.Outcome {
-		case OutcomeInstalled, OutcomeAlreadyInstalled, OutcomeSkipped:
-		default:
-			return &JobResult{Target: j.Target, Outcome: OutcomeNotBuilt, Reason: fmt.Sprintf("not built because %s/%s %s", r.Module, r.Version, r.Outcome)}
-		}
-	}
-	return nil
-}
-
-// runJob builds (if needed) and installs one target. Its dkms text is
-// returned for the replay (with its error, as dkms prints it), not shown
-// as it comes: jobs run at the same time.
-func (e *Env) runJob(ctx context.Context, j *job, js *Jobserver) (*JobResult, []Event) {
-	start := time.Now()
-	je := *e
-	je.Jobserver = js
-	je.DeferDepmod = true
-	je.Force = false
-	var failLog string
-	text := &jobText{pass: SinkFunc(func(ev Event) {
-		if ev.Type == BuildFailed {
-			failLog = ev.Log
-		}
-		e.Sink.Emit(ev)
-	})}
-	je.Sink = text
-	e.Sink.Emit(Event{Type: JobStarted, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch})
-	if j.force {
-		if err := Unbuild(ctx, &je, j.Target); err != nil {
-			text.failed(err)
-			return e.jobDone(j, start, OutcomeFailed, err, failLog), text.text()
-		}
-	}
-	err := Install(ctx, &je, j.Target)
-	text.failed(err)
-	switch {
-	case err == nil:
-		return e.jobDone(j, start, OutcomeInstalled, nil, ""), text.text()
-	case KindOf(err) == KindExcluded:
-		return e.jobDone(j, start, OutcomeSkipped, err, ""), text.text()
-	default:
-		return e.jobDone(j, start, OutcomeFailed, err, failLog), text.text()
-	}
-}
-
-func (e *Env) jobDone(j *job, start time.Time, o Outcome, err error, log string) *JobResult {
-	r := &JobResult{Target: j.Target, Outcome: o, Err: err, Log: log, Duration: time.Since(start)}
-	if err != nil {
-		r.Reason = fmt.Sprint(exitReason(err))
-		if o == OutcomeSkipped {
-			r.Reason = "BUILD_EXCLUSIVE"
-		}
-	}
-	e.Sink.Emit(Event{Type: JobFinished, Module: j.Module, Version: j.Version, Kernel: j.Kernel, Arch: j.Arch,
-		Text: string(o), Err: err, Log: log, Duration: r.Duration})
-	return r
-}
-
-// exitReason is the short reason shown in summaries, like dkms's module(rc).
-func exitReason(err error) string {
-	var le *Error
-	if errors.As(err, &le) && len(le.Lines) > 0 {
-		return strings.TrimSpace(le.Lines[0])
-	}
-	return err.Error()
 }
 
 // depmodAfter runs depmod once for each kernel a module was installed on;

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dkmsd/dkmsd/tree"
@@ -107,6 +108,7 @@ func (e *Env) build(ctx context.Context, t Target, add bool) error {
 	if err != nil {
 		return err
 	}
+	r.budget = e.buildBudget(t.Module)
 	defer r.log.Close()
 	// build_timeout bounds build_environment, patches, PRE_BUILD, make
 	// and POST_BUILD: a build that hangs never holds the tree lock (and a
@@ -162,6 +164,8 @@ type buildRun struct {
 	// env is the environment of everything the build runs: the
 	// kernel's compiler, then framework.conf's build_environment.
 	env []string
+	// budget is the job budget the build runs under.
+	budget jobBudget
 }
 
 // startBuild makes a fresh build dir from the source. The build happens
@@ -253,14 +257,24 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 	e.info("")
 	e.info("Building module:")
 	e.cleanBuildArea(ctx, t, buildDir, r.env)
-	makeCmd, shown := e.makeCommand(conf, t, k)
+	makeCmd, shown := e.makeCommand(conf, t, k, r.budget.Jobs)
+	fmt.Fprintf(log, "%s\n\n", r.budget)
+	if e.Verbose && e.budget == nil {
+		e.info("%s", r.budget) // a batch shows its budget once, at its start
+	}
+	oomBefore := e.Host.OOMKills()
+	var run makeRun
 	err := e.invoke(step{Desc: shown, Command: fmt.Sprintf("{ %s; } >> %s 2>&1", makeCmd, logPath), Background: true}, func(io.Writer) error {
 		blk := startLogBlock(log, "Building module(s)", makeCmd)
-		err := e.runMake(ctx, buildDir, makeCmd, r.env, log)
-		blk.end(err)
-		return err
+		run = e.runMake(ctx, buildDir, makeCmd, r.env, log)
+		blk.end(run.err)
+		return run.err
 	})
+	e.recordJobMemory(t.Module, run.peakKiB, err == nil)
 	if err != nil {
+		if e.oomKilled(run, oomBefore, logPath) {
+			return r.failed(ctx, KindOOMKilled, err, r.oomLines()...)
+		}
 		return r.failed(ctx, KindBuildFailed, err, fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", t.Kernel, t.Arch), fmt.Sprintf("Consult %s for more information.", logPath))
 	}
 	for _, m := range conf.Buildable() {
@@ -433,11 +447,12 @@ type signFailure struct {
 func (f *signFailure) Error() string { return fmt.Sprintf("sign %s: %v", f.ko, f.err) }
 
 // makeCommand is the make line for t: the dkms.conf's (MAKE/MAKE_MATCH) or
-// the default kbuild call, with a leading "make" given dkms's -j and
+// the default kbuild call, with a leading "make" given -j jobs (the job
+// budget: dkms's -j, lowered to what memory allows; 0 for a bare -j) and
 // KERNELRELEASE. shown is the line as dkms shows it: under a jobserver
 // make runs without -j (it takes the shared -jN from MAKEFLAGS), and shown
 // names that -jN.
-func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel) (run, shown string) {
+func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel, jobs int) (run, shown string) {
 	cmd := conf.MakeCommand
 	if cmd == "" {
 		cmd = fmt.Sprintf("make -C %s M=%s", e.Layout.KernelBuildDir(t.Kernel), filepath.Join(e.Layout.VersionDir(t.Module, t.Version), "build"))
@@ -446,16 +461,16 @@ func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel) (run, shown 
 	if rest, ok := strings.CutPrefix(cmd, "make"); ok {
 		// Under a jobserver make takes its -j from MAKEFLAGS: a -j on the
 		// command line would make it start a jobserver of its own.
-		jobs := "-j "
-		if e.Jobs > 0 {
-			jobs = fmt.Sprintf("-j%d ", e.Jobs)
+		j := "-j "
+		if jobs > 0 {
+			j = fmt.Sprintf("-j%d ", jobs)
 		}
-		shown = fmt.Sprintf("make %sKERNELRELEASE=%s%s", jobs, t.Kernel, rest)
+		shown = fmt.Sprintf("make %sKERNELRELEASE=%s%s", j, t.Kernel, rest)
 		if e.Jobserver != nil {
 			shown = fmt.Sprintf("make -j%d KERNELRELEASE=%s%s", e.Jobserver.Slots, t.Kernel, rest)
-			jobs = ""
+			j = ""
 		}
-		run = fmt.Sprintf("make %sKERNELRELEASE=%s%s", jobs, t.Kernel, rest)
+		run = fmt.Sprintf("make %sKERNELRELEASE=%s%s", j, t.Kernel, rest)
 	}
 	cfg := k.Config
 	for _, opt := range []struct{ option, arg string }{{"CONFIG_CC_IS_CLANG", " CC=clang"}, {"CONFIG_LD_IS_LLD", " LD=ld.lld"}} {
@@ -467,28 +482,49 @@ func (e *Env) makeCommand(conf *tree.Conf, t Target, k buildKernel) (run, shown 
 	return run, shown
 }
 
+// makeRun is how a build's make ended: its error, the peak resident
+// memory of the largest process of its tree in KiB (wait4's maxrss: the
+// kernel folds each waited-for child's peak into its parent's, so this
+// is what one compiler took), and whether a SIGKILL ended it.
+type makeRun struct {
+	err     error
+	peakKiB uint64
+	killed  bool
+}
+
 // runMake runs the make line in the build dir with env. Under a jobserver
 // it first takes the slot make's first job runs on, and hands make the
 // pipe.
-func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, env []string, log *os.File) error {
-	if e.Jobserver == nil {
-		return runShell(ctx, buildDir, makeCmd, env, log)
+func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, env []string, log *os.File) makeRun {
+	var extra []*os.File
+	if e.Jobserver != nil {
+		if err := e.Jobserver.Acquire(ctx); err != nil {
+			return makeRun{err: err}
+		}
+		defer e.Jobserver.Release()
+		env = slices.Clone(env)
+		caller := ""
+		for i, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "MAKEFLAGS="); ok {
+				caller = v
+				env = append(env[:i:i], env[i+1:]...)
+				break
+			}
+		}
+		env = append(env, "MAKEFLAGS="+e.Jobserver.MakeFlags(caller))
+		extra = e.Jobserver.Files()
 	}
-	if err := e.Jobserver.Acquire(ctx); err != nil {
-		return err
-	}
-	defer e.Jobserver.Release()
-	env = slices.Clone(env)
-	caller := ""
-	for i, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "MAKEFLAGS="); ok {
-			caller = v
-			env = append(env[:i:i], env[i+1:]...)
-			break
+	cmd := shellCommand(ctx, buildDir, makeCmd, env, log, extra...)
+	r := makeRun{err: cmd.Run()}
+	if ps := cmd.ProcessState; ps != nil {
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru.Maxrss > 0 {
+			r.peakKiB = uint64(ru.Maxrss)
+		}
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			r.killed = true
 		}
 	}
-	env = append(env, "MAKEFLAGS="+e.Jobserver.MakeFlags(caller))
-	return runShell(ctx, buildDir, makeCmd, env, log, e.Jobserver.Files()...)
+	return r
 }
 
 // cc is the compiler the kernel was built with (CONFIG_CC_VERSION_TEXT,

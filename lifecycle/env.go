@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dkmsd/dkmsd/lifecycle/memory"
 	"github.com/dkmsd/dkmsd/tree"
 )
 
@@ -43,9 +44,12 @@ type Env struct {
 	ConfTimeout time.Duration
 	// Environ is the environment handed to dkms.conf, scripts and make.
 	Environ []string
-	// Jobserver, when set, is the one CPU budget every make shares; make
+	// Jobserver, when set, is the one job budget every make shares; make
 	// then gets no -j of its own.
 	Jobserver *Jobserver
+	// Host is the machine whose memory the job budget counts (its zero
+	// value: this one).
+	Host memory.Host
 	// DeferDepmod leaves depmod to the caller, which runs it once per
 	// kernel after a batch of installs.
 	DeferDepmod bool
@@ -64,6 +68,10 @@ type Env struct {
 	// BuildTimeout bounds one module's build for one kernel (0: no
 	// bound): framework.conf's build_timeout.
 	BuildTimeout time.Duration
+
+	// budget, set by a scheduler on the copies it hands its jobs, is the
+	// job budget of their batch.
+	budget *jobBudget
 
 	// Shared by the copies of an Env a scheduler hands its jobs.
 	confs  *tree.ConfCache

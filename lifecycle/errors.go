@@ -55,6 +55,7 @@ const (
 	KindTarballAdded                // ldtarball: module already added
 	KindVermagic                    // install: a module built for another kernel
 	KindStillFailing                // a hook's build that failed before, inputs unchanged (exit = the recorded status)
+	KindOOMKilled                   // make failed: the out-of-memory killer killed part of it
 
 	// The command line's own mistakes, each with dkms's exit code.
 	KindUnknownOption     // an option dkms does not have (the usage follows)

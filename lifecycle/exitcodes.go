@@ -22,6 +22,7 @@ var exitCodes = map[Kind]int{
 	KindPatchMissing:    5,
 	KindPatchFailed:     6,
 	KindBuildFailed:     10,
+	KindOOMKilled:       10,
 	KindNoModuleBuilt:   7,
 	KindBuildTimeout:    10,
 	KindNoKernelDir:     6,

@@ -31,6 +31,12 @@ func (e *Env) buildEnviron(extra ...string) []string {
 // runShell runs a command line with bash (dkms evals its MAKE lines in
 // bash) in dir, its output appended to log.
 func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Writer, extra ...*os.File) error {
+	return shellCommand(ctx, dir, cmdline, env, log, extra...).Run()
+}
+
+// shellCommand is the command runShell runs, for a caller that reads how
+// it ended (its resource use) after Run.
+func shellCommand(ctx context.Context, dir, cmdline string, env []string, log io.Writer, extra ...*os.File) *exec.Cmd {
 	trace(ctx, dir, "bash", "-c", cmdline)
 	cmd := exec.CommandContext(ctx, "bash", "-c", cmdline)
 	cmd.Dir = dir
@@ -41,7 +47,7 @@ func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Wri
 	// a hook run, a service stop) never leaves a build writing into the
 	// tree. When ctx ends, stopOnCancel ends make and its jobs.
 	stopOnCancel(ctx, cmd)
-	return cmd.Run()
+	return cmd
 }
 
 // errBuildTimedOut is the cause of a build's context when build_timeout

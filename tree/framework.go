@@ -19,7 +19,7 @@ var frameworkNames = []string{
 	"post_transaction", "sign_file", "mok_signing_key", "mok_certificate",
 	"try_sign_modules", "build_environment",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
-	"hook_lock_timeout", "build_timeout",
+	"hook_lock_timeout", "build_timeout", "build_memory_per_job",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -87,6 +87,13 @@ type Framework struct {
 	// kernel may take before its processes are killed (0: no limit;
 	// DefaultBuildTimeout when unset).
 	BuildTimeout time.Duration
+	// BuildMemoryPerJob is build_memory_per_job: the memory one build job
+	// (one compiler) needs, in MiB, when framework.conf gives a size; 0
+	// for "auto" (unset): learned from the builds dkmsd has seen.
+	// NoMemoryBudget is build_memory_per_job=0: the job budget counts
+	// CPUs only.
+	BuildMemoryPerJob int
+	NoMemoryBudget    bool
 
 	// Files are the files read, in order.
 	Files []string
@@ -158,6 +165,12 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	fw.BuildTimeout = DefaultBuildTimeout
 	if n, err := strconv.Atoi(get("build_timeout")); err == nil && n >= 0 {
 		fw.BuildTimeout = time.Duration(n) * time.Second
+	}
+	switch n, err := strconv.Atoi(get("build_memory_per_job")); {
+	case err == nil && n == 0:
+		fw.NoMemoryBudget = true
+	case err == nil && n > 0:
+		fw.BuildMemoryPerJob = n
 	}
 	return fw, nil
 }

@@ -159,3 +159,33 @@ func TestReadFrameworkBuildTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestReadFrameworkBuildMemoryPerJob: build_memory_per_job is a size in
+// MiB, 0 turns the memory budget off, and "auto", unset or anything else
+// leaves it learned.
+func TestReadFrameworkBuildMemoryPerJob(t *testing.T) {
+	for _, c := range []struct {
+		conf   string
+		perJob int
+		off    bool
+	}{
+		{"", 0, false},
+		{"build_memory_per_job=auto\n", 0, false},
+		{"build_memory_per_job=768\n", 768, false},
+		{"build_memory_per_job=0\n", 0, true},
+		{"build_memory_per_job=lots\n", 0, false},
+		{"build_memory_per_job=-5\n", 0, false},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "framework.conf"), []byte(c.conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fw, err := ReadFramework(context.Background(), dir, "", nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fw.BuildMemoryPerJob != c.perJob || fw.NoMemoryBudget != c.off || len(fw.Unused) != 0 {
+			t.Errorf("%q: BuildMemoryPerJob %d, NoMemoryBudget %v, unused %v; want %d, %v, none", c.conf, fw.BuildMemoryPerJob, fw.NoMemoryBudget, fw.Unused, c.perJob, c.off)
+		}
+	}
+}

@@ -123,6 +123,12 @@ func (l Layout) InitrdPendingFile(kernel string) string {
 // IntentDir holds the intents of installs and uninstalls under way.
 func (l Layout) IntentDir() string { return filepath.Join(l.StateDir(), "intent") }
 
+// MemoryFile records how much memory one job of a module's build took
+// (see lifecycle's job budget).
+func (l Layout) MemoryFile(module string) string {
+	return filepath.Join(l.StateDir(), "memory", module)
+}
+
 // FailedLog keeps the log of a failed build until a later build or remove.
 func (l Layout) FailedLog(module, version, kernel, arch string) string {
 	return filepath.Join(l.StateDir(), "failed", module+"-"+version+"-"+kernel+"-"+arch+".log")

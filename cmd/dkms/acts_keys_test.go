@@ -162,6 +162,24 @@ var keyCases = []actsCase{{
 	},
 	want: "make -j7 ",
 }, {
+	name: "build_memory_per_job",
+	run: func(t *testing.T, s *actsSetup, with bool) string {
+		// A job said to need more memory than any machine has leaves
+		// make one job; without the setting, a module not built before
+		// counts 512 MiB a job and parallel_jobs=7 stands (this machine
+		// has GiBs available).
+		b := s.root(t)
+		failbuild(t, b)
+		lines := []string{"parallel_jobs=7"}
+		if with {
+			lines = append(lines, "build_memory_per_job=100000000")
+		}
+		writeFramework(t, b, lines...)
+		b.run(t, "build", "dkmsd_failbuild/1.0", "-k", b.kernels[0])
+		return makeLine(t, b, "dkmsd_failbuild")
+	},
+	want: "make -j1 ",
+}, {
 	name: "initrd_strategy",
 	run: func(t *testing.T, s *actsSetup, with bool) string {
 		return installIntoInitrd(t, s, with, []string{"initrd_strategy=rewrite"}, nil)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"strings"
@@ -131,4 +132,29 @@ func Tree(t testing.TB, dir string) []string {
 		return nil
 	})
 	return out
+}
+
+// CorpusModule puts the source of a real Debian *-dkms package (deb, e.g.
+// "ovpn-dco-dkms": downloaded and unpacked, not installed, by
+// UnpackedPackage) into the root's source tree, as its package would
+// (/usr/src/<name>-<version>), and returns its module name and version.
+func CorpusModule(t testing.TB, root, deb string) (name, version string) {
+	t.Helper()
+	src, _ := filepath.Glob(filepath.Join(UnpackedPackage(t, deb), "usr/src/*/dkms.conf"))
+	if len(src) != 1 {
+		t.Fatalf("%s: want one /usr/src/*/dkms.conf, found %q", deb, src)
+	}
+	conf, err := os.ReadFile(src[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^PACKAGE_NAME="?([^"\s]+)"?\s*$`).FindSubmatch(conf)
+	dir := filepath.Base(filepath.Dir(src[0]))
+	if m == nil || !strings.HasPrefix(dir, string(m[1])+"-") {
+		t.Fatalf("%s: its dkms.conf names no PACKAGE_NAME that %s starts with", deb, dir)
+	}
+	if out, err := exec.Command("cp", "-a", filepath.Dir(src[0]), filepath.Join(root, "usr/src", dir)).CombinedOutput(); err != nil {
+		t.Fatalf("copy %s: %v: %s", dir, err, out)
+	}
+	return string(m[1]), strings.TrimPrefix(dir, string(m[1])+"-")
 }
