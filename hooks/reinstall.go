@@ -38,16 +38,23 @@ func reinstall(env *lifecycle.Env, req Request) Result {
 	return Result{}
 }
 
-// The reinstall record holds the time and the digest of the image being
-// replaced; an empty digest (no image given, or unreadable) always
-// rebuilds.
+// The reinstall record holds the time, the digest of the image being
+// replaced and its path; a record without a digest (no image given, or
+// unreadable) always rebuilds.
 func (s state) markReinstall(kernel, image string) {
-	s.write(s.path("reinstall", kernel), []byte(time.Now().Format(time.RFC3339)+" "+imageDigest(image)+"\n"))
+	digest := imageDigest(image)
+	if digest == "" {
+		image = ""
+	}
+	s.write(s.path("reinstall", kernel), []byte(strings.TrimSpace(time.Now().Format(time.RFC3339)+" "+digest+" "+image)+"\n"))
 }
 
 // replacedImage says whether kernel was reinstalled with an image other
 // than the one it had, and forgets the record: a reinstall of the same
-// package revision keeps what is built, as dkms's own hooks do.
+// package revision keeps what is built, as dkms's own hooks do. A hook
+// that is given no image (the headers' header_postinst, which dpkg may
+// configure before the image) looks at the path the preinst was given:
+// the new image is unpacked by then.
 func (s state) replacedImage(env *lifecycle.Env, kernel, image string) bool {
 	data, err := os.ReadFile(s.path("reinstall", kernel))
 	if err != nil {
@@ -55,7 +62,13 @@ func (s state) replacedImage(env *lifecycle.Env, kernel, image string) bool {
 	}
 	s.clearReinstall(kernel)
 	fields := strings.Fields(string(data))
-	if len(fields) < 2 || fields[1] != imageDigest(image) {
+	if len(fields) < 3 {
+		return true
+	}
+	if image == "" {
+		image = fields[2]
+	}
+	if fields[1] != imageDigest(image) {
 		return true
 	}
 	info(env, "dkmsd: kernel %s was reinstalled with the same image: its DKMS modules are kept.", kernel)
