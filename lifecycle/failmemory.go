@@ -66,12 +66,8 @@ func FailureRecords(e *Env, module, version, kernel string) []FailureRecord {
 // knownFailure returns t's record if it exists and nothing it depends on
 // has changed since.
 func (e *Env) knownFailure(t Target, deps []string) (FailureRecord, bool) {
-	data, err := os.ReadFile(e.failureRecordPath(t))
-	if err != nil {
-		return FailureRecord{}, false
-	}
-	var r FailureRecord
-	if json.Unmarshal(data, &r) != nil || r.Inputs != e.failureInputs(t, deps) {
+	r, ok := e.failureRecord(t)
+	if !ok || r.Inputs != e.failureInputs(t, deps) {
 		return FailureRecord{}, false
 	}
 	return r, true
@@ -84,7 +80,7 @@ func (e *Env) recordFailure(t Target, deps []string, err error, log string) {
 		return
 	}
 	r := FailureRecord{Target: t, Since: time.Now(), Inputs: e.failureInputs(t, deps), Code: ExitCode(err), Reason: exitReason(err), Log: log}
-	if old, ok := e.knownFailureAny(t); ok {
+	if old, ok := e.failureRecord(t); ok {
 		r.Since = old.Since // failing since the first time, whatever changed
 	}
 	data, _ := json.MarshalIndent(r, "", "  ")
@@ -94,7 +90,8 @@ func (e *Env) recordFailure(t Target, deps []string, err error, log string) {
 	}
 }
 
-func (e *Env) knownFailureAny(t Target) (FailureRecord, bool) {
+// failureRecord reads t's record, whatever has changed since.
+func (e *Env) failureRecord(t Target) (FailureRecord, bool) {
 	data, err := os.ReadFile(e.failureRecordPath(t))
 	if err != nil {
 		return FailureRecord{}, false
