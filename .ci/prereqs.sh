@@ -14,13 +14,17 @@ set -eu
 # post-transaction-actions plugin and createrepo-c (a real dnf transaction),
 # rpm. Reporting: dbus, dunst, xvfb, xauth, imagemagick (a screenshot of the
 # notification). Packaging: debhelper, dpkg-dev, lintian, fakeroot, xorriso
-# (driver disks). Chroot checks: util-linux, mount.
+# (driver disks). Chroot checks: util-linux, mount. Fleet cache: docker-registry
+# (a real OCI registry). Build sandbox: bubblewrap. dracut initrds: dracut-core
+# (without dracut itself, which would replace initramfs-tools). Arch hooks:
+# pacman-package-manager, makepkg. Secure Boot enrolment: mokutil.
 PACKAGES="linux-headers-amd64 linux-headers-cloud-amd64 linux-image-cloud-amd64 initramfs-tools qemu-system-x86
 kmod openssl patch make gcc binutils bash dkms cpio gzip xz-utils zstd lz4 bzip2
 systemd apt dnf dnf-plugins-core createrepo-c rpm
 dbus dunst xvfb xauth imagemagick
 debhelper dpkg-dev lintian fakeroot xorriso
-util-linux mount debianutils diffutils tar ca-certificates"
+util-linux mount debianutils diffutils tar ca-certificates
+docker-registry bubblewrap dracut-core pacman-package-manager makepkg mokutil"
 
 missing() {
 	out=""
