@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dkmsd/dkmsd/lifecycle/cache"
 	"github.com/dkmsd/dkmsd/tree"
 	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
@@ -120,9 +121,17 @@ func (e *Env) build(ctx context.Context, t Target, add bool) error {
 		defer cancel()
 	}
 	r.env = e.withBuildEnvironment(bctx, t, e.buildEnviron(k.cc()...))
-	err = r.compile(bctx, conf, k)
-	if err == nil {
-		err = r.store(bctx, conf, k, sign)
+	lookup := e.consultCache(bctx, r, conf, k)
+	if lookup.hit {
+		err = r.store(bctx, conf, k, lookup.signer(sign))
+	} else if err = lookup.err; err == nil {
+		err = r.compile(bctx, conf, k)
+		if err == nil {
+			err = r.store(bctx, conf, k, sign)
+		}
+		if err == nil {
+			err = e.publish(ctx, r, lookup)
+		}
 	}
 	if err != nil && buildTimedOut(bctx) && KindOf(err) != KindBuildTimeout {
 		// A step that failed without r.failed (a MOK key being made).
@@ -166,6 +175,10 @@ type buildRun struct {
 	env []string
 	// budget is the job budget the build runs under.
 	budget jobBudget
+	// cached is the artifact a module-cache hit put in the build dir;
+	// capture collects what a publishing build pushes (cachebuild.go).
+	cached  *cachedBuild
+	capture *cacheCapture
 }
 
 // startBuild makes a fresh build dir from the source. The build happens
@@ -323,7 +336,7 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 			sign = nil
 		}
 	}
-	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign, r.env); err != nil {
+	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign, r.env, r.hooks()); err != nil {
 		var sf *signFailure
 		if errors.As(err, &sf) {
 			// dkms 3.0.10 warns and installs the module unsigned, which
@@ -333,7 +346,7 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		}
 		return r.failed(ctx, KindInternal, err, err.Error())
 	}
-	if conf.PostBuild != "" {
+	if conf.PostBuild != "" && r.cached == nil { // the build host ran it
 		if err := e.buildScript(ctx, "post_build", e.scriptDir(t.Module, buildDir, conf.PostBuild), conf.PostBuild, log, r.env); err != nil {
 			return r.failed(ctx, KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
@@ -400,7 +413,7 @@ func replaceDir(src, dst string) error {
 
 // stageModules strips, signs and compresses each built module (running
 // the tools in env) into <stage>/module under its DEST_MODULE_NAME.
-func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, buildDir, stage string, sign *signer, env []string) error {
+func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, buildDir, stage string, sign *signer, env []string, h stageHooks) error {
 	modDir := filepath.Join(stage, "module")
 	if err := os.MkdirAll(modDir, 0o755); err != nil {
 		return diskError(modDir, err)
@@ -413,16 +426,22 @@ func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, 
 	}
 	for _, m := range conf.Buildable() {
 		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
-		if m.Strip {
+		if m.Strip && !h.noStrip {
 			var out strings.Builder
 			if err := runArgv(ctx, buildDir, env, &out, "strip", "-g", ko); err != nil {
 				return fmt.Errorf("strip %s: %v: %s", ko, err, strings.TrimSpace(out.String()))
 			}
 		}
+		if err := h.keep(m.DestName+".ko", ko); err != nil {
+			return err
+		}
 		if sign != nil {
 			e.info("Signing module %s", ko)
 			if err := sign.sign(ctx, env, ko); err != nil {
 				return &signFailure{ko: ko, key: sign.key, cert: sign.cert, err: err}
+			}
+			if err := h.keep(m.DestName+".ko"+cache.SignedSuffix, ko); err != nil {
+				return err
 			}
 		}
 		file := e.compressModule(ctx, env, ko, suffix)

@@ -68,6 +68,8 @@ type Env struct {
 	// BuildTimeout bounds one module's build for one kernel (0: no
 	// bound): framework.conf's build_timeout.
 	BuildTimeout time.Duration
+	// CacheMode is how builds use the fleet module cache (cachebuild.go).
+	CacheMode CacheMode
 
 	// budget, set by a scheduler on the copies it hands its jobs, is the
 	// job budget of their batch.
@@ -77,6 +79,7 @@ type Env struct {
 	confs  *tree.ConfCache
 	mokMu  *sync.Mutex // one MOK key generation at a time
 	warned *warnOnce
+	cache  *cacheState
 }
 
 // NewEnv reads framework.conf under the layout's configuration dir and
@@ -86,7 +89,7 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 		sink = Discard
 	}
 	e := &Env{Layout: layout, Sink: sink, Distro: tree.ReadDistro(layout.Root), Environ: os.Environ(),
-		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}, warned: &warnOnce{}}
+		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}, warned: &warnOnce{}, cache: &cacheState{}}
 	fw, err := tree.ReadFramework(ctx, layout.ConfDir, "", e.Environ, &lineWriter{sink: sink, typ: Warning})
 	if err != nil {
 		return nil, fmt.Errorf("read framework.conf: %w", err)

@@ -64,6 +64,8 @@ const (
 	KindArchAndAll        // -a with --all
 	KindNoAll             // --all on an action that takes one module
 	KindEmptyTarget       // an empty kernel version or arch
+
+	KindCache // dkms cache pull/push/ls: the module cache missed, refused or failed
 )
 
 // Error is a failure with the lines dkms would print after "Error! ".

@@ -33,6 +33,13 @@ const (
 	// TransactionSummary ends a transaction (a batch or a hook run): Text
 	// is the summary, Err set when something failed.
 	TransactionSummary
+	// CacheHit: a build came from the fleet module cache (Text says
+	// from where); CacheMiss: it did not, and Text says why (Err is set
+	// when an artifact was refused or the cache failed); CachePublished:
+	// a build was pushed to the cache (Err set when that failed).
+	CacheHit
+	CacheMiss
+	CachePublished
 )
 
 var eventNames = map[EventType]string{
@@ -40,6 +47,7 @@ var eventNames = map[EventType]string{
 	BuildFailed: "build-failed", BuildSkipped: "build-skipped", Installed: "installed",
 	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
 	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated", TransactionSummary: "transaction-summary",
+	CacheHit: "cache-hit", CacheMiss: "cache-miss", CachePublished: "cache-published",
 }
 
 func (t EventType) String() string { return eventNames[t] }

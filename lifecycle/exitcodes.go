@@ -58,6 +58,7 @@ var exitCodes = map[Kind]int{
 	KindArchAndAll:        3,
 	KindNoAll:             5,
 	KindEmptyTarget:       16,
+	KindCache:             1,
 }
 
 // ExitCode is dkms's exit status for err (0 for nil): a failing script's

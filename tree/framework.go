@@ -20,6 +20,8 @@ var frameworkNames = []string{
 	"try_sign_modules", "build_environment",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
 	"hook_lock_timeout", "build_timeout", "build_memory_per_job",
+	"module_cache", "module_cache_publish", "module_cache_trust", "module_cache_key",
+	"module_cache_timeout", "module_cache_signatures", "module_cache_credentials",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -94,6 +96,8 @@ type Framework struct {
 	// CPUs only.
 	BuildMemoryPerJob int
 	NoMemoryBudget    bool
+	// Cache is the fleet module cache's settings (module_cache*).
+	Cache CacheSettings
 
 	// Files are the files read, in order.
 	Files []string
@@ -172,6 +176,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	case err == nil && n > 0:
 		fw.BuildMemoryPerJob = n
 	}
+	fw.Cache = readCacheSettings(get)
 	return fw, nil
 }
 

@@ -32,6 +32,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return initrdModules(ctx, a, env)
 	case "dbus-service":
 		return dbusService(ctx, env)
+	case "cache":
+		return cacheAction(ctx, a, env)
 	case "mktarball":
 		return mktarball(ctx, a, env)
 	case "ldtarball":

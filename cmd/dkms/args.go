@@ -30,6 +30,7 @@ type args struct {
 	initrdStrategy                                     string
 	distro, media                                      string
 	firstWord                                          string // the first bare word that is not the action
+	cacheOp                                            string // dkms cache push|pull|ls
 
 	force, forceVersionOverride, all, verbose, quiet bool
 	binariesOnly, sourceOnly, noDepmod               bool
@@ -47,7 +48,7 @@ func usageErr(kind lifecycle.Kind, lines ...string) error {
 	return &lifecycle.Error{Kind: kind, Lines: lines}
 }
 
-var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|initrd|initrd-modules|dbus-service|kernel_(preinst|postinst|prerm))$`)
+var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|mkdriverdisk|initrd|initrd-modules|dbus-service|cache|kernel_(preinst|postinst|prerm))$`)
 
 // longValue options are matched by prefix as in dkms, in this order
 // (--archive before --arch).
@@ -197,6 +198,8 @@ func (a *args) word(w string) error {
 		a.firstWord = w
 	}
 	switch {
+	case a.action == "cache" && a.cacheOp == "" && (w == "push" || w == "pull" || w == "ls"):
+		a.cacheOp = w
 	case isAction:
 		if a.action != "" {
 			return usageErr(lifecycle.KindTwoActions, "Cannot specify more than one action.")

@@ -23,6 +23,9 @@ var MessageIDs = map[lifecycle.EventType]string{
 	lifecycle.TransactionSummary: "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e08",
 	lifecycle.Added:              "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e09",
 	lifecycle.Removed:            "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0a",
+	lifecycle.CacheHit:           "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0b",
+	lifecycle.CacheMiss:          "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0c",
+	lifecycle.CachePublished:     "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0d",
 }
 
 // Journal sends lifecycle events to the systemd journal with structured
@@ -105,6 +108,18 @@ func Result(e lifecycle.Event) string {
 			return "failed"
 		}
 		return "succeeded"
+	case lifecycle.CacheHit:
+		return "pulled"
+	case lifecycle.CacheMiss:
+		if e.Err != nil {
+			return "refused"
+		}
+		return "missed"
+	case lifecycle.CachePublished:
+		if e.Err != nil {
+			return "failed"
+		}
+		return "published"
 	}
 	return e.Type.String()
 }
@@ -119,6 +134,10 @@ func journalPriority(e lifecycle.Event) journal.Priority {
 		}
 	case lifecycle.BuildSkipped:
 		return journal.PriNotice
+	case lifecycle.CacheMiss, lifecycle.CachePublished:
+		if e.Err != nil {
+			return journal.PriWarning
+		}
 	case lifecycle.BuildStarted:
 		return journal.PriDebug
 	}
@@ -144,6 +163,15 @@ func journalMessage(e lifecycle.Event) string {
 		return fmt.Sprintf("Added %s/%s", e.Module, e.Version)
 	case lifecycle.Removed:
 		return fmt.Sprintf("Removed %s/%s from the DKMS tree", e.Module, e.Version)
+	case lifecycle.CacheHit:
+		return "Took " + target + " from the module cache " + e.Text
+	case lifecycle.CacheMiss:
+		return "Building " + target + " here, not from the module cache: " + e.Text
+	case lifecycle.CachePublished:
+		if e.Err != nil {
+			return "Publishing " + target + " to the module cache failed: " + e.Text
+		}
+		return "Published " + target + " to the module cache " + e.Text
 	}
 	return strings.TrimSpace(e.Text)
 }

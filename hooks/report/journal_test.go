@@ -50,6 +50,9 @@ func outcomeEvents() map[lifecycle.EventType]lifecycle.Event {
 		lifecycle.Added:              added,
 		lifecycle.Removed:            removed,
 		lifecycle.InitrdRegenerated:  initrd,
+		lifecycle.CacheHit:           target(lifecycle.CacheHit),
+		lifecycle.CacheMiss:          target(lifecycle.CacheMiss),
+		lifecycle.CachePublished:     target(lifecycle.CachePublished),
 		lifecycle.TransactionSummary: transaction(1, 1, 0).Event(),
 	}
 }
@@ -89,7 +92,8 @@ func TestJournalFieldsEachEventType(t *testing.T) {
 		lifecycle.BuildStarted: "started", lifecycle.BuildFinished: "built", lifecycle.BuildFailed: "failed",
 		lifecycle.BuildSkipped: "skipped", lifecycle.Installed: "installed", lifecycle.Uninstalled: "uninstalled",
 		lifecycle.Added: "added", lifecycle.Removed: "removed", lifecycle.InitrdRegenerated: "regenerated",
-		lifecycle.TransactionSummary: "failed",
+		lifecycle.TransactionSummary: "failed", lifecycle.CacheHit: "pulled", lifecycle.CacheMiss: "missed",
+		lifecycle.CachePublished: "published",
 	}
 	for typ, e := range outcomeEvents() {
 		t.Run(typ.String(), func(t *testing.T) {
