@@ -95,4 +95,3 @@ func CheckModule(name string, ko []byte, release string, kernel Symvers) error {
 	}
 	return nil
 }
-
