@@ -61,7 +61,7 @@ func (e *Env) openCache(ctx context.Context) *cacheState {
 	}
 	c.opened = true
 	s := e.Framework.Cache
-	c.store, c.openErr = cache.Open(ctx, s.URL, cache.Options{Timeout: s.Timeout, CredentialsFile: s.Credentials})
+	c.store, c.openErr = cache.Open(ctx, s.URL, cache.Options{Timeout: s.Timeout})
 	c.trust, c.trustErr = cache.LoadTrust(s.Trust)
 	if s.Key != "" {
 		c.key, c.keyErr = cache.LoadPrivateKey(s.Key)

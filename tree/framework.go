@@ -21,7 +21,7 @@ var frameworkNames = []string{
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
 	"hook_lock_timeout", "build_timeout", "build_memory_per_job",
 	"module_cache", "module_cache_publish", "module_cache_trust", "module_cache_key",
-	"module_cache_timeout", "module_cache_signatures", "module_cache_credentials",
+	"module_cache_timeout", "module_cache_signatures",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms

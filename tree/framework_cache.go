@@ -29,14 +29,10 @@ type CacheSettings struct {
 	// installs the unsigned module and signs it as this machine signs
 	// its own builds.
 	KeepPublisherSignature bool
-	// Credentials is module_cache_credentials: the docker/OCI config
-	// file with the registry's credentials ("" for the usual place).
-	Credentials string
 }
 
 func readCacheSettings(get func(string) string) CacheSettings {
-	c := CacheSettings{URL: get("module_cache"), Trust: get("module_cache_trust"), Key: get("module_cache_key"),
-		Credentials: get("module_cache_credentials")}
+	c := CacheSettings{URL: get("module_cache"), Trust: get("module_cache_trust"), Key: get("module_cache_key")}
 	c.Publish = get("module_cache_publish") == "yes"
 	c.KeepPublisherSignature = get("module_cache_signatures") == "publisher"
 	if n, err := strconv.Atoi(get("module_cache_timeout")); err == nil && n > 0 {

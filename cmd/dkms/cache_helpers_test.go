@@ -16,7 +16,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/godbus/dbus/v5"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
@@ -24,7 +27,9 @@ import (
 	"oras.land/oras-go/v2/content/oci"
 	"oras.land/oras-go/v2/registry/remote"
 
+	"github.com/dkmsd/dkmsd/hooks/report"
 	"github.com/dkmsd/dkmsd/lifecycle/cache"
+	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
 // repo is a repository of the fleet's registry, spoken to over plain
@@ -246,4 +251,42 @@ func mustHex(t *testing.T, s string) uint32 {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// busPull runs `dkms dbus-service` for root on a private system bus with
+// the repository's policy and calls CacheList and CachePull as root:
+// what a dashboard does.
+func (f *cacheFleet) busPull(t *testing.T, root string) (listed [][]string) {
+	t.Helper()
+	testkit.RequireTool(t, "dbus-daemon", "dbus")
+	bus := startSystemBus(t, sharedDir(t), true)
+	svc := exec.Command(f.bin, "--root", root, "dbus-service")
+	svc.Env = []string{"PATH=" + f.wrappers + ":/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=" + root, "DBUS_SYSTEM_BUS_ADDRESS=" + bus}
+	service := startDaemon(t, "dkms dbus-service", svc)
+	t.Cleanup(func() {
+		_ = svc.Process.Signal(syscall.SIGTERM)
+		<-service.done
+	})
+	conn, err := dbus.Connect(bus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	waitForOwner(t, conn, report.BusName)
+	obj := conn.Object(report.BusName, report.Path)
+	call := obj.Call(report.Interface+".CacheList", 0)
+	if call.Err != nil {
+		t.Fatalf("CacheList: %v\n%s", call.Err, service.output())
+	}
+	for _, r := range call.Body[0].([][]any) {
+		var row []string
+		for _, v := range r {
+			row = append(row, fmt.Sprint(v))
+		}
+		listed = append(listed, row)
+	}
+	if err := obj.Call(report.Interface+".CachePull", 0, cacheModule, cacheVersion, f.kernel).Err; err != nil {
+		t.Fatalf("CachePull: %v\n%s", err, service.output())
+	}
+	return listed
 }

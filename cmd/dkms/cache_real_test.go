@@ -216,6 +216,23 @@ func TestCacheRealHeadersFleet(t *testing.T) {
 		}
 	})
 
+	t.Run("D-Bus CacheList and CachePull", func(t *testing.T) {
+		root := f.root(t, f.conf(url, f.trust))
+		before := f.execs(t)
+		listed := f.busPull(t, root)
+		if len(listed) != 1 || listed[0][0] != cacheModule || listed[0][2] != f.kernel {
+			t.Errorf("CacheList = %q", listed)
+		}
+		ko, _ := f.built(t, root)
+		if f.execs(t) != before || !bytes.Equal(unsignedModule(ko), published) {
+			t.Errorf("CachePull did not put the published module in the tree without compiling")
+		}
+		want := fmt.Sprintf("%s/%s, %s, x86_64: built", cacheModule, cacheVersion, f.kernel)
+		if got := testkit.StatusLines(t, f.bin, []string{"DKMSD_ROOT=" + root}); !slices.Equal(got, []string{want}) {
+			t.Errorf("status after CachePull: %q, want %q", got, want)
+		}
+	})
+
 	t.Run("another ABI under the same release misses", func(t *testing.T) {
 		root := f.root(t, f.conf(url, f.trust))
 		headers := changedHeaders(t, root, f.kernel)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/godbus/dbus/v5"
@@ -40,4 +41,38 @@ func (s statusSource) StatusRows(ctx context.Context) ([][5]string, error) {
 
 func (s statusSource) LastTransaction() (lifecycle.Transaction, error) {
 	return lifecycle.LastTransaction(s.env)
+}
+
+// CacheList answers the service's CacheList method (dkms cache ls).
+func (s statusSource) CacheList(ctx context.Context) ([][6]string, error) {
+	entries, err := lifecycle.CacheList(ctx, s.env)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([][6]string, 0, len(entries))
+	for _, e := range entries {
+		rows = append(rows, [6]string{e.Module, e.Version, e.Kernel, e.Arch, e.Created, e.Tag})
+	}
+	return rows, nil
+}
+
+// CachePull is dkms cache pull M/V -k K over the bus.
+func (s statusSource) CachePull(ctx context.Context, module, version, kernel string) error {
+	return s.cacheBuild(ctx, "pull", module, version, kernel)
+}
+
+// CachePush is dkms cache push M/V -k K over the bus.
+func (s statusSource) CachePush(ctx context.Context, module, version, kernel string) error {
+	return s.cacheBuild(ctx, "push", module, version, kernel)
+}
+
+// cacheBuild runs the command's own path on a copy of the service's Env,
+// so a pull's or push's mode does not outlive the call.
+func (s statusSource) cacheBuild(ctx context.Context, op, module, version, kernel string) error {
+	if module == "" || version == "" || kernel == "" {
+		return fmt.Errorf("cache %s needs a module, a version and a kernel", op)
+	}
+	env := *s.env
+	a := &args{action: "cache", cacheOp: op, module: module, version: version, kernels: []string{kernel}}
+	return cacheAction(ctx, a, &env)
 }

@@ -3,6 +3,8 @@ package report
 import (
 	"context"
 	"fmt"
+	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -160,10 +162,15 @@ func Serve(ctx context.Context, conn *dbus.Conn, src StatusSource, idle time.Dur
 			return m.GetLastTransaction()
 		},
 	}
+	xml := introspection
+	if cm := cacheMethods(src, calls); cm != nil {
+		maps.Copy(methods, cm)
+		xml = strings.Replace(xml, "  <signal ", cacheIntrospection+"  <signal ", 1)
+	}
 	if err := conn.ExportMethodTable(methods, Path, Interface); err != nil {
 		return err
 	}
-	if err := conn.Export(introspectable(introspection), Path, "org.freedesktop.DBus.Introspectable"); err != nil {
+	if err := conn.Export(introspectable(xml), Path, "org.freedesktop.DBus.Introspectable"); err != nil {
 		return err
 	}
 	for {

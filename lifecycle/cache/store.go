@@ -109,9 +109,10 @@ func remoteRepo(ref string, timeout time.Duration, credFile string) (*remote.Rep
 	} else {
 		store, err = credentials.NewStoreFromDocker(credentials.StoreOptions{})
 	}
-	if err == nil {
-		client.Credential = credentials.Credential(store)
+	if err != nil {
+		return nil, fmt.Errorf("read the registry credentials: %w", err)
 	}
+	client.Credential = credentials.Credential(store)
 	// A plain transport, not oras's retry.Client: a registry that is down
 	// must cost one timeout, not a retry policy's backoff.
 	repo.Client = client
