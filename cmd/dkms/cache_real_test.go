@@ -39,7 +39,7 @@ type cacheFleet struct {
 
 // newCacheFleet starts a registry and writes the publisher's keys and the
 // exec-recording wrappers.
-func newCacheFleet(t *testing.T) *cacheFleet {
+func newCacheFleet(t testing.TB) *cacheFleet {
 	testkit.RequireRoot(t)
 	f := &cacheFleet{kernel: testkit.Kernels(t, 1)[0], bin: testkit.Binary(t, "dkms")}
 	f.registry, f.storage = testkit.Registry(t)
@@ -64,7 +64,7 @@ func newCacheFleet(t *testing.T) *cacheFleet {
 
 // writeKeyPair writes an ed25519 key pair as PEM: name.pub (PKIX) and
 // name.key (PKCS#8).
-func writeKeyPair(t *testing.T, dir, name string) (pub, priv string) {
+func writeKeyPair(t testing.TB, dir, name string) (pub, priv string) {
 	pk, sk, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +99,7 @@ func (f *cacheFleet) conf(url, trust string, extra ...string) string {
 }
 
 // execs is how many make/compiler runs the wrappers have logged.
-func (f *cacheFleet) execs(t *testing.T) int {
+func (f *cacheFleet) execs(t testing.TB) int {
 	data, err := os.ReadFile(f.execLog)
 	if os.IsNotExist(err) {
 		return 0
@@ -111,7 +111,7 @@ func (f *cacheFleet) execs(t *testing.T) int {
 }
 
 // dkms runs the dkms command on root with the wrappers first on PATH.
-func (f *cacheFleet) dkms(t *testing.T, root string, args ...string) (testkit.Result, time.Duration) {
+func (f *cacheFleet) dkms(t testing.TB, root string, args ...string) (testkit.Result, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -128,7 +128,7 @@ func (f *cacheFleet) dkms(t *testing.T, root string, args ...string) (testkit.Re
 	return r, took
 }
 
-func (f *cacheFleet) mustDkms(t *testing.T, root string, args ...string) testkit.Result {
+func (f *cacheFleet) mustDkms(t testing.TB, root string, args ...string) testkit.Result {
 	t.Helper()
 	r, _ := f.dkms(t, root, args...)
 	if r.Code != 0 {

@@ -25,6 +25,9 @@ func Exec(cmd *exec.Cmd) (Result, error) {
 	cmd.Stderr = io.MultiWriter(&stderr, lockedWriter{&mu, &out})
 	err := cmd.Run()
 	r := Result{Out: out.String(), Stdout: stdout.String(), Stderr: stderr.String()}
+	if ps := cmd.ProcessState; ps != nil {
+		r.CPU = ps.UserTime() + ps.SystemTime()
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		r.Code = ee.ExitCode()

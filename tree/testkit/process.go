@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // RepoRoot is the repository's top directory.
@@ -23,6 +24,9 @@ type Result struct {
 	Stdout string
 	Stderr string
 	Code   int
+	// CPU is the user and system time of the process and every
+	// descendant it waited for (wait4's rusage), when run by Exec.
+	CPU time.Duration
 }
 
 // Cmd is a command to run: Argv with the test process's environment plus

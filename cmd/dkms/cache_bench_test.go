@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/dkmsd/dkmsd/tree/testkit"
+)
+
+// BenchmarkCacheFleet: a fleet of N relocated roots (DKMSD_BENCH_FLEET,
+// default 20) each getting a real corpus module (xtables-addons-dkms)
+// for a kernel, one after the other on this machine: every root
+// building, then one root building and publishing to a docker-registry
+// and the others pulling. It reports the CPU seconds of every dkms
+// process and its descendants (compilers included, from wait4's rusage;
+// the registry's own CPU is not counted) and the wall time of each way.
+func BenchmarkCacheFleet(b *testing.B) {
+	n := 20
+	if v := os.Getenv("DKMSD_BENCH_FLEET"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 2 {
+			b.Fatalf("DKMSD_BENCH_FLEET=%q: want a number of roots, at least 2", v)
+		}
+	}
+	f := newCacheFleet(b)
+	url := "oci://" + f.registry + "/bench/modules"
+	for range b.N {
+		buildCPU, buildWall := f.fleetRun(b, n, "", false)
+		cacheCPU, cacheWall := f.fleetRun(b, n, url, true)
+		ratio := buildCPU.Seconds() / cacheCPU.Seconds()
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(buildCPU.Seconds(), "all-build-cpu-s")
+		b.ReportMetric(cacheCPU.Seconds(), "cache-cpu-s")
+		b.ReportMetric(ratio, "x-less-cpu")
+		b.ReportMetric(buildWall.Seconds(), "all-build-wall-s")
+		b.ReportMetric(cacheWall.Seconds(), "cache-wall-s")
+		b.Logf("N=%d xtables-addons for %s: all building %.1f CPU-s, %.1f s wall; one building + %d pulling %.1f CPU-s, %.1f s wall; %.1fx less CPU, %.1fx less wall",
+			n, f.kernel, buildCPU.Seconds(), buildWall.Seconds(), n-1, cacheCPU.Seconds(), cacheWall.Seconds(), ratio, buildWall.Seconds()/cacheWall.Seconds())
+	}
+}
+
+// fleetRun installs the corpus module on n fresh roots in turn and
+// returns the CPU time of the dkms processes (children included) and the
+// wall time. With a cache url the first root publishes and the others
+// must pull.
+func (f *cacheFleet) fleetRun(b *testing.B, n int, url string, publish bool) (cpu, wall time.Duration) {
+	b.Helper()
+	for i := range n {
+		root := testkit.NewRoot(b, f.kernel)
+		name, version := testkit.CorpusModule(b, root, "xtables-addons-dkms")
+		conf := "parallel_jobs=2\n"
+		if url != "" {
+			conf = f.conf(url, f.trust)
+			if i == 0 && publish {
+				conf = f.conf(url, f.trust, "module_cache_publish=yes", "module_cache_key="+f.key)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(root, "etc/dkms/framework.conf"), []byte(conf), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		before := f.execs(b)
+		r, took := f.dkms(b, root, "install", name+"/"+version, "-k", f.kernel)
+		if r.Code != 0 {
+			b.Fatalf("root %d: install %s/%s: exit %d\n%s", i, name, version, r.Code, r.Out)
+		}
+		if url != "" && i > 0 && f.execs(b) != before {
+			b.Fatalf("root %d compiled instead of pulling:\n%s", i, r.Out)
+		}
+		cpu += r.CPU
+		wall += took
+		fmt.Fprintf(os.Stderr, "fleet root %d/%d (%s): %.1f CPU-s, %.1f s\n", i+1, n, map[bool]string{true: "cache", false: "build"}[url != ""], r.CPU.Seconds(), took.Seconds())
+	}
+	return cpu, wall
+}
