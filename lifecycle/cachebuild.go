@@ -129,7 +129,7 @@ func (e *Env) consultCache(ctx context.Context, r *buildRun, conf *tree.Conf, k 
 	if c.openErr != nil {
 		return e.cacheMissed(r, l, c.openErr)
 	}
-	key, err := e.cacheKey(r, k)
+	key, err := e.cacheKey(r)
 	if err != nil {
 		return e.cacheMissed(r, l, err)
 	}
@@ -191,7 +191,7 @@ func (e *Env) cacheMissed(r *buildRun, l cacheLookup, err error) cacheLookup {
 // cacheKey is the build's key: the build dir as copied (source and
 // /etc/dkms patch overrides), the dkms.conf in effect, the override
 // scripts, directives and build environment; the kernel's ABI.
-func (e *Env) cacheKey(r *buildRun, k buildKernel) (cache.Key, error) {
+func (e *Env) cacheKey(r *buildRun) (cache.Key, error) {
 	t := r.t
 	var d cache.Digester
 	if err := d.AddTree("build", r.dir, "make.log"); err != nil {

@@ -27,6 +27,7 @@ func BenchmarkCacheFleet(b *testing.B) {
 		}
 	}
 	f := newCacheFleet(b)
+	f.limit = 30 * time.Minute // one corpus build on a loaded machine
 	url := "oci://" + f.registry + "/bench/modules"
 	for range b.N {
 		buildCPU, buildWall := f.fleetRun(b, n, "", false)

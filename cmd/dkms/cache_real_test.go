@@ -9,6 +9,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -35,6 +36,8 @@ type cacheFleet struct {
 	trust, key                string // the publisher's public and private key files
 	wrappers, execLog         string // PATH dir of make/gcc wrappers, and the log they append to
 	bin                       string
+	// limit bounds one dkms command (default 3 minutes: a hello build).
+	limit time.Duration
 }
 
 // newCacheFleet starts a registry and writes the publisher's keys and the
@@ -113,7 +116,7 @@ func (f *cacheFleet) execs(t testing.TB) int {
 // dkms runs the dkms command on root with the wrappers first on PATH.
 func (f *cacheFleet) dkms(t testing.TB, root string, args ...string) (testkit.Result, time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), cmp.Or(f.limit, 3*time.Minute))
 	defer cancel()
 	s := side{name: "dkmsd", bin: f.bin, root: root, env: []string{"PATH=" + f.wrappers + ":/usr/sbin:/usr/bin:/sbin:/bin",
 		"LC_ALL=C", "HOME=" + root, "DKMSD_ROOT=" + root}}

@@ -39,6 +39,9 @@ type File struct {
 	Data []byte
 }
 
+// maxManifest bounds the unsigned manifest a look-up reads.
+const maxManifest = 1 << 20
+
 // SignedSuffix marks the publisher's Secure Boot-signed copy of a module.
 const SignedSuffix = ".signed"
 
@@ -151,6 +154,10 @@ func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error
 	}
 	if err != nil {
 		return Artifact{}, fmt.Errorf("look %s up in %s: %w", key, s.URL, err)
+	}
+	// The manifest is read before its signature can be checked: bound it.
+	if desc.Size > maxManifest {
+		return Artifact{}, &Refusal{Reason: fmt.Sprintf("the manifest of %s is %d bytes, more than a module artifact's", key, desc.Size)}
 	}
 	raw, err := s.fetch(ctx, desc)
 	if err != nil {
