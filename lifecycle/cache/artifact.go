@@ -136,7 +136,7 @@ func (s *Store) fetch(ctx context.Context, d ocispec.Descriptor) ([]byte, error)
 		if errors.Is(err, content.ErrMismatchedDigest) || errors.Is(err, content.ErrTrailingData) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, &Refusal{Reason: fmt.Sprintf("blob %s does not match its digest (tampered or damaged): %v", d.Digest, err)}
 		}
-		return nil, fmt.Errorf("fetch %s from %s: %w", d.Digest, s.URL, err)
+		return nil, s.failed(ctx, fmt.Sprintf("fetch %s from %s", d.Digest, s.URL), err)
 	}
 	return data, nil
 }
@@ -148,12 +148,12 @@ func (s *Store) fetch(ctx context.Context, d ocispec.Descriptor) ([]byte, error)
 func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error) {
 	rctx, cancel := s.step(ctx)
 	desc, err := s.b.Resolve(rctx, key.Tag())
-	cancel()
+	defer cancel()
 	if errors.Is(err, errdef.ErrNotFound) {
 		return Artifact{}, ErrMiss
 	}
 	if err != nil {
-		return Artifact{}, fmt.Errorf("look %s up in %s: %w", key, s.URL, err)
+		return Artifact{}, s.failed(rctx, fmt.Sprintf("look %s up in %s", key, s.URL), err)
 	}
 	// The manifest is read before its signature can be checked: bound it.
 	if desc.Size > maxManifest {
@@ -236,12 +236,12 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 	var tags []string
 	lctx, cancel := s.step(ctx)
 	err := s.b.Tags(lctx, "", func(t []string) error { tags = append(tags, t...); return nil })
-	cancel()
+	defer cancel()
 	if errors.Is(err, errdef.ErrNotFound) {
 		return nil, nil // a repository nothing was pushed to yet
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", s.URL, err)
+		return nil, s.failed(lctx, "list "+s.URL, err)
 	}
 	var out []Entry
 	for _, t := range tags {

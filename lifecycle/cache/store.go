@@ -121,7 +121,30 @@ func remoteRepo(ref string, timeout time.Duration, credFile string) (*remote.Rep
 
 // step bounds one exchange with the backend.
 func (s *Store) step(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeoutCause(ctx, s.timeout, fmt.Errorf("the module cache %s did not answer within %s", s.URL, s.timeout))
+	return context.WithTimeoutCause(ctx, s.timeout, noAnswer{s.URL, s.timeout})
+}
+
+// noAnswer is a cache that did not answer in time: the step's deadline,
+// or the transport's wait for response headers, whichever came first.
+type noAnswer struct {
+	url     string
+	timeout time.Duration
+}
+
+func (n noAnswer) Error() string {
+	return fmt.Sprintf("the module cache %s did not answer within %s", n.url, n.timeout)
+}
+func (noAnswer) Timeout() bool   { return true }
+func (noAnswer) Temporary() bool { return true }
+
+// failed words a step's failure: a timeout, of either kind, says the
+// cache did not answer.
+func (s *Store) failed(ctx context.Context, what string, err error) error {
+	var ne net.Error
+	if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
+		return fmt.Errorf("%s: %w (%v)", what, noAnswer{s.URL, s.timeout}, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // Unreachable reports whether err means the cache could not be spoken to
