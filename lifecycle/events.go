@@ -33,6 +33,10 @@ const (
 	// TransactionSummary ends a transaction (a batch or a hook run): Text
 	// is the summary, Err set when something failed.
 	TransactionSummary
+	// KeyNotEnrolled: modules were signed with a certificate the running
+	// kernel does not trust. Log is the certificate, Text what to do; Err
+	// is ErrSecureBootEnforced when the kernel refuses such modules.
+	KeyNotEnrolled
 )
 
 var eventNames = map[EventType]string{
@@ -40,6 +44,7 @@ var eventNames = map[EventType]string{
 	BuildFailed: "build-failed", BuildSkipped: "build-skipped", Installed: "installed",
 	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
 	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated", TransactionSummary: "transaction-summary",
+	KeyNotEnrolled: "key-not-enrolled",
 }
 
 func (t EventType) String() string { return eventNames[t] }

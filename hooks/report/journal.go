@@ -23,6 +23,7 @@ var MessageIDs = map[lifecycle.EventType]string{
 	lifecycle.TransactionSummary: "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e08",
 	lifecycle.Added:              "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e09",
 	lifecycle.Removed:            "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0a",
+	lifecycle.KeyNotEnrolled:     "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0b",
 }
 
 // Journal sends lifecycle events to the systemd journal with structured
@@ -100,6 +101,11 @@ func Result(e lifecycle.Event) string {
 		return "added"
 	case lifecycle.Removed:
 		return "removed"
+	case lifecycle.KeyNotEnrolled:
+		if e.Err != nil {
+			return "refused"
+		}
+		return "not-enrolled"
 	case lifecycle.TransactionSummary:
 		if e.Err != nil {
 			return "failed"
@@ -121,6 +127,10 @@ func journalPriority(e lifecycle.Event) journal.Priority {
 		return journal.PriNotice
 	case lifecycle.BuildStarted:
 		return journal.PriDebug
+	case lifecycle.KeyNotEnrolled:
+		if e.Err != nil {
+			return journal.PriWarning
+		}
 	}
 	return journal.PriInfo
 }

@@ -51,6 +51,8 @@ func outcomeEvents() map[lifecycle.EventType]lifecycle.Event {
 		lifecycle.Removed:            removed,
 		lifecycle.InitrdRegenerated:  initrd,
 		lifecycle.TransactionSummary: transaction(1, 1, 0).Event(),
+		lifecycle.KeyNotEnrolled: {Type: lifecycle.KeyNotEnrolled, Log: "/var/lib/dkms/mok.pub",
+			Text: lifecycle.EnrollmentAdvice("/var/lib/dkms/mok.pub", true), Err: lifecycle.ErrSecureBootEnforced},
 	}
 }
 
@@ -89,7 +91,7 @@ func TestJournalFieldsEachEventType(t *testing.T) {
 		lifecycle.BuildStarted: "started", lifecycle.BuildFinished: "built", lifecycle.BuildFailed: "failed",
 		lifecycle.BuildSkipped: "skipped", lifecycle.Installed: "installed", lifecycle.Uninstalled: "uninstalled",
 		lifecycle.Added: "added", lifecycle.Removed: "removed", lifecycle.InitrdRegenerated: "regenerated",
-		lifecycle.TransactionSummary: "failed",
+		lifecycle.TransactionSummary: "failed", lifecycle.KeyNotEnrolled: "refused",
 	}
 	for typ, e := range outcomeEvents() {
 		t.Run(typ.String(), func(t *testing.T) {
