@@ -55,7 +55,9 @@ func Alpm(args []string, stdin io.Reader) (op Action, t AlpmTargets, err error) 
 	for m := range modules {
 		t.Modules = append(t.Modules, m)
 	}
-	sort.Slice(t.Modules, func(i, j int) bool { return t.Modules[i].Module+"/"+t.Modules[i].Version < t.Modules[j].Module+"/"+t.Modules[j].Version })
+	sort.Slice(t.Modules, func(i, j int) bool {
+		return t.Modules[i].Module+"/"+t.Modules[i].Version < t.Modules[j].Module+"/"+t.Modules[j].Version
+	})
 	return op, t, nil
 }
 
