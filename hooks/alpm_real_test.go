@@ -111,7 +111,8 @@ func (s alpmSandbox) pacman(t *testing.T, args ...string) string {
 // module's package registers it; installing a package that brings a
 // kernel's headers (usr/lib/modules/<k>/build) builds and installs the
 // module for that kernel (Arch's /updates/dkms); removing that package
-// removes the module from the kernel first.
+// removes the module from the kernel first; removing the module's package
+// takes it out of the DKMS tree.
 func TestAlpmHooksRealPacman(t *testing.T) {
 	testkit.RequireRoot(t)
 	for tool, pkg := range map[string]string{"pacman": "pacman-package-manager", "bwrap": "bubblewrap", "depmod": "kmod", "make": "make", "gcc": "gcc"} {
@@ -167,5 +168,9 @@ func TestAlpmHooksRealPacman(t *testing.T) {
 	}
 	if _, err := os.Stat(s.path("var/lib/dkms/dkmsd_hello/1.0", k)); !os.IsNotExist(err) {
 		t.Errorf("module still built for the removed kernel\n%s", out)
+	}
+	out = s.pacman(t, "-R", "dkmsd-hello-dkms")
+	if _, err := os.Lstat(s.path("var/lib/dkms/dkmsd_hello")); !os.IsNotExist(err) {
+		t.Errorf("the module is still in the DKMS tree after its package left: %v\n%s", err, out)
 	}
 }
