@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/lifecycle/secureboot"
+	"github.com/dkmsd/dkmsd/tree"
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
@@ -31,7 +34,8 @@ func ubuntuRoot(t *testing.T) *batchRoot {
 // (/var/lib/shim-signed/mok/MOK.priv and MOK.der), and no key of dkms's
 // own is made. The running kernel's keyrings (a /proc/keys without that
 // certificate) and Secure Boot on make the build say that the key is not
-// enrolled, with the command that enrols it.
+// enrolled, with the command that enrols it. Then the key changes, and
+// `dkms sign` signs the module again (resignAfterKeyChange).
 func TestUbuntuShimMOKRealHeaders(t *testing.T) {
 	b := ubuntuRoot(t)
 	k := b.kernels[0]
@@ -88,6 +92,48 @@ func TestUbuntuShimMOKRealHeaders(t *testing.T) {
 	want := "Warning: the module signing certificate " + cert + " is not enrolled, and Secure Boot is on:"
 	if !strings.Contains(r.Stderr, want) || !strings.Contains(r.Stderr, "\n  mokutil --import "+cert+"\n") {
 		t.Errorf("stderr does not say the key is not enrolled:\n%s", r.Stderr)
+	}
+	resignAfterKeyChange(t, b, k, ko)
+}
+
+// resignAfterKeyChange: after the key changes (framework.conf's), `dkms
+// sign` signs the installed module and its built copy again with the new
+// key — one signature, not two — keeps modules.dep, and, the new
+// certificate being in none of the kernel's keyrings with Secure Boot now
+// off, says so in one line.
+func resignAfterKeyChange(t *testing.T, b *batchRoot, k, installed string) {
+	t.Helper()
+	built := onlyKo(t, b.path("var/lib/dkms/dkmsd_hello/1.0", k, tree.MachineArch(), "module"))
+	key, cert := b.path("newkey/mok.key"), b.path("newkey/mok.der")
+	writeRootFile(t, b.root, "newkey/.keep", "", 0o644)
+	testkit.MustRun(t, "openssl", "req", "-new", "-x509", "-nodes", "-days", "365", "-subj", "/CN=dkmsd new key",
+		"-newkey", "rsa:2048", "-keyout", key, "-outform", "DER", "-out", cert)
+	writeFramework(t, b, "mok_signing_key="+key, "mok_certificate="+cert)
+	if err := os.Remove(b.path(secureboot.SecureBootVar)); err != nil {
+		t.Fatal(err)
+	}
+
+	r := b.mustRun(t, "sign", "dkmsd_hello/1.0", "-k", k)
+	for _, ko := range []string{installed, built} {
+		if signer := strings.TrimSpace(testkit.MustRun(t, "modinfo", "-F", "signer", ko)); signer != "dkmsd new key" {
+			t.Errorf("%s signed by %q, want the new key", ko, signer)
+		}
+		data, err := tree.ReadModuleFile(ko)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.HasSuffix(lifecycle.StripSignature(data), []byte("~Module signature appended~\n")) {
+			t.Errorf("%s carries two signatures", ko)
+		}
+		if !strings.Contains(r.Stdout, "Signing module "+ko+"\n") {
+			t.Errorf("stdout does not name %s:\n%s", ko, r.Stdout)
+		}
+	}
+	if dep := string(mustReadFile(t, b.path("lib/modules", k, "modules.dep"))); !strings.Contains(dep, "updates/dkms/"+filepath.Base(installed)+":") {
+		t.Errorf("modules.dep lacks the module:\n%s", dep)
+	}
+	if want := lifecycle.EnrollmentAdvice(cert, false) + "\n"; !strings.HasSuffix(r.Stdout, want) {
+		t.Errorf("stdout does not end with the enrolment line %q:\n%s", want, r.Stdout)
 	}
 }
 
