@@ -1,75 +1,92 @@
 package hooks
 
 import (
-	"archive/tar"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
-// pacmanPackage writes a package pacman installs: .PKGINFO, then files
-// (path → content) and symlinks (path → target). makepkg would need
-// bsdtar (libarchive-tools), which Debian's makepkg does not pull in; the
-// archive is the same.
-func pacmanPackage(t *testing.T, path, name string, files, links map[string]string) {
+// nobodyUID is the unprivileged uid makepkg runs as (Debian's nobody):
+// makepkg refuses to run as root.
+const nobodyUID = 65534
+
+// makepkgPackages builds the test's two packages with real makepkg from one
+// split PKGBUILD (one makepkg run, which is slow: a bash script that forks
+// hundreds of times): dkmsd-hello-dkms holds the module's source under
+// usr/src, khdr links usr/lib/modules/<k>/build to the machine's headers.
+// It returns the two archives.
+func makepkgPackages(t *testing.T, k, headers string, src map[string]string) (modPkg, hdrPkg string) {
 	t.Helper()
-	f, err := os.Create(path)
+	// A t.TempDir is 0700, out of nobody's reach.
+	dir, err := os.MkdirTemp("", "dkmsd-makepkg-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	tw := tar.NewWriter(f)
-	info := fmt.Sprintf("pkgname = %s\npkgbase = %s\npkgver = 1-1\npkgdesc = dkmsd test\nbuilddate = %d\npackager = dkmsd\nsize = 0\narch = any\n", name, name, time.Now().Unix())
-	hdr := func(h *tar.Header) {
-		h.ModTime = time.Now()
-		if err := tw.WriteHeader(h); err != nil {
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	for f, text := range src {
+		p := filepath.Join(dir, "hello", f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	hdr(&tar.Header{Name: ".PKGINFO", Mode: 0o644, Size: int64(len(info))})
-	tw.Write([]byte(info))
-	dirs := map[string]bool{}
-	parents := func(p string) {
-		for d := filepath.Dir(p); d != "."; d = filepath.Dir(d) {
-			dirs[d] = true
-		}
-	}
-	for p := range files {
-		parents(p)
-	}
-	for p := range links {
-		parents(p)
-	}
-	for _, d := range parentsFirst(dirs) {
-		hdr(&tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755})
-	}
-	for p, text := range files {
-		hdr(&tar.Header{Name: p, Mode: 0o644, Size: int64(len(text))})
-		tw.Write([]byte(text))
-	}
-	for p, target := range links {
-		hdr(&tar.Header{Name: p, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777})
-	}
-	if err := tw.Close(); err != nil {
+	pkgbuild := fmt.Sprintf(`pkgbase=dkmsd-test
+pkgname=(dkmsd-hello-dkms khdr)
+pkgver=1
+pkgrel=1
+pkgdesc='dkmsd test'
+arch=(any)
+license=(GPL)
+options=(!strip !docs !libtool !staticlibs !zipman !purge !debug !lto)
+package_dkmsd-hello-dkms() {
+	mkdir -p "$pkgdir/usr/src/dkmsd_hello-1.0"
+	cp -a "$startdir/hello/." "$pkgdir/usr/src/dkmsd_hello-1.0/"
+}
+package_khdr() {
+	mkdir -p "$pkgdir/usr/lib/modules/"%[1]s
+	ln -s %[2]s "$pkgdir/usr/lib/modules/"%[1]s/build
+}
+`, shellQuote(k), shellQuote(headers))
+	if err := os.WriteFile(filepath.Join(dir, "PKGBUILD"), []byte(pkgbuild), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	err = filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, nobodyUID, nobodyUID)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	id := strconv.Itoa(nobodyUID)
+	cmd := exec.CommandContext(t.Context(), "setpriv", "--reuid="+id, "--regid="+id, "--clear-groups", "--",
+		"makepkg", "--nodeps", "--noconfirm")
+	cmd.Dir = dir
+	// An uncompressed archive (PKGEXT) spares a compressor; HOME keeps
+	// nobody's nonexistent home and any user makepkg.conf out.
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "LC_ALL=C", "HOME=" + dir, "TMPDIR=" + dir,
+		"PKGDEST=" + out, "SRCDEST=" + filepath.Join(dir, "srcdest"), "BUILDDIR=" + filepath.Join(dir, "build"),
+		"PACKAGER=dkmsd <dkmsd@localhost>", "PKGEXT=.pkg.tar"}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("makepkg: %v\n%s", err, b)
+	}
+	return filepath.Join(out, "dkmsd-hello-dkms-1-1-any.pkg.tar"), filepath.Join(out, "khdr-1-1-any.pkg.tar")
 }
 
-// parentsFirst orders directories so that each comes after its parent.
-func parentsFirst(m map[string]bool) []string {
-	var out []string
-	for d := range m {
-		out = append(out, d)
-	}
-	sort.Strings(out)
-	return out
+// shellQuote quotes s for bash.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // alpmSandbox runs real pacman, with dkmsd's hook files, on a machine
@@ -115,7 +132,8 @@ func (s alpmSandbox) pacman(t *testing.T, args ...string) string {
 // takes it out of the DKMS tree.
 func TestAlpmHooksRealPacman(t *testing.T) {
 	testkit.RequireRoot(t)
-	for tool, pkg := range map[string]string{"pacman": "pacman-package-manager", "bwrap": "bubblewrap", "depmod": "kmod", "make": "make", "gcc": "gcc"} {
+	for tool, pkg := range map[string]string{"pacman": "pacman-package-manager", "makepkg": "makepkg", "bsdtar": "libarchive-tools",
+		"fakeroot": "fakeroot", "setpriv": "util-linux", "bwrap": "bubblewrap", "depmod": "kmod", "make": "make", "gcc": "gcc"} {
 		testkit.RequireTool(t, tool, pkg)
 	}
 	k := testkit.Kernels(t, 1)[0]
@@ -124,7 +142,7 @@ func TestAlpmHooksRealPacman(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := alpmSandbox{dir: t.TempDir()}
-	for _, d := range []string{"var/lib/dkms", "usr/src", "usr/lib/modules", "etc/dkms", "boot", "db", "cache", "hooks", "tmp", "pkgs"} {
+	for _, d := range []string{"var/lib/dkms", "usr/src", "usr/lib/modules", "etc/dkms", "boot", "db", "cache", "hooks", "tmp"} {
 		if err := os.MkdirAll(s.path(d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -142,13 +160,7 @@ func TestAlpmHooksRealPacman(t *testing.T) {
 		os.WriteFile(s.path("hooks", h), text, 0o644)
 	}
 
-	files := map[string]string{}
-	for f, text := range testkit.HelloFiles(t, "dkmsd_hello", "1.0") {
-		files["usr/src/dkmsd_hello-1.0/"+f] = text
-	}
-	modPkg, hdrPkg := s.path("pkgs/dkmsd-hello-dkms-1-1-any.pkg.tar"), s.path("pkgs/khdr-1-1-any.pkg.tar")
-	pacmanPackage(t, modPkg, "dkmsd-hello-dkms", files, nil)
-	pacmanPackage(t, hdrPkg, "khdr", nil, map[string]string{"usr/lib/modules/" + k + "/build": headers})
+	modPkg, hdrPkg := makepkgPackages(t, k, headers, testkit.HelloFiles(t, "dkmsd_hello", "1.0"))
 
 	out := s.pacman(t, "-U", modPkg)
 	if _, err := os.Lstat(s.path("var/lib/dkms/dkmsd_hello/1.0/source")); err != nil {
