@@ -17,6 +17,7 @@ build:
 	$(GO) build -trimpath -o $(BIN)/dkmsd-kernel-install ./cmd/dkmsd-kernel-install
 	$(GO) build -trimpath -o $(BIN)/dkmsd-apt ./cmd/dkmsd-apt
 	$(GO) build -trimpath -o $(BIN)/dkmsd-dnf ./cmd/dkmsd-dnf
+	$(GO) build -trimpath -o $(BIN)/dkmsd-alpm ./cmd/dkmsd-alpm
 
 prereqs:
 	@sh .ci/prereqs.sh
@@ -88,6 +89,7 @@ install-hooks:
 	install -D -m 0755 $(BIN)/dkmsd-kernel-install $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-kernel-install
 	install -D -m 0755 $(BIN)/dkmsd-apt $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-apt
 	install -D -m 0755 $(BIN)/dkmsd-dnf $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-dnf
+	install -D -m 0755 $(BIN)/dkmsd-alpm $(DESTDIR)$(PREFIX)/libexec/dkmsd/dkmsd-alpm
 	install -D -m 0755 dist/kernel-install/40-dkmsd.install $(DESTDIR)$(PREFIX)/lib/kernel/install.d/40-dkmsd.install
 	install -D -m 0755 dist/kernel/postinst.d/dkmsd $(DESTDIR)/etc/kernel/postinst.d/dkmsd
 	install -D -m 0755 dist/kernel/header_postinst.d/dkmsd $(DESTDIR)/etc/kernel/header_postinst.d/dkmsd
@@ -96,6 +98,8 @@ install-hooks:
 	install -D -m 0644 dist/apt/95dkmsd $(DESTDIR)/etc/apt/apt.conf.d/95dkmsd
 	install -D -m 0644 dist/dnf/dkmsd.action $(DESTDIR)/etc/dnf/plugins/post-transaction-actions.d/dkmsd.action
 	install -D -m 0644 dist/dnf5/dkmsd.actions $(DESTDIR)/etc/dnf/libdnf5-plugins/actions.d/dkmsd.actions
+	install -D -m 0644 dist/alpm/dkmsd-install.hook $(DESTDIR)$(PREFIX)/share/libalpm/hooks/70-dkmsd-install.hook
+	install -D -m 0644 dist/alpm/dkmsd-remove.hook $(DESTDIR)$(PREFIX)/share/libalpm/hooks/70-dkmsd-remove.hook
 	install -D -m 0755 dist/initramfs-tools/hooks/dkmsd $(DESTDIR)$(PREFIX)/share/initramfs-tools/hooks/dkmsd
 
 # The Debian package (debian/, built with dpkg-buildpackage in a copy of the

@@ -17,14 +17,16 @@ set -eu
 # (driver disks). Chroot checks: util-linux, mount. Fleet cache: docker-registry
 # (a real OCI registry). Build sandbox: bubblewrap. dracut initrds: dracut-core
 # (without dracut itself, which would replace initramfs-tools). Arch hooks:
-# pacman-package-manager, makepkg. Secure Boot enrolment: mokutil.
+# pacman-package-manager, makepkg, libarchive-tools (bsdtar, which makepkg
+# packs with but Debian's makepkg does not pull in). Secure Boot enrolment:
+# mokutil.
 PACKAGES="linux-headers-amd64 linux-headers-cloud-amd64 linux-image-cloud-amd64 initramfs-tools qemu-system-x86
 kmod openssl patch make gcc binutils bash dkms cpio gzip xz-utils zstd lz4 bzip2
 systemd apt dnf dnf-plugins-core createrepo-c rpm
 dbus dunst xvfb xauth imagemagick
 debhelper dpkg-dev lintian fakeroot xorriso
 util-linux mount debianutils diffutils tar ca-certificates
-docker-registry bubblewrap dracut-core pacman-package-manager makepkg mokutil"
+docker-registry bubblewrap dracut-core pacman-package-manager makepkg libarchive-tools mokutil"
 
 missing() {
 	out=""

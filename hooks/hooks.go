@@ -1,6 +1,6 @@
 // Package hooks is what package managers run when a kernel arrives or
 // leaves: each protocol's arguments (kernel-install, Debian's
-// /etc/kernel/*.d and apt, dnf) become a Request, and Run does the work
+// /etc/kernel/*.d and apt, dnf, pacman's targets) become a Request, and Run does the work
 // once per kernel and tree state:
 //
 //	req, ok, err := hooks.KernelInstall(os.Args[1:], os.Getenv)

@@ -346,6 +346,9 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		}
 		return r.failed(ctx, KindInternal, err, err.Error())
 	}
+	if sign != nil {
+		e.checkEnrollment(ctx, sign.cert)
+	}
 	if conf.PostBuild != "" && r.cached == nil { // the build host ran it
 		if err := e.buildScript(ctx, "post_build", e.scriptDir(t.Module, buildDir, conf.PostBuild), conf.PostBuild, log, r.env); err != nil {
 			return r.failed(ctx, KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))

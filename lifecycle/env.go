@@ -95,6 +95,9 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 		return nil, fmt.Errorf("read framework.conf: %w", err)
 	}
 	e.Framework = fw
+	if fw.Distribution != "" {
+		e.Distro = tree.Distro(fw.Distribution)
+	}
 	for _, u := range fw.Unused {
 		e.warn("Warning: %s: %s is not a setting dkmsd acts on; it is ignored.", u.Where, u.Name)
 	}

@@ -40,6 +40,10 @@ const (
 	CacheHit
 	CacheMiss
 	CachePublished
+	// KeyNotEnrolled: modules were signed with a certificate the running
+	// kernel does not trust. Log is the certificate, Text what to do; Err
+	// is ErrSecureBootEnforced when the kernel refuses such modules.
+	KeyNotEnrolled
 )
 
 var eventNames = map[EventType]string{
@@ -48,6 +52,7 @@ var eventNames = map[EventType]string{
 	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
 	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated", TransactionSummary: "transaction-summary",
 	CacheHit: "cache-hit", CacheMiss: "cache-miss", CachePublished: "cache-published",
+	KeyNotEnrolled: "key-not-enrolled",
 }
 
 func (t EventType) String() string { return eventNames[t] }

@@ -41,19 +41,17 @@ func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error
 	}
 	s := &signer{file: fw.SignFile}
 	if s.file == "" {
-		if e.Distro.Debian() {
-			s.file = fmt.Sprintf("/usr/lib/linux-kbuild-%s/scripts/sign-file", trimLastComponent(kernel))
-		}
-		if !exists(s.file) {
-			s.file = filepath.Join(k.BuildDir, "scripts", "sign-file")
-		}
+		s.file = e.defaultSignFile(e.Distro.Row(), kernel, k.BuildDir)
 	}
 	e.info("Sign command: %s", s.file)
 	if fi, err := os.Stat(s.file); err != nil || fi.Mode().Perm()&0o111 == 0 {
 		e.info("Binary %s not found, modules won't be signed", s.file)
 		return nil, nil
 	}
-	s.key, s.cert = e.mokPaths(fw)
+	var ok bool
+	if s.key, s.cert, ok = e.signingPair(ctx, fw, &k); !ok {
+		return nil, nil
+	}
 	// dkms 3.0.10 guessed sha512 for a kernel without module signing;
 	// dkms 3.1 does not sign for it, and neither does dkmsd.
 	if k.ConfigFile == "" {
@@ -71,21 +69,6 @@ func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error
 // false means modules are not signed (the reason has been reported).
 func (s *signer) ready(ctx context.Context, e *Env) (bool, error) {
 	return e.ensureMOK(ctx, s.key, s.cert)
-}
-
-// mokPaths are the signing key and certificate (framework.conf, else the
-// dkms tree's), shown as dkms shows them.
-func (e *Env) mokPaths(fw tree.Framework) (key, cert string) {
-	key, cert = fw.MOKSigningKey, fw.MOKCertificate
-	if key == "" {
-		key = e.Layout.MOKKey
-	}
-	if cert == "" {
-		cert = e.Layout.MOKCert
-	}
-	e.info("Signing key: %s", key)
-	e.info("Public certificate (MOK): %s", cert)
-	return key, cert
 }
 
 // ensureMOK makes sure the key and certificate exist. It never replaces
@@ -190,8 +173,11 @@ func GenerateMOK(ctx context.Context, e *Env) error {
 	if err != nil {
 		return err
 	}
-	key, cert := e.mokPaths(fw)
-	ok, err := e.ensureMOK(ctx, key, cert)
+	key, cert, ok := e.signingPair(ctx, fw, nil)
+	if !ok {
+		return fail(KindMOK, "The MOK signing key and certificate could not be generated.")
+	}
+	ok, err = e.ensureMOK(ctx, key, cert)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ var frameworkNames = []string{
 	"hook_lock_timeout", "build_timeout", "build_memory_per_job",
 	"module_cache", "module_cache_publish", "module_cache_trust", "module_cache_key",
 	"module_cache_timeout", "module_cache_signatures",
+	"distribution",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -98,6 +99,9 @@ type Framework struct {
 	NoMemoryBudget    bool
 	// Cache is the fleet module cache's settings (module_cache*).
 	Cache CacheSettings
+	// Distribution replaces the family read from os-release (a row of
+	// the distribution defaults: "ubuntu", "arch", "fedora", …).
+	Distribution string
 
 	// Files are the files read, in order.
 	Files []string
@@ -177,6 +181,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 		fw.BuildMemoryPerJob = n
 	}
 	fw.Cache = readCacheSettings(get)
+	fw.Distribution = get("distribution")
 	return fw, nil
 }
 

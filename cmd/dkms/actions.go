@@ -16,6 +16,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return status(ctx, a, env)
 	case "generate_mok":
 		return lifecycle.GenerateMOK(ctx, env)
+	case "sign":
+		return resign(ctx, a, env)
 	case "add", "build", "install":
 		if a.all {
 			return usageErr(lifecycle.KindNoAll, fmt.Sprintf("The action %s does not support the --all parameter.", a.action))

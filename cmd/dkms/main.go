@@ -105,7 +105,7 @@ func scriptName() string {
 func help() {
 	fmt.Printf(`Usage: dkms [action] [options]
   [action]  = { add | remove | build | unbuild | install | uninstall | match |
-                autoinstall | mktarball | ldtarball | status | generate_mok |
+                autoinstall | mktarball | ldtarball | status | generate_mok | sign |
                 kernel_preinst | kernel_postinst | kernel_prerm }
   [options] = [-m module] [-v module-version] [-k kernel-version] [-a arch]
               [-c dkms.conf-location] [-q] [--force] [--force-version-override] [--all]

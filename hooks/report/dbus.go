@@ -76,6 +76,8 @@ func Signal(e lifecycle.Event, hook string) (string, []any) {
 		return "Uninstalled", []any{e.Module, e.Version, e.Kernel, e.Arch}
 	case lifecycle.InitrdRegenerated:
 		return "InitrdRegenerated", []any{e.Kernel, e.Log, e.Text}
+	case lifecycle.KeyNotEnrolled:
+		return "KeyNotEnrolled", []any{e.Log, "mokutil --import " + e.Log, e.Err != nil}
 	case lifecycle.TransactionSummary:
 		t := lifecycle.TransactionFromEvent(e)
 		return "TransactionFinished", []any{hook, t.Summary, uint32(t.Installed), uint32(t.Failed), uint32(t.Skipped), t.Lines}
@@ -99,6 +101,7 @@ const introspection = `<interface name="org.dkmsd.Manager1">
   <signal name="Installed"><arg name="module" type="s"/><arg name="version" type="s"/><arg name="kernel" type="s"/><arg name="arch" type="s"/></signal>
   <signal name="Uninstalled"><arg name="module" type="s"/><arg name="version" type="s"/><arg name="kernel" type="s"/><arg name="arch" type="s"/></signal>
   <signal name="InitrdRegenerated"><arg name="kernel" type="s"/><arg name="path" type="s"/><arg name="detail" type="s"/></signal>
+  <signal name="KeyNotEnrolled"><arg name="certificate" type="s"/><arg name="command" type="s"/><arg name="enforced" type="b"/></signal>
   <signal name="TransactionFinished"><arg name="hook" type="s"/><arg name="summary" type="s"/><arg name="installed" type="u"/><arg name="failed" type="u"/><arg name="skipped" type="u"/><arg name="lines" type="as"/></signal>
 </interface>`
 

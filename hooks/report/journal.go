@@ -26,6 +26,7 @@ var MessageIDs = map[lifecycle.EventType]string{
 	lifecycle.CacheHit:           "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0b",
 	lifecycle.CacheMiss:          "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0c",
 	lifecycle.CachePublished:     "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0d",
+	lifecycle.KeyNotEnrolled:     "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0e",
 }
 
 // Journal sends lifecycle events to the systemd journal with structured
@@ -103,6 +104,11 @@ func Result(e lifecycle.Event) string {
 		return "added"
 	case lifecycle.Removed:
 		return "removed"
+	case lifecycle.KeyNotEnrolled:
+		if e.Err != nil {
+			return "refused"
+		}
+		return "not-enrolled"
 	case lifecycle.TransactionSummary:
 		if e.Err != nil {
 			return "failed"
@@ -140,6 +146,10 @@ func journalPriority(e lifecycle.Event) journal.Priority {
 		}
 	case lifecycle.BuildStarted:
 		return journal.PriDebug
+	case lifecycle.KeyNotEnrolled:
+		if e.Err != nil {
+			return journal.PriWarning
+		}
 	}
 	return journal.PriInfo
 }

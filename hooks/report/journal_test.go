@@ -54,6 +54,8 @@ func outcomeEvents() map[lifecycle.EventType]lifecycle.Event {
 		lifecycle.CacheMiss:          target(lifecycle.CacheMiss),
 		lifecycle.CachePublished:     target(lifecycle.CachePublished),
 		lifecycle.TransactionSummary: transaction(1, 1, 0).Event(),
+		lifecycle.KeyNotEnrolled: {Type: lifecycle.KeyNotEnrolled, Log: "/var/lib/dkms/mok.pub",
+			Text: lifecycle.EnrollmentAdvice("/var/lib/dkms/mok.pub", true), Err: lifecycle.ErrSecureBootEnforced},
 	}
 }
 
@@ -94,6 +96,7 @@ func TestJournalFieldsEachEventType(t *testing.T) {
 		lifecycle.Added: "added", lifecycle.Removed: "removed", lifecycle.InitrdRegenerated: "regenerated",
 		lifecycle.TransactionSummary: "failed", lifecycle.CacheHit: "pulled", lifecycle.CacheMiss: "missed",
 		lifecycle.CachePublished: "published",
+		lifecycle.KeyNotEnrolled: "refused",
 	}
 	for typ, e := range outcomeEvents() {
 		t.Run(typ.String(), func(t *testing.T) {

@@ -40,6 +40,17 @@ func NotificationFor(sig *dbus.Signal) (Notification, bool) {
 			body += "\nBuild log: " + Escape(log)
 		}
 		return Notification{Summary: "Kernel module build failed", Body: body, Urgency: 2, Category: "device.error"}, true
+	case Interface + ".KeyNotEnrolled":
+		// Only when Secure Boot refuses the modules: with it off they load.
+		if len(sig.Body) < 3 {
+			return Notification{}, false
+		}
+		if enforced, _ := sig.Body[2].(bool); !enforced {
+			return Notification{}, false
+		}
+		body := fmt.Sprintf("Kernel modules were signed with <b>%s</b>, a key this machine's firmware does not trust: with Secure Boot on they will not load.\nEnrol the key: <b>%s</b>, then reboot and confirm it in MokManager.",
+			Escape(args[0]), Escape(args[1]))
+		return Notification{Summary: "Module signing key not enrolled", Body: body, Urgency: 2, Category: "device.error"}, true
 	case Interface + ".TransactionFinished":
 		if len(sig.Body) < 5 {
 			return Notification{}, false

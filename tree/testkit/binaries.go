@@ -10,7 +10,7 @@ import (
 )
 
 // Commands are the binaries under cmd/ that Binaries builds.
-var Commands = []string{"dkms", "dkmsd-apt", "dkmsd-dnf", "dkmsd-kernel-install", "dkmsd-notify"}
+var Commands = []string{"dkms", "dkmsd-apt", "dkmsd-dnf", "dkmsd-kernel-install", "dkmsd-notify", "dkmsd-alpm"}
 
 // built holds the commands built once per test process.
 var built Once[string]
