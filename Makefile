@@ -29,7 +29,9 @@ vet:
 # 3.0.10) tests. Integration tests need root and fail under CI=true when a
 # prerequisite is missing.
 test: prereqs vet
-	$(GO) test -count=1 -timeout 60m ./...
+	$(GO) test -count=1 -timeout 60m -run '$(LONG_TESTS)' ./cmd/dkms & long=$$!; \
+	$(GO) test -count=1 -timeout 60m -skip '$(LONG_TESTS)' ./...; rest=$$?; \
+	wait $$long && test $$rest -eq 0
 	$(GO) test -count=1 -p 1 -timeout 60m -tags systemtest -run '$(SYSTEM_TESTS)' ./...
 	$(MAKE) fuzz FUZZTIME=100000x
 
@@ -42,6 +44,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./initrd
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckTarball$$' -fuzztime $(FUZZTIME) ./lifecycle
 	$(GO) test -run '^$$' -fuzz '^FuzzReadConf$$' -fuzztime $(FUZZTIME) ./tree
+
+# The longest test of the parallel step, in a go test process of its own
+# started first: it then runs beside everything else instead of after
+# cmd/dkms's other tests (go test runs a package's tests one after another,
+# but for those that call t.Parallel).
+LONG_TESTS := ^TestDifferentialDkms3010RealHeaders$$
 
 # Tests that install kernel packages or dkmsd's own package on this machine
 # (and put everything back), and the crash harness, long and timing-bound
