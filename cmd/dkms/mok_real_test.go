@@ -135,6 +135,7 @@ func TestMOKNoDirectoryMadeForBadPath(t *testing.T) {
 // that are both there are a pair, and the next generate_mok leaves a
 // pair that signs and verifies.
 func TestMOKGenerationKilledNeverMismatched(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	b := mokRoot(t, "var/lib/dkms/mok.key", "var/lib/dkms/mok.pub")
 	key, cert := b.path("var/lib/dkms/mok.key"), b.path("var/lib/dkms/mok.pub")
 	start := time.Now()
