@@ -30,9 +30,9 @@ vet:
 # prerequisite is missing.
 test: prereqs vet
 	$(GO) test -count=1 -timeout 60m -run '$(LONG_TESTS)' ./cmd/dkms & long=$$!; \
-	$(GO) test -count=1 -timeout 60m -skip '$(LONG_TESTS)' ./...; rest=$$?; \
+	$(GO) test -count=1 -timeout 60m -skip '$(LONG_TESTS)|$(TIMING_TESTS)' ./...; rest=$$?; \
 	wait $$long && test $$rest -eq 0
-	$(GO) test -count=1 -p 1 -timeout 60m -tags systemtest -run '$(SYSTEM_TESTS)' ./...
+	$(GO) test -count=1 -p 1 -timeout 60m -tags systemtest -run '$(SYSTEM_TESTS)|$(TIMING_TESTS)' ./...
 	$(MAKE) fuzz FUZZTIME=100000x
 
 # The fuzz targets (the initrd reader, the tarball checker, the dkms.conf
@@ -51,11 +51,17 @@ fuzz:
 # but for those that call t.Parallel).
 LONG_TESTS := ^TestDifferentialDkms3010RealHeaders$$
 
+# Tests bound by time (a build stopped a few seconds after its limit,
+# kills timed from a first run, a deadline per QEMU boot under TCG, builds
+# under a memory cgroup): not in the parallel step, where they would
+# compete for the CPUs, but in the serial one, alone.
+TIMING_TESTS := ^(TestBuildTimeout|TestMOKGenerationKilledNeverMismatched$$|TestBootQEMU|TestAutoinstallRealHeadersMemoryBudget$$)
+
 # Tests that install kernel packages or dkmsd's own package on this machine
 # (and put everything back), and the crash harness, long and timing-bound
 # (`systemtest` build tag, so the parallel step does not compile it): after
-# the others, one at a time.
-SYSTEM_TESTS := RealApt|RealKernelInstall|RealHooksDoubleFiring|RealHeadersAptPendingFlush|SystemDebianPackage|CrashSafetyKillRealHeaders|CrashSafetyKillUninstallInitrdEveryStep
+# the others, one at a time, with TIMING_TESTS.
+SYSTEM_TESTS := RealAptKernelImageAndHeaders|RealAptHeadersAfterImage|RealKernelInstall|RealHooksDoubleFiring|RealHeadersAptPendingFlush|SystemDebianPackage|CrashSafetyKillRealHeaders|CrashSafetyKillUninstallInitrdEveryStep
 
 # The main job end to end on a sandboxed root: add, build and install the
 # test modules for every kernel with headers, show status, uninstall, remove.
