@@ -30,8 +30,10 @@ vet:
 # 3.0.10) tests. Integration tests need root and fail under CI=true when a
 # prerequisite is missing.
 test: prereqs vet
-	$(GO) test -count=1 -timeout 60m ./...
-	$(GO) test -count=1 -p 1 -timeout 60m -tags systemtest -run '$(SYSTEM_TESTS)' ./...
+	$(GO) test -count=1 -timeout 60m -run '$(LONG_TESTS)' ./cmd/dkms & long=$$!; \
+	$(GO) test -count=1 -timeout 60m -skip '$(LONG_TESTS)|$(TIMING_TESTS)' ./...; rest=$$?; \
+	wait $$long && test $$rest -eq 0
+	$(GO) test -count=1 -p 1 -timeout 60m -tags systemtest -run '$(SYSTEM_TESTS)|$(TIMING_TESTS)' ./...
 	$(MAKE) fuzz FUZZTIME=100000x
 
 # The fuzz targets (the initrd reader, the tarball checker, the dkms.conf
@@ -44,11 +46,23 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzCheckTarball$$' -fuzztime $(FUZZTIME) ./lifecycle
 	$(GO) test -run '^$$' -fuzz '^FuzzReadConf$$' -fuzztime $(FUZZTIME) ./tree
 
+# The longest test of the parallel step, in a go test process of its own
+# started first: it then runs beside everything else instead of after
+# cmd/dkms's other tests (go test runs a package's tests one after another,
+# but for those that call t.Parallel).
+LONG_TESTS := ^TestDifferentialDkms3010RealHeaders$$
+
+# Tests bound by time (a build stopped a few seconds after its limit,
+# kills timed from a first run, a deadline per QEMU boot under TCG, builds
+# under a memory cgroup): not in the parallel step, where they would
+# compete for the CPUs, but in the serial one, alone.
+TIMING_TESTS := ^(TestBuildTimeout|TestMOKGenerationKilledNeverMismatched$$|TestBootQEMU|TestAutoinstallRealHeadersMemoryBudget$$)
+
 # Tests that install kernel packages or dkmsd's own package on this machine
 # (and put everything back), and the crash harness, long and timing-bound
 # (`systemtest` build tag, so the parallel step does not compile it): after
-# the others, one at a time.
-SYSTEM_TESTS := RealApt|RealKernelInstall|RealHooksDoubleFiring|RealHeadersAptPendingFlush|SystemDebianPackage|CrashSafetyKillRealHeaders|CrashSafetyKillUninstallInitrdEveryStep
+# the others, one at a time, with TIMING_TESTS.
+SYSTEM_TESTS := RealAptKernelImageAndHeaders|RealAptHeadersAfterImage|RealKernelInstall|RealHooksDoubleFiring|RealHeadersAptPendingFlush|SystemDebianPackage|CrashSafetyKillRealHeaders|CrashSafetyKillUninstallInitrdEveryStep
 
 # The main job end to end on a sandboxed root: add, build and install the
 # test modules for every kernel with headers, show status, uninstall, remove.

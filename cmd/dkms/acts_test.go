@@ -141,15 +141,16 @@ func TestEveryKeyAndOptionHasAScenario(t *testing.T) {
 // and without its setting or option, each time on a fresh relocated root,
 // and requires different outcomes.
 func TestEveryKeyAndOptionActsRealHeaders(t *testing.T) {
+	t.Parallel()
 	s := &actsSetup{parent: t}
 	for _, c := range keyCases {
-		t.Run(c.name, func(t *testing.T) { playActs(t, s, c) })
+		t.Run(c.name, func(t *testing.T) { t.Parallel(); playActs(t, s, c) })
 	}
 	for _, c := range optionCases {
-		t.Run(c.name, func(t *testing.T) { playActs(t, s, c) })
+		t.Run(c.name, func(t *testing.T) { t.Parallel(); playActs(t, s, c) })
 	}
 	for _, c := range dkms34Cases {
-		t.Run(c.name, func(t *testing.T) { playActs(t, s, c) })
+		t.Run(c.name, func(t *testing.T) { t.Parallel(); playActs(t, s, c) })
 	}
 }
 
@@ -343,6 +344,7 @@ func onlyKo(t *testing.T, dir string) string {
 // refused as dkms 3.0.10 refuses it: the same error on stderr, the usage
 // on stdout, exit 2, wherever it stands on the line.
 func TestUnknownOptionRefusedAsDkms3010(t *testing.T) {
+	t.Parallel()
 	if _, err := os.Stat(referenceDkms); err != nil {
 		testkit.Missing(t, "Debian's dkms 3.0.10 at "+referenceDkms+" (apt-get install -y dkms)")
 	}

@@ -313,6 +313,7 @@ func summaryLines(stdout string) []string {
 // is reported failed with the path of a log holding the compiler's error,
 // nothing of it is left half-installed, and dkms exits 11.
 func TestAutoinstallRealHeadersFailbuildExit11(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k1, k2 := b.kernels[0], b.kernels[1]
 	for _, m := range []string{"dkmsd_hello-1.0", "dkmsd_failbuild-1.0"} {
@@ -375,6 +376,7 @@ func TestAutoinstallRealHeadersFailbuildExit11(t *testing.T) {
 // twice (-k K -k K, as a hook script joining two lists might): the kernel
 // is worked on once, dkmsd_hello installed, depmod run, exit 0.
 func TestAutoinstallRealHeadersRepeatedKernel(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")
@@ -407,6 +409,7 @@ func TestAutoinstallRealHeadersRepeatedKernel(t *testing.T) {
 // the same summary, those that found the tree locked say so, and status
 // shows every module installed.
 func TestAutoinstallRealHeadersConcurrentProcesses(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k1, k2 := b.kernels[0], b.kernels[1]
 	marker := b.path("var/lib/dkms/dkmsd_count.builds")
@@ -695,6 +698,7 @@ func (s *buildSamples) sample(root int, before map[int]procInfo) {
 // framework.conf's 2, or the caller's MAKEFLAGS=-j1 as README documents)
 // one compiler at most and one make at a time.
 func TestAutoinstallRealHeadersCPUBudget(t *testing.T) {
+	t.Parallel()
 	mods := []string{"dkmsd_heavy_a", "dkmsd_heavy_b"}
 	for _, c := range []struct {
 		name   string
@@ -770,6 +774,7 @@ func TestAutoinstallRealHeadersCPUBudget(t *testing.T) {
 // built. Then `dkms kernel_prerm -k K1` removes every module built for K1
 // and leaves K2 alone.
 func TestMatchRealHeadersAndKernelPrerm(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k1, k2 := b.kernels[0], b.kernels[1]
 	arch := machineArch()

@@ -145,6 +145,7 @@ func timeoutError(b *batchRoot, kernel string, secs int) string {
 // code (10) and an error naming the limit, soon after it; no process of
 // the build is left; the tree is as after a failed build.
 func TestBuildTimeoutKillsBuildRealHeaders(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	const secs = 3
 	b := newBatchRoot(t)
 	k := b.kernels[0]
@@ -178,6 +179,7 @@ func TestBuildTimeoutKillsBuildRealHeaders(t *testing.T) {
 // the build, so none outlives it, not even the background sleep make never
 // signals.
 func TestBuildTimeoutCancelEndsBuildRealHeaders(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	marker := sleeperModule(t, b)
@@ -213,6 +215,7 @@ func TestBuildTimeoutCancelEndsBuildRealHeaders(t *testing.T) {
 // before letting the lock go that dkms builds the pending kernel's
 // modules (the sleeper is for the first kernel only).
 func TestBuildTimeoutBusyTreeHookCatchesUpRealHeaders(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	// Long enough for dkmsd_hello's real build, which the catch-up does
 	// under the same limit, on a busy machine.
 	const secs = 25

@@ -93,6 +93,7 @@ func kmodReads(t *testing.T, feature string) bool {
 // framework.conf changes the file visibly: xz's integrity check, zstd's
 // checksum, gzip's level (the header's XFL byte).
 func TestCompressionRealHeaders(t *testing.T) {
+	t.Parallel()
 	testkit.RequireRoot(t)
 	for tool, pkg := range map[string]string{"depmod": "kmod", "make": "make", "gcc": "gcc", "xz": "xz-utils", "zstd": "zstd", "gzip": "gzip", "modinfo": "kmod"} {
 		testkit.RequireTool(t, tool, pkg)

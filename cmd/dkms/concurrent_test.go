@@ -31,6 +31,7 @@ import (
 // every module installed on both kernels, each installed file equal to its
 // build and listed in modules.dep; no intent or temporary file is left.
 func TestConcurrentHooksAndCLIRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	mods := []string{"dkmsd_conc_a", "dkmsd_conc_b"}
 	for _, m := range mods {

@@ -51,6 +51,7 @@ func koIn(t *testing.T, dir string) []string {
 // is "installed" with no difference noted. The plain form (element 0)
 // still rules out the whole package with 77.
 func TestBuildExclusivePerModuleRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	b.twoModulePackage(t, "dkmsd_pm", `BUILD_EXCLUSIVE_ARCH[1]="nonexistent"`)
@@ -111,6 +112,7 @@ func oneLinePatch(t *testing.T, file, text, old, new string) string {
 // instead of the source's script (dkms 3.4.0). The built module carries
 // the override's MODULE_VERSION.
 func TestEtcDkmsModuleOverridesRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	testkit.RequireTool(t, "modinfo", "kmod")
 	testkit.RequireTool(t, "patch", "patch")
@@ -163,6 +165,7 @@ func TestEtcDkmsModuleOverridesRealHeaders(t *testing.T) {
 // build refuses to start before it is installed). A dependency the tree
 // knows but cannot install is still a failure (11).
 func TestAutoinstallDeferredBuildDependsRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	b.cloneHello(t, "dkmsd_dependent", "1.0", []string{`BUILD_DEPENDS="dkmsd_provider"`}, nil)

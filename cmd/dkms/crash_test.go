@@ -122,6 +122,7 @@ func dkmsdTempFiles(root string) []string {
 // is installed. The random kills of TestCrashSafetyKillRealHeaders hit
 // this window only now and then.
 func TestCrashSafetyKillBeforeInitrdRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernelWithInitrd(t)
 	img := b.path("boot", "initrd.img-"+k)

@@ -205,6 +205,7 @@ func differentialSteps(k1, k2 string) []diffStep {
 // machine's own /lib/modules whatever --installtree says (dkmsd's depmod
 // is covered by the integration tests).
 func TestDifferentialDkms3010RealHeaders(t *testing.T) {
+	t.Parallel()
 	dkmsd, ref, ks := differentialSetup(t)
 	k1, k2 := ks[0], ks[1]
 	for _, s := range []side{dkmsd, ref} {
@@ -315,6 +316,7 @@ func scratchModules(t *testing.T, dkmsd side, kernel string) (same, older []byte
 // place on Debian), and puts it back on uninstall. Everything else is
 // the same byte for byte.
 func TestDifferentialOriginalModuleRealHeaders(t *testing.T) {
+	t.Parallel()
 	dkmsd, ref, ks := differentialSetup(t)
 	k := ks[0]
 	same, older := scratchModules(t, dkmsd, k)

@@ -204,6 +204,7 @@ func diffFileSets(a, b map[string]string) []string {
 // TestDifferentialTreeInteropRealHeaders checks that a tree written by dkms
 // 3.0.10 is read and managed by dkmsd, and the other way round.
 func TestDifferentialTreeInteropRealHeaders(t *testing.T) {
+	t.Parallel()
 	dkmsd, ref, ks := differentialSetup(t)
 	k1, k2 := ks[0], ks[1]
 	testkit.CopyModule(t, ref.root, "dkmsd_twomods-2.1")

@@ -179,6 +179,7 @@ func wantFailure(t *testing.T, what string, r testkit.Result, code int, want ...
 // no .dkmsd-* temporary file, no partial .ko, the original back in place,
 // no intent.
 func TestFullDiskInstallTreeRealHeaders(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, module string
 		// leave is the free space left, from the built module sizes.
@@ -237,6 +238,7 @@ func TestFullDiskInstallTreeRealHeaders(t *testing.T) {
 // stays archived in original_module with its .origin file (or is back in
 // place), and the command says it could not restore it.
 func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	kdir := tmpfsKernelDir(t, b, k, "3m")
@@ -280,6 +282,7 @@ func TestFullDiskUninstallKeepsOriginalRealHeaders(t *testing.T) {
 // space missing and the image, which stays byte for byte as it was, with no
 // temporary file beside it. The install itself stands.
 func TestFullDiskBootRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernelWithInitrd(t)
 	src := "/boot/initrd.img-" + k
@@ -325,6 +328,7 @@ func TestFullDiskBootRealHeaders(t *testing.T) {
 // change nothing; the hooks report it and exit 0 (they never fail a package
 // transaction); dkms status works and shows what it showed.
 func TestReadOnlyDKMSTreeRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	tr := b.path("var/lib/dkms")
@@ -380,6 +384,7 @@ func TestReadOnlyDKMSTreeRealHeaders(t *testing.T) {
 // leave the trees and dkms status as they were — also once the next
 // command has taken the lock and recovered the tree.
 func TestReadOnlyInstallTreeRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	kdir := tmpfsKernelDir(t, b, k, "16m")

@@ -112,6 +112,7 @@ func memAvailable() int64 {
 // ends within the dkms.conf time limit (10 s) and leaves the root byte for
 // byte as it was (a failed build may leave its build dir and its log).
 func TestHostileInputRealHeaders(t *testing.T) {
+	t.Parallel()
 	for _, c := range slices.Concat(hostileConfCases(), hostileBuildCases()) {
 		t.Run(c.name, c.run)
 	}

@@ -198,6 +198,7 @@ func checkHelloInitrd(t *testing.T, root, bootKernel, initrdPath string) *initrd
 // initrd: after an append, by cutting the image back to its original
 // bytes; after a rewrite, by rewriting it again.
 func TestBootQEMURealInitrdHello(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	bootKernel := requireBootKernel(t)
 	testkit.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	bin := testkit.Binary(t, "dkms")

@@ -286,6 +286,7 @@ func budgetLine(t *testing.T, log string) string {
 // make.log (512 MiB a job for a module never built completely: 1 job).
 // Then a lone rebuild of dkmsd_hello counts what it took in that run.
 func TestAutoinstallRealHeadersMemoryBudget(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	b := newBatchRoot(t)
 	k := drmKernel(t, b)
 	tmpfsDKMSTree(t, b)

@@ -222,6 +222,7 @@ func (s vmStep) loaded(module string) bool {
 // alias) never loads; dkmsd_nodev (an alias of the ISA bridge, an init
 // that fails) is tried and fails without failing the install.
 func TestBootQEMUModprobeOnInstall(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	bootKernel := requireBootKernel(t)
 	testkit.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	other := ""

@@ -53,6 +53,7 @@ func pairMatches(t *testing.T, key, cert string) bool {
 // made; a key and certificate that are not a pair fail the build instead
 // of installing an unsigned module.
 func TestMOKKeyKeptWhenCertificateMissing(t *testing.T) {
+	t.Parallel()
 	b := mokRoot(t, "var/lib/dkms/mok.key", "var/lib/dkms/mok.pub")
 	k := b.kernels[0]
 	key, cert := b.path("var/lib/dkms/mok.key"), b.path("var/lib/dkms/mok.pub")
@@ -118,6 +119,7 @@ func TestMOKKeyKeptWhenCertificateMissing(t *testing.T) {
 // does not exist is not generated and no directory is made; the module
 // is built unsigned, as dkms says.
 func TestMOKNoDirectoryMadeForBadPath(t *testing.T) {
+	t.Parallel()
 	b := mokRoot(t, "no/such/path.key", "no/such/path.pub")
 	r := b.mustRun(t, "build", "dkmsd_hello/1.0", "-k", b.kernels[0])
 	if !strings.Contains(r.Stdout, "can't be generated, modules won't be signed") {
@@ -133,6 +135,7 @@ func TestMOKNoDirectoryMadeForBadPath(t *testing.T) {
 // that are both there are a pair, and the next generate_mok leaves a
 // pair that signs and verifies.
 func TestMOKGenerationKilledNeverMismatched(t *testing.T) {
+	// Not t.Parallel: timing-bound (docs/testing.md, "Using both cores").
 	b := mokRoot(t, "var/lib/dkms/mok.key", "var/lib/dkms/mok.pub")
 	key, cert := b.path("var/lib/dkms/mok.key"), b.path("var/lib/dkms/mok.pub")
 	start := time.Now()

@@ -20,6 +20,7 @@ import (
 // first would rebuild the image with the module still installed and then
 // clear the marker, leaving a module in the initrd that is not installed.
 func TestRecoverKilledUninstallThenInitrd(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernelWithInitrd(t)
 	img := b.path("boot", "initrd.img-"+k)
@@ -70,6 +71,7 @@ func TestRecoverKilledUninstallThenInitrd(t *testing.T) {
 // command to take the lock completes the uninstall; it must also delete
 // that temporary file, which lies outside the dirs the intent names.
 func TestRecoverKilledOriginalRestoreSweepsItsTemp(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	testkit.CopyModule(t, b.root, "dkmsd_hello-1.0")

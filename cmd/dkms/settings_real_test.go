@@ -52,6 +52,7 @@ func lines(t *testing.T, path string) []string {
 // is shown and leaves the exit status alone; its output is in
 // post_transaction.log.
 func TestPostTransactionRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k0, k1 := b.kernels[0], b.kernels[1]
 	arch := machineArch()
@@ -132,6 +133,7 @@ echo "post_transaction ran: $*"
 // setting, or with a file that does not exist (ignored, as dkms does),
 // the build fails.
 func TestBuildEnvironmentRealHeaders(t *testing.T) {
+	t.Parallel()
 	b := newBatchRoot(t)
 	k := b.kernels[0]
 	makefile := `ifneq ($(DKMSD_TOOLSET),enabled-$(KERNELRELEASE))

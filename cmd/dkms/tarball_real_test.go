@@ -297,6 +297,7 @@ func writeTarGz(t *testing.T, file string, members [][2]string) {
 // their exit codes (dkms 3.0.10's), on a module that is added but not
 // built: nothing here needs headers.
 func TestTarballExitCodes(t *testing.T) {
+	t.Parallel()
 	s := tarballDkmsd(t, tarballEnv)
 	testkit.CopyModule(t, s.root, "dkmsd_hello-1.0")
 	mustSucceed(t, s, "add", "dkmsd_hello/1.0")
@@ -379,6 +380,7 @@ func TestTarballExitCodes(t *testing.T) {
 // original bytes (each root has its own MOK key and build dir, so a
 // rebuild could not produce them).
 func TestTarballRealHeadersRoundTrip(t *testing.T) {
+	t.Parallel()
 	testkit.RequireRoot(t)
 	testkit.RequireTool(t, "openssl", "openssl")
 	ks := testkit.Kernels(t, 2)
@@ -539,6 +541,7 @@ func normalizedMembers(t *testing.T, file string, kernels ...string) []string {
 // make_tarball), so its tarballs here hold one kernel, and of dkmsd's
 // two-kernel tarball it is only asked to install the first.
 func TestTarballRealHeadersDkms3010(t *testing.T) {
+	t.Parallel()
 	dk, ref, ks := differentialSetup(t)
 	k1, k2 := ks[0], ks[1]
 	env := dk.env // the shared MOK key: a module signed on either side verifies on both
@@ -671,6 +674,7 @@ func TestTarballRealHeadersDkms3010(t *testing.T) {
 // dkmsd_twomods for two kernels and reads it back with xorriso, gzip,
 // cpio and modinfo; then as a tarball; and checks -d suse is refused.
 func TestDriverDiskRealHeaders(t *testing.T) {
+	t.Parallel()
 	testkit.RequireRoot(t)
 	for _, tool := range [][2]string{{"openssl", "openssl"}, {"xorriso", "xorriso"}, {"cpio", "cpio"}, {"modinfo", "kmod"}, {"gzip", "gzip"}, {"tar", "tar"}} {
 		testkit.RequireTool(t, tool[0], tool[1])

@@ -75,6 +75,7 @@ func signEnv() []string {
 // message says why, as dkms 3.4.3's does. (TestMain's SignAnywhere is
 // cleared: these cases are about the default.)
 func TestTrySignModulesChrootRealHeaders(t *testing.T) {
+	t.Parallel()
 	testkit.RequireRoot(t)
 	for tool, pkg := range map[string]string{"depmod": "kmod", "openssl": "openssl", "make": "make", "gcc": "gcc", "unshare": "util-linux", "chroot": "coreutils"} {
 		testkit.RequireTool(t, tool, pkg)
