@@ -54,9 +54,10 @@ LONG_TESTS := ^TestDifferentialDkms3010RealHeaders$$
 
 # Tests bound by time (a build stopped a few seconds after its limit,
 # kills timed from a first run, a deadline per QEMU boot under TCG, builds
-# under a memory cgroup): not in the parallel step, where they would
+# under a memory cgroup, a CPU budget measured, a registry that must be
+# given up on within 5 s): not in the parallel step, where they would
 # compete for the CPUs, but in the serial one, alone.
-TIMING_TESTS := ^(TestBuildTimeout|TestMOKGenerationKilledNeverMismatched$$|TestBootQEMU|TestAutoinstallRealHeadersMemoryBudget$$)
+TIMING_TESTS := ^(TestBuildTimeout|TestMOKGenerationKilledNeverMismatched$$|TestBootQEMU|TestAutoinstallRealHeadersMemoryBudget$$|TestAutoinstallRealHeadersCPUBudget$$|TestCacheRealHeadersFleet$$)
 
 # Tests that install kernel packages or dkmsd's own package on this machine
 # (and put everything back), and the crash harness, long and timing-bound
