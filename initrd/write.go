@@ -72,6 +72,16 @@ func (s *State) BaseLenOf(data []byte) int {
 	return s.BaseLen
 }
 
+// BaseOf returns where the generator's bytes end in data and their
+// digest: the recorded base when data is the image dkmsd wrote on it,
+// otherwise the whole of data (digest "" then: not computed yet).
+func (s *State) BaseOf(data []byte) (int, string) {
+	if n := s.BaseLenOf(data); n > 0 {
+		return n, s.BaseSHA256
+	}
+	return len(data), ""
+}
+
 // NewState describes an image of total length n built on data[:baseLen].
 func NewState(data []byte, baseLen, n int) *State {
 	sum := sha256.Sum256(data[:baseLen])

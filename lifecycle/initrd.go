@@ -64,20 +64,24 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 		}
 		return nil, fail(KindNoInitrd, fmt.Sprintf("Kernel %s has no initrd in %s (initrd.img-%s or initramfs-%s.img).", kernel, e.Layout.BootDir, kernel, kernel))
 	}
-	img, err := initrd.Read(imgPath)
+	data, err := os.ReadFile(imgPath)
 	if err != nil {
-		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
+		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("read initrd: %v", err), imgPath + " is unchanged."}, Err: err}
 	}
 	statePath := e.Layout.InitrdStateFile(kernel)
 	state := initrd.LoadState(statePath)
-	baseLen := state.BaseLenOf(img.Data)
-	base := img
-	if baseLen > 0 {
-		if base, err = initrd.Parse(img.Data[:baseLen]); err != nil {
-			return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
-		}
+	baseLen, digest := state.BaseOf(data)
+	// What dkmsd needs from the image was read once and kept, keyed by
+	// the digest of its own bytes: no decompression on the append path.
+	base, err := initrd.OpenBase(data[:baseLen], digest, kernel, e.Layout.InitrdCacheDir(kernel))
+	if err != nil {
+		err = fmt.Errorf("initrd %s: %w", imgPath, err)
+		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
 	}
-	plan, err := e.initrdPlan(ctx, base, kernel, arch)
+	if baseLen == len(data) {
+		baseLen = 0 // no segment of dkmsd's in it
+	}
+	plan, err := e.initrdPlan(ctx, base.Index, kernel, arch)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +92,7 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 			return nil, nil // nothing of ours in it, nothing to add
 		}
 		// Our segment is all that must go: cut the image back to its base.
-		if err := initrd.WriteAtomic(imgPath, img.Data[:baseLen]); err != nil {
+		if err := initrd.WriteAtomic(imgPath, data[:baseLen]); err != nil {
 			return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
 		}
 		os.Remove(statePath)
@@ -106,22 +110,18 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 	if strategy != initrd.Append && strategy != initrd.Rewrite {
 		return nil, fail(KindUsage, fmt.Sprintf("Unknown initrd strategy %q: use append or rewrite.", strategy))
 	}
-	out, rep, err := initrd.Build(ctx, img, plan, strategy)
+	out, rep, err := initrd.BuildBase(ctx, base, plan, strategy)
 	if err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("Could not regenerate %s: %v", imgPath, err), imgPath + " is unchanged."}, Err: err}
 	}
-	if bytes.Equal(out, img.Data) {
+	if bytes.Equal(out, data) {
 		return nil, nil // already holds exactly this
 	}
 	if err := initrd.WriteAtomic(imgPath, out); err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
 	}
 	if rep.Strategy == initrd.Append {
-		b := baseLen
-		if b == 0 {
-			b = len(img.Data)
-		}
-		err = initrd.NewState(img.Data, b, len(out)).Save(statePath)
+		err = (&initrd.State{BaseLen: len(base.Data), BaseSHA256: base.Index.Digest, Len: len(out)}).Save(statePath)
 	} else {
 		err = os.Remove(statePath)
 		if os.IsNotExist(err) {
@@ -150,16 +150,15 @@ func (e *Env) initrdEvent(kernel, arch, imgPath string, rep *initrd.Report) {
 
 // initrdPlan decides which module files go into the initrd and which
 // must leave it.
-func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch string) (initrd.Plan, error) {
+func (e *Env) initrdPlan(ctx context.Context, img *initrd.Index, kernel, arch string) (initrd.Plan, error) {
 	plan := initrd.Plan{Kernel: kernel}
-	modDir, err := img.Resolve("lib/modules/" + kernel)
-	if err != nil || !img.IsDir(modDir) {
+	if img.ModulesDir == "" {
 		return plan, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("The initrd of %s has no lib/modules/%s: it was not made for this kernel.", kernel, kernel)}}
 	}
 	inImage := map[string]string{} // module name → path in the image
-	for _, n := range img.Names(modDir) {
-		if name, ok := moduleName(n); ok {
-			inImage[name] = strings.TrimPrefix(n, modDir+"/")
+	for _, rel := range img.Modules() {
+		if name, ok := moduleName(rel); ok {
+			inImage[name] = rel
 		}
 	}
 	wanted, early := e.initrdToolModules()
@@ -208,9 +207,11 @@ func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch st
 	}
 	sort.Slice(plan.Add, func(i, j int) bool { return plan.Add[i].Rel < plan.Add[j].Rel })
 	// DKMS modules the image carries that are no longer installed.
-	for _, n := range img.Names(path.Join(modDir, "updates", "dkms")) {
-		rel := strings.TrimPrefix(n, modDir+"/")
-		if _, ok := moduleName(n); ok && !exists(filepath.Join(kdir, rel)) {
+	for _, rel := range img.Modules() {
+		if !strings.HasPrefix(rel, "updates/dkms/") {
+			continue
+		}
+		if !exists(filepath.Join(kdir, rel)) {
 			if _, adding := add[rel]; !adding {
 				plan.Remove = append(plan.Remove, rel)
 			}
