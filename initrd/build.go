@@ -83,14 +83,44 @@ func Build(ctx context.Context, img *Image, plan Plan, strategy Strategy) ([]byt
 	if err != nil {
 		return nil, nil, err
 	}
-	return BuildBase(ctx, &Base{Data: base.Data, Index: idx, Dir: dir, img: base}, plan, strategy)
+	out, rep, err := BuildBase(ctx, &Base{Data: base.Data, Index: idx, Dir: dir, img: base}, plan, strategy)
+	if err != nil {
+		return nil, nil, err
+	}
+	return out.Bytes(), rep, nil
+}
+
+// Output is a new image in parts: on the append path the base's own bytes
+// and the segment, which are written one after the other, never joined in
+// memory.
+type Output [][]byte
+
+// Len is the image's length.
+func (o Output) Len() int {
+	n := 0
+	for _, p := range o {
+		n += len(p)
+	}
+	return n
+}
+
+// Bytes joins the parts.
+func (o Output) Bytes() []byte {
+	if len(o) == 1 {
+		return o[0]
+	}
+	out := make([]byte, 0, o.Len())
+	for _, p := range o {
+		out = append(out, p...)
+	}
+	return out
 }
 
 // BuildBase makes the new image from a base and its index: the base's
 // bytes followed by one segment (Append), or the base rewritten
 // (Rewrite). depmod runs over the index's stubs of the image's modules
 // and the new modules; the append path never decompresses the base.
-func BuildBase(ctx context.Context, base *Base, plan Plan, strategy Strategy) ([]byte, *Report, error) {
+func BuildBase(ctx context.Context, base *Base, plan Plan, strategy Strategy) (Output, *Report, error) {
 	idx := base.Index
 	modDir := idx.ModulesDir
 	if modDir == "" || idx.Kernel != plan.Kernel {
@@ -155,16 +185,18 @@ func BuildBase(ctx context.Context, base *Base, plan Plan, strategy Strategy) ([
 		rep.LoadFile = name
 	}
 
-	var out []byte
+	var out Output
 	switch {
 	case rep.Strategy == Append && len(added) == 0 && len(indexes) == 0:
-		out = base.Data // nothing new: the base alone is the image
+		out = Output{base.Data} // nothing new: the base alone is the image
 	case rep.Strategy == Append:
 		out, err = appendSegment(base, rep.Compression, added, indexes)
 	default:
 		var img *Image
 		if img, err = base.Image(); err == nil {
-			out, err = rewrite(img, rep.Compression, added, indexes, removed)
+			var b []byte
+			b, err = rewrite(img, rep.Compression, added, indexes, removed)
+			out = Output{b}
 		}
 	}
 	if err != nil {
@@ -174,7 +206,7 @@ func BuildBase(ctx context.Context, base *Base, plan Plan, strategy Strategy) ([
 	if err := verify(base, out, plan, rep, indexes, stageDep); err != nil {
 		return nil, nil, fmt.Errorf("the new image does not read back right: %w", err)
 	}
-	rep.Size = len(out)
+	rep.Size = out.Len()
 	return out, rep, nil
 }
 

@@ -42,7 +42,7 @@ func newRecords(exists func(string) bool, files map[string][]byte) []cpio.Record
 }
 
 // appendSegment is the image's bytes followed by one segment.
-func appendSegment(base *Base, c Compression, modules, indexes map[string][]byte) ([]byte, error) {
+func appendSegment(base *Base, c Compression, modules, indexes map[string][]byte) (Output, error) {
 	files := map[string][]byte{}
 	for n, d := range modules {
 		files[n] = d
@@ -58,17 +58,16 @@ func appendSegment(base *Base, c Compression, modules, indexes map[string][]byte
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, len(base.Data), len(base.Data)+len(packed)+8)
-	copy(out, base.Data)
+	var pad []byte
 	if base.Index.Last == Lz4 || c == None {
 		// lz4 needs a zero size to stop; an uncompressed archive must start
 		// 4-byte aligned in the image.
-		out = append(out, 0, 0, 0, 0)
-		for len(out)%4 != 0 {
-			out = append(out, 0)
+		pad = []byte{0, 0, 0, 0}
+		for (len(base.Data)+len(pad))%4 != 0 {
+			pad = append(pad, 0)
 		}
 	}
-	return append(out, packed...), nil
+	return Output{base.Data, append(pad, packed...)}, nil
 }
 
 // rewrite keeps the early segments and writes one archive with every
@@ -163,28 +162,27 @@ func archive(recs []cpio.Record, firstIno uint64) ([]byte, error) {
 // readBack parses what verify checks: after an append, the new segment
 // alone (the base is the one indexed, byte for byte); after a rewrite, the
 // whole new image.
-func readBack(base *Base, out []byte, rep *Report) (*Image, error) {
-	n := len(base.Data)
+func readBack(base *Base, out Output, rep *Report) (*Image, error) {
 	if rep.Strategy == Append {
-		if len(out) == n {
-			return &Image{Data: out, view: map[string]cpio.Record{}}, nil
+		if len(out) == 0 || &out[0][0] != &base.Data[0] || len(out[0]) != len(base.Data) {
+			return nil, errors.New("the base image's bytes are not the image's start")
 		}
-		if len(out) < n || !bytes.Equal(out[:n], base.Data) {
-			return nil, errors.New("the base image's bytes changed")
+		if len(out) == 1 {
+			return &Image{view: map[string]cpio.Record{}}, nil
 		}
-		seg := out[n:]
+		seg := out[1]
 		for len(seg) > 0 && seg[0] == 0 {
 			seg = seg[1:]
 		}
 		return Parse(seg)
 	}
-	return Parse(out)
+	return Parse(out.Bytes())
 }
 
 // verify reads the new image back: every added module is there with its
 // bytes, modules.dep (the image's, or the one written) lists it, and the
 // boot list names what must load.
-func verify(base *Base, out []byte, plan Plan, rep *Report, written map[string][]byte, stageDep []byte) error {
+func verify(base *Base, out Output, plan Plan, rep *Report, written map[string][]byte, stageDep []byte) error {
 	img, err := readBack(base, out, rep)
 	if err != nil {
 		return err

@@ -114,14 +114,14 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 	if err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("Could not regenerate %s: %v", imgPath, err), imgPath + " is unchanged."}, Err: err}
 	}
-	if bytes.Equal(out, data) {
+	if out.Len() == len(data) && bytes.Equal(out.Bytes(), data) {
 		return nil, nil // already holds exactly this
 	}
-	if err := initrd.WriteAtomic(imgPath, out); err != nil {
+	if err := initrd.WriteAtomic(imgPath, out...); err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
 	}
 	if rep.Strategy == initrd.Append {
-		err = (&initrd.State{BaseLen: len(base.Data), BaseSHA256: base.Index.Digest, Len: len(out)}).Save(statePath)
+		err = (&initrd.State{BaseLen: len(base.Data), BaseSHA256: base.Index.Digest, Len: out.Len()}).Save(statePath)
 	} else {
 		err = os.Remove(statePath)
 		if os.IsNotExist(err) {
