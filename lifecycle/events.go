@@ -33,6 +33,9 @@ const (
 	// TransactionSummary ends a transaction (a batch or a hook run): Text
 	// is the summary, Err set when something failed.
 	TransactionSummary
+	// InitrdVerified: dkms verify booted a kernel's initrd; Verify holds
+	// what loaded and what is missing.
+	InitrdVerified
 )
 
 var eventNames = map[EventType]string{
@@ -40,6 +43,7 @@ var eventNames = map[EventType]string{
 	BuildFailed: "build-failed", BuildSkipped: "build-skipped", Installed: "installed",
 	Uninstalled: "uninstalled", Added: "added", Removed: "removed",
 	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated", TransactionSummary: "transaction-summary",
+	InitrdVerified: "initrd-verified",
 }
 
 func (t EventType) String() string { return eventNames[t] }
@@ -59,6 +63,8 @@ type Event struct {
 	Err      error
 	// Transaction is set on TransactionSummary events.
 	Transaction *Transaction
+	// Verify is set on InitrdVerified events.
+	Verify *VerifyReport
 }
 
 // Sink receives events. Implementations must be safe for concurrent use.

@@ -41,3 +41,9 @@ func (s statusSource) StatusRows(ctx context.Context) ([][5]string, error) {
 func (s statusSource) LastTransaction() (lifecycle.Transaction, error) {
 	return lifecycle.LastTransaction(s.env)
 }
+
+// Verify is the service's Verify method: dkms verify -k kernel, its
+// events on the bus as from the command.
+func (s statusSource) Verify(ctx context.Context, kernel string) (*lifecycle.VerifyReport, error) {
+	return lifecycle.VerifyInitrd(ctx, s.env, kernel, machineArch())
+}
