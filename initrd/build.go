@@ -263,21 +263,24 @@ func changedIndexes(idx *Index, stageMod string) (map[string][]byte, error) {
 }
 
 // loadList returns the initrd tool's boot list with the modules added:
-// conf/modules for initramfs-tools (each line is modprobe'd early),
-// etc/modules-load.d/dkmsd.conf for dracut/systemd images.
+// conf/modules for initramfs-tools (each line is modprobe'd early);
+// etc/cmdline.d/50-dkmsd.conf for dracut images, one rd.driver.pre=
+// line per module (dracut reads etc/cmdline.d as kernel command line and
+// modprobes rd.driver.pre early, with or without systemd, as it does for
+// force_drivers).
 func loadList(idx *Index, mods []string) (string, []byte, bool) {
 	if len(mods) == 0 {
 		return "", nil, false
 	}
-	name := "etc/modules-load.d/dkmsd.conf"
+	name, prefix := dracutBootList, "rd.driver.pre="
 	if idx.InitramfsTools {
-		name = "conf/modules"
+		name, prefix = "conf/modules", ""
 	}
 	old := idx.Lists[name]
 	have := map[string]bool{}
 	for _, l := range strings.Split(old, "\n") {
 		if f := strings.Fields(l); len(f) > 0 {
-			have[f[0]] = true
+			have[strings.TrimPrefix(f[0], prefix)] = true
 		}
 	}
 	content := old
@@ -287,7 +290,7 @@ func loadList(idx *Index, mods []string) (string, []byte, bool) {
 	changed := false
 	for _, m := range mods {
 		if !have[m] {
-			content += m + "\n"
+			content += prefix + m + "\n"
 			have[m], changed = true, true
 		}
 	}

@@ -48,7 +48,7 @@ type Index struct {
 	// scripts/functions), so its boot list is conf/modules.
 	InitramfsTools bool `json:"initramfs_tools"`
 	// Lists holds the boot lists the image has (conf/modules,
-	// etc/modules-load.d/dkmsd.conf), by name.
+	// etc/cmdline.d/50-dkmsd.conf), by name.
 	Lists map[string]string `json:"lists"`
 
 	dirs map[string]bool
@@ -59,7 +59,10 @@ type Index struct {
 var depmodInputs = map[string]bool{"modules.order": true, "modules.builtin": true, "modules.builtin.modinfo": true}
 
 // bootLists are the files a boot list may live in.
-var bootLists = []string{"conf/modules", "etc/modules-load.d/dkmsd.conf"}
+var bootLists = []string{"conf/modules", dracutBootList}
+
+// dracutBootList is dkmsd's boot list in a dracut image.
+const dracutBootList = "etc/cmdline.d/50-dkmsd.conf"
 
 // Digest is the hex sha256 of data, the key of a base's index.
 func Digest(data []byte) string {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -161,7 +160,7 @@ func (e *Env) initrdPlan(ctx context.Context, img *initrd.Index, kernel, arch st
 			inImage[name] = rel
 		}
 	}
-	wanted, early := e.initrdToolModules()
+	wanted, early, omitted := e.initrdToolModules(ctx)
 	kdir := e.Layout.KernelDir(kernel)
 	add := map[string]string{} // rel → src
 	var load []string
@@ -171,7 +170,7 @@ func (e *Env) initrdPlan(ctx context.Context, img *initrd.Index, kernel, arch st
 	}
 	for _, is := range specs {
 		n := normalizeModName(is.spec.DestName)
-		if _, replaces := inImage[n]; !is.remakeInitrd && !replaces && !wanted[n] {
+		if _, replaces := inImage[n]; (!is.remakeInitrd && !replaces && !wanted[n]) || omitted(n) {
 			continue
 		}
 		builtDir := filepath.Join(e.Layout.BuiltDir(is.t.Module, is.t.Version, kernel, arch), "module")
@@ -234,14 +233,14 @@ type InitrdModule struct {
 // (dist/initramfs-tools/hooks/dkmsd) asks for them, so update-initramfs
 // keeps them when it regenerates the image.
 func InitrdModules(ctx context.Context, e *Env, kernel, arch string) ([]InitrdModule, error) {
-	wanted, early := e.initrdToolModules()
+	wanted, early, omitted := e.initrdToolModules(ctx)
 	specs, err := e.installedSpecs(ctx, kernel, arch)
 	if err != nil {
 		return nil, err
 	}
 	var out []InitrdModule
 	for _, is := range specs {
-		if n := normalizeModName(is.spec.DestName); is.remakeInitrd || wanted[n] {
+		if n := normalizeModName(is.spec.DestName); (is.remakeInitrd || wanted[n]) && !omitted(n) {
 			out = append(out, InitrdModule{Name: is.spec.DestName, Early: early[n]})
 		}
 	}
@@ -310,12 +309,12 @@ func readModulesDep(file string) map[string][]string {
 	return out
 }
 
-var dracutDriversRE = regexp.MustCompile(`(?m)^\s*(add_drivers|force_drivers)\+?=\s*["']?([^"'\n]*)["']?`)
-
 // initrdToolModules reads the modules the administrator asked the initrd
-// tool for: /etc/initramfs-tools/modules (all load early) and dracut's
-// add_drivers (included) and force_drivers (load early).
-func (e *Env) initrdToolModules() (wanted, early map[string]bool) {
+// tool for: /etc/initramfs-tools/modules (all load early), and dracut's
+// configuration (evaluated as dracut sources it): add_drivers, drivers and
+// filesystems are included, force_drivers also load early; omitted are
+// those omit_drivers keeps out.
+func (e *Env) initrdToolModules(ctx context.Context) (wanted, early map[string]bool, omitted func(string) bool) {
 	wanted, early = map[string]bool{}, map[string]bool{}
 	etc := filepath.Join(e.Layout.Root, "/etc")
 	if data, err := os.ReadFile(filepath.Join(etc, "initramfs-tools", "modules")); err == nil {
@@ -326,23 +325,21 @@ func (e *Env) initrdToolModules() (wanted, early map[string]bool) {
 			}
 		}
 	}
-	files, _ := filepath.Glob(filepath.Join(etc, "dracut.conf.d", "*.conf"))
-	files = append([]string{filepath.Join(etc, "dracut.conf")}, files...)
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, m := range dracutDriversRE.FindAllStringSubmatch(string(data), -1) {
-			for _, name := range strings.Fields(m[2]) {
-				wanted[normalizeModName(name)] = true
-				if m[1] == "force_drivers" {
-					early[normalizeModName(name)] = true
-				}
-			}
+	warnings := &lineWriter{sink: e.Sink, typ: Warning}
+	defer warnings.Flush()
+	dc, err := tree.ReadDracutConf(ctx, filepath.Join(e.Layout.Root, "/"), e.Environ, warnings)
+	if err != nil {
+		e.warn("Warning: dracut's configuration: %v", err)
+	}
+	for _, list := range [][]string{dc.AddDrivers, dc.Drivers, dc.Filesystems, dc.ForceDrivers} {
+		for _, name := range list {
+			wanted[normalizeModName(name)] = true
 		}
 	}
-	return wanted, early
+	for _, name := range dc.ForceDrivers {
+		early[normalizeModName(name)] = true
+	}
+	return wanted, early, dc.Omitted
 }
 
 // runInitrdTool hands the initrd to the distribution's own generator.

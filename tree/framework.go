@@ -20,6 +20,7 @@ var frameworkNames = []string{
 	"try_sign_modules", "build_environment",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
 	"hook_lock_timeout", "build_timeout", "build_memory_per_job",
+	"verify_initrd",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -94,6 +95,10 @@ type Framework struct {
 	// CPUs only.
 	BuildMemoryPerJob int
 	NoMemoryBudget    bool
+	// VerifyInitrd is verify_initrd: "yes" ends a hook's kernel
+	// transaction with dkms verify of the kernels it installed modules
+	// for.
+	VerifyInitrd bool
 
 	// Files are the files read, in order.
 	Files []string
@@ -166,6 +171,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	if n, err := strconv.Atoi(get("build_timeout")); err == nil && n >= 0 {
 		fw.BuildTimeout = time.Duration(n) * time.Second
 	}
+	fw.VerifyInitrd = get("verify_initrd") == "yes"
 	switch n, err := strconv.Atoi(get("build_memory_per_job")); {
 	case err == nil && n == 0:
 		fw.NoMemoryBudget = true

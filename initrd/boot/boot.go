@@ -69,14 +69,12 @@ func Normalize(name string) string { return strings.ReplaceAll(name, "-", "_") }
 
 // endMarkers are console lines showing that the initramfs has loaded its
 // modules: initramfs-tools stops at break=premount after load_modules;
-// dracut reaches its pre-mount hook (rd.break=pre-mount) after udev and
-// rd.driver.pre.
+// dracut gives up waiting for the root device (rd.retry=1, rd.timeout=5)
+// after its cmdline hook loaded rd.driver.pre and udev settled.
 var endMarkers = []string{
 	"Spawning shell within the initramfs",
-	"Breaking to emergency shell",
-	"dracut-pre-mount",
-	"Reached target Initrd Root Device",
-	"Reached target initrd-root-device.target",
+	"Could not boot",
+	"Entering emergency mode",
 }
 
 // stopMarkers end the boot without it having got that far.
@@ -89,9 +87,10 @@ var (
 
 // Cmdline is the kernel command line of a verification boot: the serial
 // console; module loads and init results on it; the initramfs stopped
-// once its modules are loaded (initramfs-tools' break=premount, dracut's
-// rd.break=pre-mount); a panic ending qemu (-no-reboot).
-const Cmdline = "console=ttyS0 panic=-1 ignore_loglevel initcall_debug trace_event=module:module_load tp_printk break=premount rd.break=pre-mount rd.shell=0 rd.retry=1 rd.timeout=5"
+// once its modules are loaded (initramfs-tools' break=premount; dracut
+// giving up on the root device soon, with no shell, powering off); a panic
+// ending qemu (-no-reboot).
+const Cmdline = "console=ttyS0 panic=-1 ignore_loglevel initcall_debug trace_event=module:module_load tp_printk break=premount rd.shell=0 rd.retry=1 rd.timeout=5 rd.emergency=poweroff"
 
 // Run boots opts.Kernel with opts.Initrd and watches the console.
 func Run(ctx context.Context, opts Options) (*Result, error) {
