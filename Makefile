@@ -97,6 +97,7 @@ install-hooks:
 	install -D -m 0644 dist/dnf/dkmsd.action $(DESTDIR)/etc/dnf/plugins/post-transaction-actions.d/dkmsd.action
 	install -D -m 0644 dist/dnf5/dkmsd.actions $(DESTDIR)/etc/dnf/libdnf5-plugins/actions.d/dkmsd.actions
 	install -D -m 0755 dist/initramfs-tools/hooks/dkmsd $(DESTDIR)$(PREFIX)/share/initramfs-tools/hooks/dkmsd
+	install -D -m 0644 dist/dracut/50-dkmsd.conf $(DESTDIR)$(PREFIX)/lib/dracut/dracut.conf.d/50-dkmsd.conf
 
 # The Debian package (debian/, built with dpkg-buildpackage in a copy of the
 # tree), into $(BIN)/.

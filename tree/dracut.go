@@ -53,6 +53,9 @@ func ReadDracutConf(ctx context.Context, root string, env []string, stderr io.Wr
 	}
 	var dc DracutConf
 	vals := map[string]Value{}
+	// dkmsd's own drop-in (dist/dracut/50-dkmsd.conf) asks dkmsd for its
+	// modules: not while dkmsd is the one reading.
+	env = append(append([]string{}, env...), "DKMSD_DRACUT_CONF=1")
 	for _, f := range files {
 		src, err := os.ReadFile(f)
 		if err != nil {
