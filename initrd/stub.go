@@ -55,6 +55,7 @@ func depmodStub(ko []byte) []byte {
 			f.ByteOrder.PutUint32(b, uint32(v))
 		}
 	}
+	contents := trimSymbols(f, ko, table, entsize)
 	for i, s := range f.Sections {
 		h := table[i*entsize : (i+1)*entsize]
 		keep := i > 0 && (depmodSections[s.Name] || i == int(shstrndx(f, ko)))
@@ -72,8 +73,13 @@ func depmodStub(ko []byte) []byte {
 		for len(out)%8 != 0 {
 			out = append(out, 0)
 		}
+		data, trimmed := contents[i]
+		if !trimmed {
+			data = ko[s.Offset : s.Offset+s.Size]
+		}
 		put(h[offOff:], uint64(len(out)))
-		out = append(out, ko[s.Offset:s.Offset+s.Size]...)
+		put(h[sizeOff:], uint64(len(data)))
+		out = append(out, data...)
 	}
 	for len(out)%8 != 0 {
 		out = append(out, 0)
@@ -96,4 +102,71 @@ func shstrndx(f *elf.File, ko []byte) uint16 {
 		return f.ByteOrder.Uint16(ko[0x3e:])
 	}
 	return f.ByteOrder.Uint16(ko[0x32:])
+}
+
+// exportSymbol reports whether a defined symbol is one of those the
+// kernel's EXPORT_SYMBOL makes (__ksymtab_, __kstrtab_, __kstrtabns_,
+// __crc_): kmod tells exported names from namespace names in
+// __ksymtab_strings by them, and reads CRCs from them.
+func exportSymbol(name []byte) bool {
+	for _, p := range []string{"__ksymtab_", "__kstrtab_", "__kstrtabns_", "__crc_"} {
+		if bytes.HasPrefix(name, []byte(p)) {
+			return true
+		}
+	}
+	return false
+}
+
+// trimSymbols returns the symbol table reduced to the symbols depmod uses
+// — those the module needs (undefined) and those that describe its exports
+// — and a string table holding only their names, by section
+// index; it also sets the table's sh_info (first global symbol) to 1 in
+// the section table. nil when the tables are not as expected: the stub
+// then keeps them whole.
+func trimSymbols(f *elf.File, ko, table []byte, entsize int) map[int][]byte {
+	symsize, infoOff := 24, 44
+	if f.Class == elf.ELFCLASS32 {
+		symsize, infoOff = 16, 28
+	}
+	for i, s := range f.Sections {
+		if s.Type != elf.SHT_SYMTAB {
+			continue
+		}
+		link := int(s.Link)
+		if link <= 0 || link >= len(f.Sections) || link == int(shstrndx(f, ko)) {
+			return nil
+		}
+		st := f.Sections[link]
+		if s.Offset+s.Size > uint64(len(ko)) || st.Offset+st.Size > uint64(len(ko)) || s.Size%uint64(symsize) != 0 {
+			return nil
+		}
+		syms, strs := ko[s.Offset:s.Offset+s.Size], ko[st.Offset:st.Offset+st.Size]
+		newSyms := append([]byte{}, syms[:symsize]...) // the null symbol
+		newStrs := []byte{0}
+		for off := symsize; off+symsize <= len(syms); off += symsize {
+			e := syms[off : off+symsize]
+			name, shndx := f.ByteOrder.Uint32(e), f.ByteOrder.Uint16(e[6:]) // Elf64_Sym
+			if f.Class == elf.ELFCLASS32 {
+				shndx = f.ByteOrder.Uint16(e[14:]) // Elf32_Sym
+			}
+			if int(name) >= len(strs) {
+				return nil
+			}
+			end := bytes.IndexByte(strs[name:], 0)
+			if end < 0 {
+				return nil
+			}
+			n := strs[name : int(name)+end]
+			if len(n) == 0 || (shndx != uint16(elf.SHN_UNDEF) && !exportSymbol(n)) {
+				continue
+			}
+			kept := append([]byte{}, e...)
+			f.ByteOrder.PutUint32(kept, uint32(len(newStrs)))
+			newStrs = append(append(newStrs, n...), 0)
+			newSyms = append(newSyms, kept...)
+		}
+		f.ByteOrder.PutUint32(table[i*entsize+infoOff:], 1)
+		return map[int][]byte{i: newSyms, link: newStrs}
+	}
+	return nil
 }

@@ -117,8 +117,8 @@ func TestBootQEMURealDracut(t *testing.T) {
 }
 
 // startQEMUDracut boots a dracut image: it loads rd.driver.pre early,
-// then finds no root (rd.retry=1: soon), says "Could not boot." and,
-// with no shell allowed, powers off.
+// then waits for a root device no disk provides (rd.retry=1: not long),
+// says "Could not boot." and, with no shell allowed, powers off.
 func startQEMUDracut(t *testing.T, bootKernel, img string) <-chan bootResult {
-	return startQEMUWith(t.Context(), bootKernel, img, "console=ttyS0 panic=-1 ignore_loglevel rd.retry=1 rd.shell=0 rd.emergency=poweroff")
+	return startQEMUWith(t.Context(), bootKernel, img, "console=ttyS0 panic=-1 ignore_loglevel root=/dev/dkmsd-no-disk rd.retry=1 rd.shell=0 rd.emergency=poweroff")
 }

@@ -69,12 +69,14 @@ func Normalize(name string) string { return strings.ReplaceAll(name, "-", "_") }
 
 // endMarkers are console lines showing that the initramfs has loaded its
 // modules: initramfs-tools stops at break=premount after load_modules;
-// dracut gives up waiting for the root device (rd.retry=1, rd.timeout=5)
-// after its cmdline hook loaded rd.driver.pre and udev settled.
+// dracut gives up waiting for the root device (a root= no disk provides,
+// rd.retry=1, rd.timeout=5) after its cmdline hook loaded rd.driver.pre
+// and udev settled.
 var endMarkers = []string{
 	"Spawning shell within the initramfs",
 	"Could not boot",
 	"Entering emergency mode",
+	"Refusing to continue",
 }
 
 // stopMarkers end the boot without it having got that far.
@@ -90,7 +92,7 @@ var (
 // once its modules are loaded (initramfs-tools' break=premount; dracut
 // giving up on the root device soon, with no shell, powering off); a panic
 // ending qemu (-no-reboot).
-const Cmdline = "console=ttyS0 panic=-1 ignore_loglevel initcall_debug trace_event=module:module_load tp_printk break=premount rd.shell=0 rd.retry=1 rd.timeout=5 rd.emergency=poweroff"
+const Cmdline = "console=ttyS0 panic=-1 ignore_loglevel initcall_debug trace_event=module:module_load tp_printk break=premount root=/dev/dkmsd-verify-no-disk rd.shell=0 rd.retry=1 rd.timeout=5 rd.emergency=poweroff"
 
 // Run boots opts.Kernel with opts.Initrd and watches the console.
 func Run(ctx context.Context, opts Options) (*Result, error) {
