@@ -77,12 +77,20 @@ type Base struct {
 	// Dir is the index's cache directory (index.json, stubs/).
 	Dir string
 	img *Image
+	// temp: Dir is a temporary directory, removed by Close.
+	temp bool
+	// KeepErr says why the index could not be kept in the cache
+	// directory (it is in a temporary one, for this run only).
+	KeepErr error
 }
 
 // OpenBase returns the base data with its index: the one kept in dir when
 // it was made for these bytes (digest; "" to compute it), or a new one,
-// made by parsing data once and stored in dir for the next time.
-func OpenBase(data []byte, digest, kernel, dir string) (*Base, error) {
+// made by parsing data once and stored in dir for the next time. When dir
+// cannot be written (a read-only or full tree) the index goes to a
+// temporary directory under tmp instead, for this run: KeepErr says why.
+// Close removes that.
+func OpenBase(data []byte, digest, kernel, dir, tmp string) (*Base, error) {
 	if digest == "" {
 		digest = Digest(data)
 	}
@@ -93,11 +101,27 @@ func OpenBase(data []byte, digest, kernel, dir string) (*Base, error) {
 	if err != nil {
 		return nil, err
 	}
-	idx, err := WriteIndex(img, kernel, digest, dir)
+	idx, keepErr := WriteIndex(img, kernel, digest, dir)
+	if keepErr == nil {
+		return &Base{Data: data, Index: idx, Dir: dir, img: img}, nil
+	}
+	os.RemoveAll(dir)
+	t, err := os.MkdirTemp(tmp, "dkmsd-index-")
 	if err != nil {
 		return nil, err
 	}
-	return &Base{Data: data, Index: idx, Dir: dir, img: img}, nil
+	if idx, err = WriteIndex(img, kernel, digest, t); err != nil {
+		os.RemoveAll(t)
+		return nil, err
+	}
+	return &Base{Data: data, Index: idx, Dir: t, img: img, temp: true, KeepErr: keepErr}, nil
+}
+
+// Close removes a temporary index.
+func (b *Base) Close() {
+	if b.temp {
+		os.RemoveAll(b.Dir)
+	}
 }
 
 // Image parses the base (once): the rewrite path needs its records.

@@ -72,10 +72,14 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 	baseLen, digest := state.BaseOf(data)
 	// What dkmsd needs from the image was read once and kept, keyed by
 	// the digest of its own bytes: no decompression on the append path.
-	base, err := initrd.OpenBase(data[:baseLen], digest, kernel, e.Layout.InitrdCacheDir(kernel))
+	base, err := initrd.OpenBase(data[:baseLen], digest, kernel, e.Layout.InitrdCacheDir(kernel), e.Layout.TmpDir)
 	if err != nil {
 		err = fmt.Errorf("initrd %s: %w", imgPath, err)
 		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
+	}
+	defer base.Close()
+	if base.KeepErr != nil {
+		e.warn("Warning: could not keep the index of %s in %s: %v", imgPath, e.Layout.InitrdCacheDir(kernel), base.KeepErr)
 	}
 	if baseLen == len(data) {
 		baseLen = 0 // no segment of dkmsd's in it

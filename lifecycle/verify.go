@@ -127,11 +127,12 @@ func (e *Env) bootAndCheck(ctx context.Context, rep *VerifyReport, names []strin
 	if baseLen == len(data) && digest == "" {
 		dir = filepath.Join(tmp, "index")
 	}
-	base, err := initrd.OpenBase(data[:baseLen], digest, rep.Kernel, dir)
+	base, err := initrd.OpenBase(data[:baseLen], digest, rep.Kernel, dir, tmp)
 	if err != nil {
 		unverifiable("%s: %v", rep.Initrd, err)
 		return
 	}
+	defer base.Close()
 	probe, cmdline, err := initrd.Probe(base.Index, data, names)
 	if err != nil {
 		unverifiable("%v", err)
