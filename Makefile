@@ -116,6 +116,7 @@ install-hooks:
 	install -D -m 0644 dist/alpm/dkmsd-install.hook $(DESTDIR)$(PREFIX)/share/libalpm/hooks/70-dkmsd-install.hook
 	install -D -m 0644 dist/alpm/dkmsd-remove.hook $(DESTDIR)$(PREFIX)/share/libalpm/hooks/70-dkmsd-remove.hook
 	install -D -m 0755 dist/initramfs-tools/hooks/dkmsd $(DESTDIR)$(PREFIX)/share/initramfs-tools/hooks/dkmsd
+	install -D -m 0644 dist/dracut/50-dkmsd.conf $(DESTDIR)$(PREFIX)/lib/dracut/dracut.conf.d/50-dkmsd.conf
 
 # The Debian package (debian/, built with dpkg-buildpackage in a copy of the
 # tree), into $(BIN)/.

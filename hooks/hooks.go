@@ -263,6 +263,26 @@ func postTransaction(ctx context.Context, env *lifecycle.Env, sum *lifecycle.Sum
 	if k, installed := sum.InstalledKernel(); installed && !sum.Failed() {
 		lifecycle.PostTransaction(ctx, env, lifecycle.Target{Kernel: k, Arch: arch})
 	}
+	verifyInitrds(ctx, env, sum, arch)
+}
+
+// verifyInitrds boots each kernel the transaction installed modules for
+// with its initrd, when framework.conf says verify_initrd="yes": the
+// result goes to the sinks (journal, D-Bus); it never fails the hook.
+func verifyInitrds(ctx context.Context, env *lifecycle.Env, sum *lifecycle.Summary, arch string) {
+	if !env.Framework.VerifyInitrd {
+		return
+	}
+	seen := map[string]bool{}
+	for _, r := range sum.Results {
+		if r.Outcome != lifecycle.OutcomeInstalled || seen[r.Kernel] || env.InitrdPath(r.Kernel) == "" {
+			continue
+		}
+		seen[r.Kernel] = true
+		if _, err := lifecycle.VerifyInitrd(ctx, env, r.Kernel, arch); err != nil {
+			warn(env, "dkmsd: %v", err)
+		}
+	}
 }
 
 func fail(env *lifecycle.Env, req Request, err error) Result {

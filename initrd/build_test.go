@@ -438,7 +438,8 @@ func TestBuildDebianCompressors(t *testing.T) {
 
 // TestBuildLoadList checks the boot list: appended to conf/modules on
 // initramfs-tools images, keeping what it held; left alone when it
-// already names the module; etc/modules-load.d/dkmsd.conf otherwise.
+// already names the module; etc/cmdline.d/50-dkmsd.conf (rd.driver.pre=)
+// otherwise.
 func TestBuildLoadList(t *testing.T) {
 	requireBuildTools(t)
 	mods := hostModules(t, 2, nil)
@@ -456,7 +457,7 @@ func TestBuildLoadList(t *testing.T) {
 		{"initramfs-tools with a list", true, "# modules\nloop max_loop=8", []string{add.name}, "conf/modules", "# modules\nloop max_loop=8\n" + add.name + "\n"},
 		{"initramfs-tools already listed", true, add.name + " opt=1\n", []string{add.name}, "", ""},
 		{"two modules", true, "", []string{add.name, "other"}, "conf/modules", add.name + "\nother\n"},
-		{"dracut", false, "", []string{add.name}, "etc/modules-load.d/dkmsd.conf", add.name + "\n"},
+		{"dracut", false, "", []string{add.name}, "etc/cmdline.d/50-dkmsd.conf", "rd.driver.pre=" + add.name + "\n"},
 		{"no load", true, "", nil, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -18,12 +18,16 @@ import (
 // fsynced, renamed over it, so the old image stays whole until the new one
 // is complete, and a crash never leaves a half-written file in /boot. It
 // checks the free space first and names what is missing.
-func WriteAtomic(path string, data []byte) error {
+func WriteAtomic(path string, parts ...[]byte) error {
+	size := 0
+	for _, p := range parts {
+		size += len(p)
+	}
 	dir := filepath.Dir(path)
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err == nil {
 		free := uint64(st.Bavail) * uint64(st.Bsize)
-		if need := uint64(len(data)) + 1<<20; free < need {
+		if need := uint64(size) + 1<<20; free < need {
 			return fmt.Errorf("not enough space in %s for the new initrd: %d bytes free, %d needed; %s is unchanged", dir, free, need, path)
 		}
 	}
@@ -31,7 +35,7 @@ func WriteAtomic(path string, data []byte) error {
 	if fi, err := os.Stat(path); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	err := atomicfile.Write(path, data, mode, "."+filepath.Base(path)+".dkmsd-*")
+	err := atomicfile.WriteParts(path, parts, mode, "."+filepath.Base(path)+".dkmsd-*")
 	var ae *atomicfile.Error
 	if !errors.As(err, &ae) {
 		return err
@@ -41,7 +45,7 @@ func WriteAtomic(path string, data []byte) error {
 		return nil // the new image is in place
 	case atomicfile.OpWrite:
 		if errors.Is(ae.Err, syscall.ENOSPC) {
-			return fmt.Errorf("no space left in %s for the new initrd (%d bytes); %s is unchanged", dir, len(data), path)
+			return fmt.Errorf("no space left in %s for the new initrd (%d bytes); %s is unchanged", dir, size, path)
 		}
 		return fmt.Errorf("write initrd %s: %w; it is unchanged", path, ae.Err)
 	default:
@@ -70,6 +74,16 @@ func (s *State) BaseLenOf(data []byte) int {
 		return 0
 	}
 	return s.BaseLen
+}
+
+// BaseOf returns where the generator's bytes end in data and their
+// digest: the recorded base when data is the image dkmsd wrote on it,
+// otherwise the whole of data (digest "" then: not computed yet).
+func (s *State) BaseOf(data []byte) (int, string) {
+	if n := s.BaseLenOf(data); n > 0 {
+		return n, s.BaseSHA256
+	}
+	return len(data), ""
 }
 
 // NewState describes an image of total length n built on data[:baseLen].

@@ -56,6 +56,8 @@ const (
 	KindVermagic                    // install: a module built for another kernel
 	KindStillFailing                // a hook's build that failed before, inputs unchanged (exit = the recorded status)
 	KindOOMKilled                   // make failed: the out-of-memory killer killed part of it
+	KindInitrdMissing               // dkms verify: a module of the initrd did not load
+	KindCannotVerify                // dkms verify: no qemu, no kernel image, or the boot did not get far enough
 
 	// The command line's own mistakes, each with dkms's exit code.
 	KindUnknownOption     // an option dkms does not have (the usage follows)

@@ -44,6 +44,9 @@ const (
 	// kernel does not trust. Log is the certificate, Text what to do; Err
 	// is ErrSecureBootEnforced when the kernel refuses such modules.
 	KeyNotEnrolled
+	// InitrdVerified: dkms verify booted a kernel's initrd; Verify holds
+	// what loaded and what is missing.
+	InitrdVerified
 )
 
 var eventNames = map[EventType]string{
@@ -53,6 +56,7 @@ var eventNames = map[EventType]string{
 	JobStarted: "job-started", JobFinished: "job-finished", InitrdRegenerated: "initrd-regenerated", TransactionSummary: "transaction-summary",
 	CacheHit: "cache-hit", CacheMiss: "cache-miss", CachePublished: "cache-published",
 	KeyNotEnrolled: "key-not-enrolled",
+	InitrdVerified: "initrd-verified",
 }
 
 func (t EventType) String() string { return eventNames[t] }
@@ -72,6 +76,8 @@ type Event struct {
 	Err      error
 	// Transaction is set on TransactionSummary events.
 	Transaction *Transaction
+	// Verify is set on InitrdVerified events.
+	Verify *VerifyReport
 }
 
 // Sink receives events. Implementations must be safe for concurrent use.

@@ -51,6 +51,8 @@ var exitCodes = map[Kind]int{
 	KindTarballAdded:    8,
 	KindVermagic:        6,
 	KindStillFailing:    10,
+	KindInitrdMissing:   30,
+	KindCannotVerify:    69,
 
 	KindUnknownOption:     2,
 	KindTwoActions:        4,

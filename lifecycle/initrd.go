@@ -8,7 +8,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -64,20 +63,28 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 		}
 		return nil, fail(KindNoInitrd, fmt.Sprintf("Kernel %s has no initrd in %s (initrd.img-%s or initramfs-%s.img).", kernel, e.Layout.BootDir, kernel, kernel))
 	}
-	img, err := initrd.Read(imgPath)
+	data, err := os.ReadFile(imgPath)
 	if err != nil {
-		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
+		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("read initrd: %v", err), imgPath + " is unchanged."}, Err: err}
 	}
 	statePath := e.Layout.InitrdStateFile(kernel)
 	state := initrd.LoadState(statePath)
-	baseLen := state.BaseLenOf(img.Data)
-	base := img
-	if baseLen > 0 {
-		if base, err = initrd.Parse(img.Data[:baseLen]); err != nil {
-			return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
-		}
+	baseLen, digest := state.BaseOf(data)
+	// What dkmsd needs from the image was read once and kept, keyed by
+	// the digest of its own bytes: no decompression on the append path.
+	base, err := initrd.OpenBase(data[:baseLen], digest, kernel, e.Layout.InitrdCacheDir(kernel), e.Layout.TmpDir)
+	if err != nil {
+		err = fmt.Errorf("initrd %s: %w", imgPath, err)
+		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error(), imgPath + " is unchanged."}, Err: err}
 	}
-	plan, err := e.initrdPlan(ctx, base, kernel, arch)
+	defer base.Close()
+	if base.KeepErr != nil {
+		e.warn("Warning: could not keep the index of %s in %s: %v", imgPath, e.Layout.InitrdCacheDir(kernel), base.KeepErr)
+	}
+	if baseLen == len(data) {
+		baseLen = 0 // no segment of dkmsd's in it
+	}
+	plan, err := e.initrdPlan(ctx, base.Index, kernel, arch)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +95,7 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 			return nil, nil // nothing of ours in it, nothing to add
 		}
 		// Our segment is all that must go: cut the image back to its base.
-		if err := initrd.WriteAtomic(imgPath, img.Data[:baseLen]); err != nil {
+		if err := initrd.WriteAtomic(imgPath, data[:baseLen]); err != nil {
 			return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
 		}
 		os.Remove(statePath)
@@ -106,22 +113,18 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 	if strategy != initrd.Append && strategy != initrd.Rewrite {
 		return nil, fail(KindUsage, fmt.Sprintf("Unknown initrd strategy %q: use append or rewrite.", strategy))
 	}
-	out, rep, err := initrd.Build(ctx, img, plan, strategy)
+	out, rep, err := initrd.BuildBase(ctx, base, plan, strategy)
 	if err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("Could not regenerate %s: %v", imgPath, err), imgPath + " is unchanged."}, Err: err}
 	}
-	if bytes.Equal(out, img.Data) {
+	if out.Len() == len(data) && bytes.Equal(out.Bytes(), data) {
 		return nil, nil // already holds exactly this
 	}
-	if err := initrd.WriteAtomic(imgPath, out); err != nil {
+	if err := initrd.WriteAtomic(imgPath, out...); err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
 	}
 	if rep.Strategy == initrd.Append {
-		b := baseLen
-		if b == 0 {
-			b = len(img.Data)
-		}
-		err = initrd.NewState(img.Data, b, len(out)).Save(statePath)
+		err = (&initrd.State{BaseLen: len(base.Data), BaseSHA256: base.Index.Digest, Len: out.Len()}).Save(statePath)
 	} else {
 		err = os.Remove(statePath)
 		if os.IsNotExist(err) {
@@ -150,19 +153,18 @@ func (e *Env) initrdEvent(kernel, arch, imgPath string, rep *initrd.Report) {
 
 // initrdPlan decides which module files go into the initrd and which
 // must leave it.
-func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch string) (initrd.Plan, error) {
+func (e *Env) initrdPlan(ctx context.Context, img *initrd.Index, kernel, arch string) (initrd.Plan, error) {
 	plan := initrd.Plan{Kernel: kernel}
-	modDir, err := img.Resolve("lib/modules/" + kernel)
-	if err != nil || !img.IsDir(modDir) {
+	if img.ModulesDir == "" {
 		return plan, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("The initrd of %s has no lib/modules/%s: it was not made for this kernel.", kernel, kernel)}}
 	}
 	inImage := map[string]string{} // module name → path in the image
-	for _, n := range img.Names(modDir) {
-		if name, ok := moduleName(n); ok {
-			inImage[name] = strings.TrimPrefix(n, modDir+"/")
+	for _, rel := range img.Modules() {
+		if name, ok := moduleName(rel); ok {
+			inImage[name] = rel
 		}
 	}
-	wanted, early := e.initrdToolModules()
+	wanted, early, omitted := e.initrdToolModules(ctx)
 	kdir := e.Layout.KernelDir(kernel)
 	add := map[string]string{} // rel → src
 	var load []string
@@ -172,7 +174,7 @@ func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch st
 	}
 	for _, is := range specs {
 		n := normalizeModName(is.spec.DestName)
-		if _, replaces := inImage[n]; !is.remakeInitrd && !replaces && !wanted[n] {
+		if _, replaces := inImage[n]; (!is.remakeInitrd && !replaces && !wanted[n]) || omitted(n) {
 			continue
 		}
 		builtDir := filepath.Join(e.Layout.BuiltDir(is.t.Module, is.t.Version, kernel, arch), "module")
@@ -208,9 +210,11 @@ func (e *Env) initrdPlan(ctx context.Context, img *initrd.Image, kernel, arch st
 	}
 	sort.Slice(plan.Add, func(i, j int) bool { return plan.Add[i].Rel < plan.Add[j].Rel })
 	// DKMS modules the image carries that are no longer installed.
-	for _, n := range img.Names(path.Join(modDir, "updates", "dkms")) {
-		rel := strings.TrimPrefix(n, modDir+"/")
-		if _, ok := moduleName(n); ok && !exists(filepath.Join(kdir, rel)) {
+	for _, rel := range img.Modules() {
+		if !strings.HasPrefix(rel, "updates/dkms/") {
+			continue
+		}
+		if !exists(filepath.Join(kdir, rel)) {
 			if _, adding := add[rel]; !adding {
 				plan.Remove = append(plan.Remove, rel)
 			}
@@ -233,14 +237,14 @@ type InitrdModule struct {
 // (dist/initramfs-tools/hooks/dkmsd) asks for them, so update-initramfs
 // keeps them when it regenerates the image.
 func InitrdModules(ctx context.Context, e *Env, kernel, arch string) ([]InitrdModule, error) {
-	wanted, early := e.initrdToolModules()
+	wanted, early, omitted := e.initrdToolModules(ctx)
 	specs, err := e.installedSpecs(ctx, kernel, arch)
 	if err != nil {
 		return nil, err
 	}
 	var out []InitrdModule
 	for _, is := range specs {
-		if n := normalizeModName(is.spec.DestName); is.remakeInitrd || wanted[n] {
+		if n := normalizeModName(is.spec.DestName); (is.remakeInitrd || wanted[n]) && !omitted(n) {
 			out = append(out, InitrdModule{Name: is.spec.DestName, Early: early[n]})
 		}
 	}
@@ -309,12 +313,12 @@ func readModulesDep(file string) map[string][]string {
 	return out
 }
 
-var dracutDriversRE = regexp.MustCompile(`(?m)^\s*(add_drivers|force_drivers)\+?=\s*["']?([^"'\n]*)["']?`)
-
 // initrdToolModules reads the modules the administrator asked the initrd
-// tool for: /etc/initramfs-tools/modules (all load early) and dracut's
-// add_drivers (included) and force_drivers (load early).
-func (e *Env) initrdToolModules() (wanted, early map[string]bool) {
+// tool for: /etc/initramfs-tools/modules (all load early), and dracut's
+// configuration (evaluated as dracut sources it): add_drivers, drivers and
+// filesystems are included, force_drivers also load early; omitted are
+// those omit_drivers keeps out.
+func (e *Env) initrdToolModules(ctx context.Context) (wanted, early map[string]bool, omitted func(string) bool) {
 	wanted, early = map[string]bool{}, map[string]bool{}
 	etc := filepath.Join(e.Layout.Root, "/etc")
 	if data, err := os.ReadFile(filepath.Join(etc, "initramfs-tools", "modules")); err == nil {
@@ -325,23 +329,21 @@ func (e *Env) initrdToolModules() (wanted, early map[string]bool) {
 			}
 		}
 	}
-	files, _ := filepath.Glob(filepath.Join(etc, "dracut.conf.d", "*.conf"))
-	files = append([]string{filepath.Join(etc, "dracut.conf")}, files...)
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, m := range dracutDriversRE.FindAllStringSubmatch(string(data), -1) {
-			for _, name := range strings.Fields(m[2]) {
-				wanted[normalizeModName(name)] = true
-				if m[1] == "force_drivers" {
-					early[normalizeModName(name)] = true
-				}
-			}
+	warnings := &lineWriter{sink: e.Sink, typ: Warning}
+	defer warnings.Flush()
+	dc, err := tree.ReadDracutConf(ctx, filepath.Join(e.Layout.Root, "/"), e.Environ, warnings)
+	if err != nil {
+		e.warn("Warning: dracut's configuration: %v", err)
+	}
+	for _, list := range [][]string{dc.AddDrivers, dc.Drivers, dc.Filesystems, dc.ForceDrivers} {
+		for _, name := range list {
+			wanted[normalizeModName(name)] = true
 		}
 	}
-	return wanted, early
+	for _, name := range dc.ForceDrivers {
+		early[normalizeModName(name)] = true
+	}
+	return wanted, early, dc.Omitted
 }
 
 // runInitrdTool hands the initrd to the distribution's own generator.

@@ -23,6 +23,7 @@ var frameworkNames = []string{
 	"module_cache", "module_cache_publish", "module_cache_trust", "module_cache_key",
 	"module_cache_timeout", "module_cache_signatures",
 	"distribution",
+	"verify_initrd",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -102,6 +103,10 @@ type Framework struct {
 	// Distribution replaces the family read from os-release (a row of
 	// the distribution defaults: "ubuntu", "arch", "fedora", …).
 	Distribution string
+	// VerifyInitrd is verify_initrd: "yes" ends a hook's kernel
+	// transaction with dkms verify of the kernels it installed modules
+	// for.
+	VerifyInitrd bool
 
 	// Files are the files read, in order.
 	Files []string
@@ -174,6 +179,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	if n, err := strconv.Atoi(get("build_timeout")); err == nil && n >= 0 {
 		fw.BuildTimeout = time.Duration(n) * time.Second
 	}
+	fw.VerifyInitrd = get("verify_initrd") == "yes"
 	switch n, err := strconv.Atoi(get("build_memory_per_job")); {
 	case err == nil && n == 0:
 		fw.NoMemoryBudget = true

@@ -114,6 +114,13 @@ func (l Layout) InitrdStateFile(kernel string) string {
 	return filepath.Join(l.StateDir(), "initrd", kernel+".json")
 }
 
+// InitrdCacheDir keeps what dkmsd read from a kernel's initrd (the
+// module paths it holds, their depmod stubs), keyed by the image's
+// digest, so the next append does not decompress it again.
+func (l Layout) InitrdCacheDir(kernel string) string {
+	return filepath.Join(l.StateDir(), "initrd", kernel+".cache")
+}
+
 // InitrdPendingFile marks a kernel whose initrd is not up to date yet;
 // InitrdPendingFile("*") is the glob of them all.
 func (l Layout) InitrdPendingFile(kernel string) string {

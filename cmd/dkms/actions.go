@@ -32,6 +32,8 @@ func run(ctx context.Context, a *args, env *lifecycle.Env) error {
 		return initrdAction(ctx, a, env)
 	case "initrd-modules":
 		return initrdModules(ctx, a, env)
+	case "verify":
+		return verifyAction(ctx, a, env)
 	case "dbus-service":
 		return dbusService(ctx, env)
 	case "cache":

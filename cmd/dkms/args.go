@@ -48,7 +48,7 @@ func usageErr(kind lifecycle.Kind, lines ...string) error {
 	return &lifecycle.Error{Kind: kind, Lines: lines}
 }
 
-var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|sign|mkdriverdisk|initrd|initrd-modules|dbus-service|cache|kernel_(preinst|postinst|prerm))$`)
+var actionRE = regexp.MustCompile(`^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|sign|mkdriverdisk|initrd|initrd-modules|verify|dbus-service|cache|kernel_(preinst|postinst|prerm))$`)
 
 // longValue options are matched by prefix as in dkms, in this order
 // (--archive before --arch).

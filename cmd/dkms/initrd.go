@@ -79,3 +79,21 @@ func initrdModules(ctx context.Context, a *args, env *lifecycle.Env) error {
 	}
 	return nil
 }
+
+// verifyAction is `dkms verify -k K…`: boot each kernel with its initrd
+// under QEMU and say whether its DKMS modules load. Exit 0 when they all
+// do, 30 when one is missing, 69 when it cannot tell (no qemu); the first
+// kernel's failure decides, every kernel is checked.
+func verifyAction(ctx context.Context, a *args, env *lifecycle.Env) error {
+	ts, err := targets(env, a)
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, t := range ts {
+		if _, err := lifecycle.VerifyInitrd(ctx, env, t.Kernel, t.Arch); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}

@@ -88,13 +88,18 @@ type bootResult struct {
 // result comes on the channel. qemu is killed after 120 s or when ctx
 // (the test's) ends.
 func startQEMU(ctx context.Context, bootKernel, initrdPath string) <-chan bootResult {
+	return startQEMUWith(ctx, bootKernel, initrdPath, "console=ttyS0 panic=-1 break=premount ignore_loglevel")
+}
+
+// startQEMUWith is startQEMU with another kernel command line.
+func startQEMUWith(ctx context.Context, bootKernel, initrdPath, cmdline string) <-chan bootResult {
 	done := make(chan bootResult, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(ctx, 120*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot",
 			"-kernel", "/boot/vmlinuz-"+bootKernel, "-initrd", initrdPath,
-			"-append", "console=ttyS0 panic=-1 break=premount ignore_loglevel")
+			"-append", cmdline)
 		cmd.WaitDelay = 5 * time.Second
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out

@@ -76,3 +76,9 @@ func (s statusSource) cacheBuild(ctx context.Context, op, module, version, kerne
 	a := &args{action: "cache", cacheOp: op, module: module, version: version, kernels: []string{kernel}}
 	return cacheAction(ctx, a, &env)
 }
+
+// Verify is the service's Verify method: dkms verify -k kernel, its
+// events on the bus as from the command.
+func (s statusSource) Verify(ctx context.Context, kernel string) (*lifecycle.VerifyReport, error) {
+	return lifecycle.VerifyInitrd(ctx, s.env, kernel, machineArch())
+}

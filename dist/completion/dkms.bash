@@ -13,7 +13,7 @@ _dkms()
 		COMPREPLY=( $(compgen -f -- "$cur") ); return ;;
 	esac
 	if [ "$COMP_CWORD" -eq 1 ]; then
-		COMPREPLY=( $(compgen -W "add remove build unbuild install uninstall autoinstall match mktarball ldtarball mkdriverdisk status generate_mok sign initrd cache kernel_preinst kernel_postinst kernel_prerm" -- "$cur") )
+		COMPREPLY=( $(compgen -W "add remove build unbuild install uninstall autoinstall match mktarball ldtarball mkdriverdisk status generate_mok sign initrd verify cache kernel_preinst kernel_postinst kernel_prerm" -- "$cur") )
 		return
 	fi
 	case $cur in

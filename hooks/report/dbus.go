@@ -78,11 +78,23 @@ func Signal(e lifecycle.Event, hook string) (string, []any) {
 		return "InitrdRegenerated", []any{e.Kernel, e.Log, e.Text}
 	case lifecycle.KeyNotEnrolled:
 		return "KeyNotEnrolled", []any{e.Log, "mokutil --import " + e.Log, e.Err != nil}
+	case lifecycle.InitrdVerified:
+		if v := e.Verify; v != nil {
+			return "InitrdVerified", []any{v.Kernel, v.Result, nonNil(v.Loaded), nonNil(v.Missing), e.Text}
+		}
 	case lifecycle.TransactionSummary:
 		t := lifecycle.TransactionFromEvent(e)
 		return "TransactionFinished", []any{hook, t.Summary, uint32(t.Installed), uint32(t.Failed), uint32(t.Skipped), t.Lines}
 	}
 	return "", nil
+}
+
+// nonNil is l, or an empty list (a nil slice cannot be marshalled as as).
+func nonNil(l []string) []string {
+	if l == nil {
+		return []string{}
+	}
+	return l
 }
 
 // introspection describes org.dkmsd.Manager1 for D-Bus tools and GUIs.
@@ -102,6 +114,8 @@ const introspection = `<interface name="org.dkmsd.Manager1">
   <signal name="Uninstalled"><arg name="module" type="s"/><arg name="version" type="s"/><arg name="kernel" type="s"/><arg name="arch" type="s"/></signal>
   <signal name="InitrdRegenerated"><arg name="kernel" type="s"/><arg name="path" type="s"/><arg name="detail" type="s"/></signal>
   <signal name="KeyNotEnrolled"><arg name="certificate" type="s"/><arg name="command" type="s"/><arg name="enforced" type="b"/></signal>
+  <method name="Verify"><arg name="kernel" type="s" direction="in"/><arg name="result" type="s" direction="out"/><arg name="loaded" type="as" direction="out"/><arg name="missing" type="as" direction="out"/><arg name="summary" type="s" direction="out"/></method>
+  <signal name="InitrdVerified"><arg name="kernel" type="s"/><arg name="result" type="s"/><arg name="loaded" type="as"/><arg name="missing" type="as"/><arg name="summary" type="s"/></signal>
   <signal name="TransactionFinished"><arg name="hook" type="s"/><arg name="summary" type="s"/><arg name="installed" type="u"/><arg name="failed" type="u"/><arg name="skipped" type="u"/><arg name="lines" type="as"/></signal>
 </interface>`
 
@@ -111,6 +125,12 @@ type StatusSource interface {
 	// module version in the tree.
 	StatusRows(ctx context.Context) ([][5]string, error)
 	LastTransaction() (lifecycle.Transaction, error)
+}
+
+// Verifier answers the Verify method (root callers only: it boots a
+// virtual machine).
+type Verifier interface {
+	Verify(ctx context.Context, kernel string) (*lifecycle.VerifyReport, error)
 }
 
 type manager struct{ src StatusSource }
@@ -169,6 +189,20 @@ func Serve(ctx context.Context, conn *dbus.Conn, src StatusSource, idle time.Dur
 	if cm := cacheMethods(src, calls); cm != nil {
 		maps.Copy(methods, cm)
 		xml = strings.Replace(xml, "  <signal ", cacheIntrospection+"  <signal ", 1)
+	}
+	if v, ok := src.(Verifier); ok {
+		methods["Verify"] = func(sender dbus.Sender, kernel string) (string, []string, []string, string, *dbus.Error) {
+			notify(calls)
+			var uid uint32
+			if err := conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixUser", 0, string(sender)).Store(&uid); err != nil || uid != 0 {
+				return "", nil, nil, "", dbus.NewError("org.freedesktop.DBus.Error.AccessDenied", []any{"Verify boots a virtual machine: root only"})
+			}
+			rep, err := v.Verify(ctx, kernel)
+			if rep == nil {
+				return "", nil, nil, "", dbus.MakeFailedError(err)
+			}
+			return rep.Result, nonNil(rep.Loaded), nonNil(rep.Missing), rep.Summary(), nil
+		}
 	}
 	if err := conn.ExportMethodTable(methods, Path, Interface); err != nil {
 		return err

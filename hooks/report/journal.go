@@ -27,6 +27,7 @@ var MessageIDs = map[lifecycle.EventType]string{
 	lifecycle.CacheMiss:          "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0c",
 	lifecycle.CachePublished:     "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0d",
 	lifecycle.KeyNotEnrolled:     "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0e",
+	lifecycle.InitrdVerified:     "4b1d1e0d2f7a4c0f9a3a6d3f2b5c7e0f",
 }
 
 // Journal sends lifecycle events to the systemd journal with structured
@@ -79,6 +80,13 @@ func JournalFields(e lifecycle.Event, hook string) map[string]string {
 	if e.Err != nil {
 		f["DKMS_ERROR"] = e.Err.Error()
 	}
+	if v := e.Verify; v != nil {
+		set("DKMS_INITRD", v.Initrd)
+		set("DKMS_LOADED", strings.Join(v.Loaded, " "))
+		set("DKMS_MISSING", strings.Join(v.Missing, " "))
+		set("DKMS_ACCEL", v.Accel)
+		set("DKMS_DETAIL", v.Detail)
+	}
 	return f
 }
 
@@ -126,6 +134,10 @@ func Result(e lifecycle.Event) string {
 			return "failed"
 		}
 		return "published"
+	case lifecycle.InitrdVerified:
+		if e.Verify != nil {
+			return e.Verify.Result
+		}
 	}
 	return e.Type.String()
 }
@@ -141,6 +153,13 @@ func journalPriority(e lifecycle.Event) journal.Priority {
 	case lifecycle.BuildSkipped:
 		return journal.PriNotice
 	case lifecycle.CacheMiss, lifecycle.CachePublished:
+		if e.Err != nil {
+			return journal.PriWarning
+		}
+	case lifecycle.InitrdVerified:
+		if lifecycle.KindOf(e.Err) == lifecycle.KindInitrdMissing {
+			return journal.PriErr
+		}
 		if e.Err != nil {
 			return journal.PriWarning
 		}

@@ -40,7 +40,10 @@ func outcomeEvents() map[lifecycle.EventType]lifecycle.Event {
 	removed := target(lifecycle.Removed)
 	removed.Kernel, removed.Arch = "", ""
 	initrd := lifecycle.Event{Type: lifecycle.InitrdRegenerated, Kernel: "6.1.0-56-amd64", Arch: "x86_64", Log: "/boot/initrd.img-6.1.0-56-amd64", Text: "appended 1 module"}
+	vrep := &lifecycle.VerifyReport{Kernel: "6.1.0-56-amd64", Initrd: "/boot/initrd.img-6.1.0-56-amd64", Result: lifecycle.VerifyMissing, Missing: []string{"zfs"}, Accel: "tcg"}
+	verified := lifecycle.Event{Type: lifecycle.InitrdVerified, Kernel: "6.1.0-56-amd64", Arch: "x86_64", Log: vrep.Initrd, Text: vrep.Summary(), Verify: vrep}
 	return map[lifecycle.EventType]lifecycle.Event{
+		lifecycle.InitrdVerified:     verified,
 		lifecycle.BuildStarted:       started,
 		lifecycle.BuildFinished:      finished,
 		lifecycle.BuildFailed:        failed,
@@ -97,6 +100,7 @@ func TestJournalFieldsEachEventType(t *testing.T) {
 		lifecycle.TransactionSummary: "failed", lifecycle.CacheHit: "pulled", lifecycle.CacheMiss: "missed",
 		lifecycle.CachePublished: "published",
 		lifecycle.KeyNotEnrolled: "refused",
+		lifecycle.InitrdVerified: lifecycle.VerifyMissing,
 	}
 	for typ, e := range outcomeEvents() {
 		t.Run(typ.String(), func(t *testing.T) {
@@ -118,6 +122,9 @@ func TestJournalFieldsEachEventType(t *testing.T) {
 			}
 			if e.Err != nil {
 				want["DKMS_ERROR"] = e.Err.Error()
+			}
+			if v := e.Verify; v != nil {
+				want["DKMS_INITRD"], want["DKMS_MISSING"], want["DKMS_ACCEL"] = v.Initrd, strings.Join(v.Missing, " "), v.Accel
 			}
 			for k, v := range want {
 				if v == "" {

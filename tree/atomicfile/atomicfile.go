@@ -39,6 +39,13 @@ func (e *Error) Unwrap() error { return e.Err }
 // pattern dkmsd's sweep of killed processes' leftovers knows. A failure
 // before the rename removes the temporary file and leaves path as it was.
 func Write(path string, data []byte, mode fs.FileMode, tmpPattern string) error {
+	return WriteParts(path, [][]byte{data}, mode, tmpPattern)
+}
+
+// WriteParts is Write with the data in parts, written one after the other
+// (an initrd and the segment appended to it, without joining them in
+// memory first).
+func WriteParts(path string, parts [][]byte, mode fs.FileMode, tmpPattern string) error {
 	dir := filepath.Dir(path)
 	if tmpPattern == "" {
 		tmpPattern = ".dkmsd-" + filepath.Base(path) + "-*"
@@ -48,7 +55,7 @@ func Write(path string, data []byte, mode fs.FileMode, tmpPattern string) error 
 		return &Error{OpCreate, err}
 	}
 	name := tmp.Name()
-	if err := writeSync(tmp, data, mode); err != nil {
+	if err := writeSync(tmp, parts, mode); err != nil {
 		tmp.Close()
 		os.Remove(name)
 		return &Error{OpWrite, err}
@@ -67,9 +74,11 @@ func Write(path string, data []byte, mode fs.FileMode, tmpPattern string) error 
 	return nil
 }
 
-func writeSync(f *os.File, data []byte, mode fs.FileMode) error {
-	if _, err := f.Write(data); err != nil {
-		return err
+func writeSync(f *os.File, parts [][]byte, mode fs.FileMode) error {
+	for _, data := range parts {
+		if _, err := f.Write(data); err != nil {
+			return err
+		}
 	}
 	if err := f.Chmod(mode); err != nil {
 		return err
