@@ -77,6 +77,8 @@ type Env struct {
 	confs  *tree.ConfCache
 	mokMu  *sync.Mutex // one MOK key generation at a time
 	warned *warnOnce
+	// sandbox is the build runner, chosen once (sandboxed.go).
+	sandbox *sandboxChoice
 }
 
 // NewEnv reads framework.conf under the layout's configuration dir and
@@ -86,7 +88,7 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 		sink = Discard
 	}
 	e := &Env{Layout: layout, Sink: sink, Distro: tree.ReadDistro(layout.Root), Environ: os.Environ(),
-		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}, warned: &warnOnce{}}
+		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}, warned: &warnOnce{}, sandbox: &sandboxChoice{}}
 	fw, err := tree.ReadFramework(ctx, layout.ConfDir, "", e.Environ, &lineWriter{sink: sink, typ: Warning})
 	if err != nil {
 		return nil, fmt.Errorf("read framework.conf: %w", err)
@@ -159,6 +161,7 @@ func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) 
 		Stderr:          stderr,
 		Timeout:         e.ConfTimeout,
 		Cache:           e.confs,
+		Wrap:            e.confWrap(ctx, t),
 	})
 	if err != nil {
 		return nil, e.reportConfFailure(file, err)

@@ -20,6 +20,7 @@ var frameworkNames = []string{
 	"try_sign_modules", "build_environment",
 	"initrd_strategy", "initrd_tool", "tarball_max_size", "hook_fail_on_error",
 	"hook_lock_timeout", "build_timeout", "build_memory_per_job",
+	"build_sandbox", "build_user",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -94,6 +95,9 @@ type Framework struct {
 	// CPUs only.
 	BuildMemoryPerJob int
 	NoMemoryBudget    bool
+	// BuildSandbox is build_sandbox: auto (""), bwrap, user or none;
+	// BuildUser is build_user, the user builds run as.
+	BuildSandbox, BuildUser string
 
 	// Files are the files read, in order.
 	Files []string
@@ -172,6 +176,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	case err == nil && n > 0:
 		fw.BuildMemoryPerJob = n
 	}
+	fw.BuildSandbox, fw.BuildUser = get("build_sandbox"), get("build_user")
 	return fw, nil
 }
 
