@@ -1,0 +1,193 @@
+package lifecycle_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dkmsd/dkmsd/lifecycle"
+	"github.com/dkmsd/dkmsd/tree"
+	"github.com/dkmsd/dkmsd/tree/testkit"
+)
+
+// sandboxUID is the uid builds run as by default: dkmsd-build's, else
+// nobody's.
+func sandboxUID(t *testing.T) string {
+	for _, n := range []string{"dkmsd-build", "nobody"} {
+		if u, err := user.Lookup(n); err == nil {
+			return u.Uid
+		}
+	}
+	t.Fatal("neither dkmsd-build nor nobody exists")
+	return ""
+}
+
+// runningWith are the running processes (not zombies) whose command
+// line holds marker.
+func runningWith(marker string) []string {
+	var out []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		raw, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil || !bytes.Contains(raw, []byte(marker)) {
+			continue
+		}
+		if stat, err := os.ReadFile(filepath.Join(d, "stat")); err == nil {
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+				continue
+			}
+		}
+		out = append(out, filepath.Base(d)+": "+strings.ReplaceAll(string(raw), "\x00", " "))
+	}
+	return out
+}
+
+// TestBuildRealHeadersHostileContained builds testdata's dkmsd_hostile,
+// whose dkms.conf and Makefile try to write /etc, read root's files and
+// the MOK key, reach a TCP listener of the test's, leave a daemon behind,
+// delete $HOME and write the source and the headers. With the default
+// sandbox every attempt runs (TRIED) and fails (no ESCAPED); the files
+// are byte for byte unchanged, the listener got no connection, no
+// process is left, and the dkms.conf's $(…) ran as the build user.
+func TestBuildRealHeadersHostileContained(t *testing.T) {
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "bwrap", "bubblewrap")
+	k := testkit.Kernels(t, 1)[0]
+	r := newRealRoot(t, []string{k}, "dkmsd_hostile-1.0")
+	headers, err := filepath.EvalSymlinks(r.path("lib/modules", k, "build"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What an escape would leave on the machine is cleaned up after.
+	for _, p := range []string{"/etc/dkmsd-pwned", "/etc/dkmsd-pwned-conf", filepath.Join(headers, "pwned")} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Fatalf("%s exists before the build", p)
+		}
+		t.Cleanup(func() { os.Remove(p) })
+	}
+	// Signing off, so that the key can be a marked file anyone may read:
+	// only the sandbox's mask keeps it out.
+	writeFile(t, r.path("etc/dkms/framework.conf"), "sign_file=/nonexistent\n", 0o644)
+	key := r.path("var/lib/dkms/mok.key")
+	writeFile(t, key, "MOK-KEY-MARKER-"+fmt.Sprint(rand.Uint64())+"\n", 0o644)
+	secretDir := r.path("root/.ssh")
+	writeFile(t, filepath.Join(secretDir, "id_ed25519"), "SSH-SECRET-MARKER\n", 0o600)
+	if err := os.Chmod(secretDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	home := r.path("home/victim")
+	writeFile(t, filepath.Join(home, ".profile"), "# keep me\n", 0o644)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sleep := fmt.Sprintf("3%d.5", rand.Uint32()%100000)
+	t.Cleanup(func() {
+		for _, p := range runningWith(sleep) {
+			pid, _, _ := strings.Cut(p, ":")
+			if n, err := strconv.Atoi(pid); err == nil {
+				_ = syscall.Kill(n, syscall.SIGKILL)
+			}
+		}
+	})
+	env, err := lifecycle.NewEnv(t.Context(), tree.NewLayout(r.root), r.rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Environ = append(os.Environ(), "HOME="+home, "DKMSD_HOSTILE_KEY="+key,
+		"DKMSD_HOSTILE_SECRET="+filepath.Join(secretDir, "id_ed25519"),
+		"DKMSD_HOSTILE_PORT="+fmt.Sprint(ln.Addr().(*net.TCPAddr).Port), "DKMSD_HOSTILE_SLEEP="+sleep)
+	watched := []string{home, r.path("root"), r.path("usr/src/dkmsd_hostile-1.0"), filepath.Dir(key), "/root/.ssh", headers}
+	var before [][]string
+	for _, w := range watched {
+		before = append(before, snapshotFiles(t, w, key))
+	}
+	keyBefore, _ := os.ReadFile(key)
+	start := time.Now()
+	if err := lifecycle.Build(t.Context(), env, realTarget("dkmsd_hostile", "1.0", k)); err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	t.Logf("hostile build: %v", time.Since(start))
+
+	built := filepath.Join(r.path("var/lib/dkms/dkmsd_hostile/1.0", k, realArch))
+	log, err := os.ReadFile(filepath.Join(built, "log/make.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, what := range []string{"write-etc", "read-root-ssh", "read-secret", "read-mok-key", "tcp", "daemon", "rm-home", "write-source", "write-headers"} {
+		if !bytes.Contains(log, []byte("TRIED "+what)) {
+			t.Errorf("make.log: %s was not tried", what)
+		}
+		if bytes.Contains(log, []byte("ESCAPED "+what)) {
+			t.Errorf("make.log: %s escaped the sandbox", what)
+		}
+	}
+	// The module holds what the build could read of the secrets: nothing.
+	ko, err := os.ReadFile(filepath.Join(built, "module", "dkmsd_hostile_uid"+sandboxUID(t)+".ko"))
+	if err != nil {
+		t.Fatalf("the dkms.conf's $(id -u) did not run as the build user: %v", err)
+	}
+	if string(ko) != "built\n" {
+		t.Errorf("the build read secrets: its module holds %q", ko)
+	}
+	if bytes.Contains(log, []byte("MARKER")) {
+		t.Errorf("a secret reached make.log:\n%s", log)
+	}
+	for _, p := range []string{"/etc/dkmsd-pwned", "/etc/dkmsd-pwned-conf", filepath.Join(headers, "pwned")} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s was written", p)
+		}
+	}
+	for i, w := range watched {
+		if gone, added := testkit.Changes(before[i], snapshotFiles(t, w, key)); len(gone)+len(added) > 0 {
+			t.Errorf("%s changed: gone %q, added %q", w, gone, added)
+		}
+	}
+	if keyAfter, _ := os.ReadFile(key); !bytes.Equal(keyBefore, keyAfter) {
+		t.Error("the MOK key changed")
+	}
+	if err := ln.(*net.TCPListener).SetDeadline(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ln.Accept(); err == nil {
+		c.Close()
+		t.Error("the build reached the test's TCP listener")
+	}
+	if left := runningWith(sleep); len(left) > 0 {
+		t.Errorf("the build's daemon outlived it: %q", left)
+	}
+}
+
+// snapshotFiles is testkit.Snapshot of dir, less the entries of the dkms
+// tree's own (dir's) that a build changes, keeping only key.
+func snapshotFiles(t *testing.T, dir, key string) []string {
+	snap := testkit.Snapshot(t, dir)
+	if dir != filepath.Dir(key) {
+		return snap
+	}
+	return slices.DeleteFunc(snap, func(l string) bool { return !strings.HasPrefix(l, filepath.Base(key)+" ") })
+}
+
+func writeFile(t *testing.T, p, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+}
