@@ -191,3 +191,102 @@ func writeFile(t *testing.T, p, content string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// probeFiles is a module whose "build" records who ran it and in which
+// PID and network namespaces, as its module file.
+func probeFiles() map[string]string {
+	return map[string]string{
+		"dkms.conf": "PACKAGE_NAME=\"dkmsd_probe\"\nPACKAGE_VERSION=\"1.0\"\nBUILT_MODULE_NAME[0]=\"dkmsd_probe\"\n" +
+			"DEST_MODULE_LOCATION[0]=\"/extra\"\nSTRIP[0]=\"no\"\nMAKE[0]=\"sh ./probe.sh\"\n",
+		"probe.sh": "{ echo uid=$(id -u); echo pid=$(readlink /proc/self/ns/pid); echo net=$(readlink /proc/self/ns/net); } > dkmsd_probe.ko\n",
+	}
+}
+
+// TestBuildRealHeadersSandboxModes builds the probe module under each
+// build_sandbox and build_user setting, and with BUILD_SANDBOX=no, and
+// reads from its module file who built it and where: auto and bwrap as
+// the build user in namespaces of their own, user as the build user in
+// the machine's, none and the opt-out as root. auto without a build
+// user falls back to root and says so once; bwrap without one fails.
+func TestBuildRealHeadersSandboxModes(t *testing.T) {
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "bwrap", "bubblewrap")
+	k := testkit.Kernels(t, 1)[0]
+	hostPID, _ := os.Readlink("/proc/self/ns/pid")
+	hostNet, _ := os.Readlink("/proc/self/ns/net")
+	uid := sandboxUID(t)
+	sandboxed := "uid=" + uid + " isolated"
+	cases := []struct {
+		name, framework, moduleConf string
+		want                        string // "uid=N isolated|host", or "fails"
+		warning                     string
+	}{
+		{name: "default", want: sandboxed},
+		{name: "bwrap", framework: "build_sandbox=bwrap\n", want: sandboxed},
+		{name: "user", framework: "build_sandbox=user\n", want: "uid=" + uid + " host"},
+		{name: "none", framework: "build_sandbox=none\n", want: "uid=0 host"},
+		{name: "opt-out", moduleConf: "BUILD_SANDBOX=no\n", want: "uid=0 host"},
+		{name: "auto-no-user", framework: "build_user=dkmsd-no-such-user\n", want: "uid=0 host",
+			warning: "Warning: builds run as root: no build user exists (dkmsd-no-such-user) (build_sandbox=auto in framework.conf)."},
+		{name: "bwrap-no-user", framework: "build_sandbox=bwrap\nbuild_user=dkmsd-no-such-user\n", want: "fails"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newRealRoot(t, []string{k})
+			// user mode has no sandbox to reach a root below 0700 dirs.
+			for d := r.root; d != filepath.Clean(os.TempDir()) && d != "/"; d = filepath.Dir(d) {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testkit.WriteModule(t, r.path("usr/src/dkmsd_probe-1.0"), probeFiles())
+			writeFile(t, r.path("etc/dkms/framework.conf"), "sign_file=/nonexistent\n"+c.framework, 0o644)
+			if c.moduleConf != "" {
+				writeFile(t, r.path("etc/dkms/dkmsd_probe.conf"), c.moduleConf, 0o644)
+			}
+			env, err := lifecycle.NewEnv(t.Context(), tree.NewLayout(r.root), r.rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env.Force = true
+			tg := realTarget("dkmsd_probe", "1.0", k)
+			err = lifecycle.Build(t.Context(), env, tg)
+			if c.want == "fails" {
+				if err == nil || !strings.Contains(err.Error(), "The build sandbox cannot be used") {
+					t.Fatalf("build: %v, want the sandbox refused", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("build: %v", err)
+			}
+			if c.warning != "" { // a second build says nothing more
+				if err := lifecycle.Build(t.Context(), env, tg); err != nil {
+					t.Fatalf("second build: %v", err)
+				}
+			}
+			ko, err := os.ReadFile(r.path("var/lib/dkms/dkmsd_probe/1.0", k, realArch, "module/dkmsd_probe.ko"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, l := range strings.Split(strings.TrimSpace(string(ko)), "\n") {
+				name, v, _ := strings.Cut(l, "=")
+				got[name] = v
+			}
+			where := "mixed"
+			switch {
+			case got["pid"] == hostPID && got["net"] == hostNet:
+				where = "host"
+			case got["pid"] != hostPID && got["net"] != hostNet:
+				where = "isolated"
+			}
+			if s := "uid=" + got["uid"] + " " + where; s != c.want {
+				t.Errorf("built as %q (%q), want %q", s, ko, c.want)
+			}
+			if n := strings.Count(r.infoText(), "builds run as"); c.warning == "" && n > 0 || c.warning != "" && (n != 1 || !strings.Contains(r.infoText(), c.warning)) {
+				t.Errorf("fallback said %d times, want %q once; output:\n%s", n, c.warning, r.infoText())
+			}
+		})
+	}
+}

@@ -122,6 +122,7 @@ func Choose(ctx context.Context, c Config) (*Runner, error) {
 		return r, nil
 	}
 	if err := r.findBwrap(ctx, c); err != nil {
+		r.Kind = User
 		if mode == ModeAuto {
 			r.Fallback = err.Error()
 			return r, nil
