@@ -290,3 +290,37 @@ func TestBuildRealHeadersSandboxModes(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildRealHeadersSandboxSameBytes builds dkmsd_hello (kbuild, signed
+// with the root's MOK key) as root without the sandbox and then in it:
+// the module files are byte for byte the same.
+func TestBuildRealHeadersSandboxSameBytes(t *testing.T) {
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "bwrap", "bubblewrap")
+	k := testkit.Kernels(t, 1)[0]
+	r := newRealRoot(t, []string{k}, "dkmsd_hello-1.0")
+	ko := r.path("var/lib/dkms/dkmsd_hello/1.0", k, realArch, "module/dkmsd_hello.ko")
+	var built [][]byte
+	for _, mode := range []string{"none", "bwrap"} {
+		writeFile(t, r.path("etc/dkms/framework.conf"), "build_sandbox="+mode+"\n", 0o644)
+		env, err := lifecycle.NewEnv(t.Context(), tree.NewLayout(r.root), r.rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.Force = true
+		if err := lifecycle.Build(t.Context(), env, realTarget("dkmsd_hello", "1.0", k)); err != nil {
+			t.Fatalf("%s build: %v", mode, err)
+		}
+		b, err := os.ReadFile(ko)
+		if err != nil {
+			t.Fatal(err)
+		}
+		built = append(built, b)
+	}
+	if !bytes.Contains(built[0], []byte(sigMarker)) {
+		t.Error("the module was not signed")
+	}
+	if !bytes.Equal(built[0], built[1]) {
+		t.Errorf("the sandboxed build differs: %d bytes against %d unsandboxed", len(built[1]), len(built[0]))
+	}
+}
