@@ -224,6 +224,11 @@ func (r *Runner) Wrap(cmd *exec.Cmd, s Spec) error {
 	cmd.SysProcAttr = attr
 	if r.Kind == User {
 		attr.Credential = &syscall.Credential{Uid: r.UID, Gid: r.GID, Groups: []uint32{}}
+		// A working dir the user may not enter (dkms run from /root)
+		// would stop the command from starting at all.
+		if !newView(r.UID, r.GID).mayReach(cmd.Dir) {
+			cmd.Dir = "/"
+		}
 		return nil
 	}
 	dir := cmd.Dir

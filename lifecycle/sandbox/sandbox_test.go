@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -126,17 +127,7 @@ echo init=$(cat /proc/1/comm)
 	}
 }
 
-func itoa(u uint32) string {
-	u64 := uint64(u)
-	s := ""
-	for {
-		s = string(rune('0'+u64%10)) + s
-		u64 /= 10
-		if u64 == 0 {
-			return s
-		}
-	}
-}
+func itoa(u uint32) string { return strconv.FormatUint(uint64(u), 10) }
 
 // TestBuildUserNeverRoot: a build_user that is uid 0 is not a build user.
 func TestBuildUserNeverRoot(t *testing.T) {
@@ -145,5 +136,26 @@ func TestBuildUserNeverRoot(t *testing.T) {
 	}
 	if _, err := buildUser("root"); err == nil {
 		t.Error("buildUser(root) accepted uid 0")
+	}
+}
+
+// TestWrapUserLeavesAClosedDir: as the build user without a sandbox, a
+// command whose working dir the user may not enter runs in / rather
+// than not at all.
+func TestWrapUserLeavesAClosedDir(t *testing.T) {
+	testkit.RequireRoot(t)
+	r, err := Choose(context.Background(), Config{Mode: ModeUser})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := t.TempDir() // 0700
+	cmd := exec.Command("sh", "-c", "pwd; id -u")
+	cmd.Dir = closed
+	if err := r.Wrap(cmd, Spec{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.CombinedOutput()
+	if want := "/\n" + itoa(r.UID) + "\n"; err != nil || string(out) != want {
+		t.Errorf("ran: %q, %v; want %q", out, err, want)
 	}
 }

@@ -113,6 +113,27 @@ func (v *view) entries(dir string) {
 	}
 }
 
+// mayReach reports whether the build user may enter every directory of
+// dir ("": the working directory).
+func (v *view) mayReach(dir string) bool {
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return false
+		}
+		dir = wd
+	}
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil || !v.mayEnter(fi) {
+			return false
+		}
+		if p == "/" {
+			return true
+		}
+	}
+}
+
 // mayEnter reports whether the build user may search the directory.
 func (v *view) mayEnter(fi fs.FileInfo) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
