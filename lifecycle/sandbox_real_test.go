@@ -2,6 +2,7 @@ package lifecycle_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -323,4 +324,55 @@ func TestBuildRealHeadersSandboxSameBytes(t *testing.T) {
 	if !bytes.Equal(built[0], built[1]) {
 		t.Errorf("the sandboxed build differs: %d bytes against %d unsandboxed", len(built[1]), len(built[0]))
 	}
+}
+
+// TestBuildRealHeadersSandboxRefusalSaid: a build that fails because the
+// sandbox refused it a write outside its build dir fails as dkms's failed
+// make does, then says the sandbox refused it and how to let the module
+// out; let out with BUILD_SANDBOX=no, it builds.
+func TestBuildRealHeadersSandboxRefusalSaid(t *testing.T) {
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, "bwrap", "bubblewrap")
+	k := testkit.Kernels(t, 1)[0]
+	r := newRealRoot(t, []string{k})
+	stamp := r.path("var/lib/dkms/dkmsd_stamp.stamp")
+	testkit.WriteModule(t, r.path("usr/src/dkmsd_stamp-1.0"), map[string]string{
+		"dkms.conf": "PACKAGE_NAME=\"dkmsd_stamp\"\nPACKAGE_VERSION=\"1.0\"\nBUILT_MODULE_NAME[0]=\"dkmsd_stamp\"\n" +
+			"DEST_MODULE_LOCATION[0]=\"/extra\"\nSTRIP[0]=\"no\"\nMAKE[0]=\"sh ./stamp.sh " + stamp + "\"\n",
+		"stamp.sh": "set -e\necho stamped > \"$1\"\necho built > dkmsd_stamp.ko\n",
+	})
+	writeFile(t, r.path("etc/dkms/framework.conf"), "sign_file=/nonexistent\n", 0o644)
+	tg := realTarget("dkmsd_stamp", "1.0", k)
+	err := lifecycle.Build(t.Context(), r.env, tg)
+	var le *lifecycle.Error
+	if !errors.As(err, &le) || le.Kind != lifecycle.KindBuildFailed {
+		t.Fatalf("sandboxed build: %v, want a failed make", err)
+	}
+	want := []string{
+		fmt.Sprintf("Bad return status for module build on kernel: %s (%s)", k, realArch),
+		fmt.Sprintf("Consult %s for more information.", r.path("var/lib/dkms/dkmsd_stamp/1.0/build/make.log")),
+		fmt.Sprintf("The build ran as user %s in dkmsd's build sandbox (bwrap), which refused it something: \"./stamp.sh: 2: cannot create %s: Read-only file system\".", sandboxUser(t), stamp),
+		fmt.Sprintf("If dkmsd_stamp needs it, build it without the sandbox: BUILD_SANDBOX=no in %s.", r.path("etc/dkms/dkmsd_stamp.conf")),
+	}
+	if !slices.Equal(le.Lines, want) {
+		t.Errorf("error lines:\n got %q\nwant %q", le.Lines, want)
+	}
+	writeFile(t, r.path("etc/dkms/dkmsd_stamp.conf"), "BUILD_SANDBOX=no\n", 0o644)
+	if err := lifecycle.Build(t.Context(), r.env, tg); err != nil {
+		t.Fatalf("build let out of the sandbox: %v", err)
+	}
+	if b, err := os.ReadFile(stamp); err != nil || string(b) != "stamped\n" {
+		t.Errorf("stamp: %q, %v", b, err)
+	}
+}
+
+// sandboxUser is the name builds run as by default.
+func sandboxUser(t *testing.T) string {
+	for _, n := range []string{"dkmsd-build", "nobody"} {
+		if _, err := user.Lookup(n); err == nil {
+			return n
+		}
+	}
+	t.Fatal("neither dkmsd-build nor nobody exists")
+	return ""
 }

@@ -53,6 +53,8 @@ type buildSandbox struct {
 	r      *sandbox.Runner
 	spec   sandbox.Spec
 	module string
+	// optOut is the module's /etc/dkms/<module>.conf.
+	optOut string
 }
 
 // optedOut reports whether the administrator's /etc/dkms/<module>.conf
@@ -98,7 +100,7 @@ func (e *Env) sandboxFor(ctx context.Context, t Target, confOnly bool) (*buildSa
 		k := e.Layout.Kernel(t.Kernel)
 		expose = append(expose, k.Dir, k.BuildDir)
 	}
-	s := &buildSandbox{r: r, module: t.Module, spec: sandbox.Spec{
+	s := &buildSandbox{r: r, module: t.Module, optOut: filepath.Join(e.Layout.ConfDir, t.Module+".conf"), spec: sandbox.Spec{
 		Expose: expose,
 		Mask:   []string{e.Layout.MOKKey, e.Framework.MOKSigningKey},
 	}}
@@ -196,7 +198,7 @@ func (s *buildSandbox) refusalHint(kind Kind, logPath string) []string {
 			if strings.Contains(line, m) {
 				return []string{
 					fmt.Sprintf("The build ran as user %s in dkmsd's build sandbox (%s), which refused it something: %q.", s.r.UserName, s.r.Kind, strings.TrimSpace(line)),
-					fmt.Sprintf("If %s needs it, build it without the sandbox: BUILD_SANDBOX=no in /etc/dkms/%s.conf.", s.module, s.module),
+					fmt.Sprintf("If %s needs it, build it without the sandbox: BUILD_SANDBOX=no in %s.", s.module, s.optOut),
 				}
 			}
 		}
