@@ -177,6 +177,8 @@ func (s *buildSandbox) builtFile(buildDir, p string) (string, error) {
 var sandboxRefusals = []string{
 	"Read-only file system", "Permission denied", "Operation not permitted",
 	"Network is unreachable", "Temporary failure in name resolution", "Could not resolve host",
+	// dash's word for a path below the sandbox's private /tmp.
+	"Directory nonexistent",
 }
 
 // refusalHint says, for a sandboxed build that failed in one of its
