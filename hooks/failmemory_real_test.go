@@ -37,6 +37,10 @@ AUTOINSTALL="yes"
 `
 	files["count_build.sh"] = "#!/bin/sh\n# dkmsd hook tests: count builds.\necho \"$2\" >> \"$1\"\n"
 	testkit.WriteModule(t, src, files)
+	// The counter is outside the build dir: out of the build sandbox.
+	if err := os.WriteFile(filepath.Join(root, "etc/dkms", name+".conf"), []byte("BUILD_SANDBOX=no\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	testkit.MustRun(t, dkms, "--root", root, "add", "-m", name, "-v", version)
 
 	hook := func(path string) testkit.Result {

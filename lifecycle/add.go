@@ -66,6 +66,7 @@ func AddSourceDir(ctx context.Context, e *Env, dir, kernel, arch string) (module
 	module, version, err = tree.ReadPackageIdentity(ctx, filepath.Join(from, "dkms.conf"), tree.ConfContext{
 		Kernel: kernel, Arch: arch, Layout: e.Layout, KernelSourceDir: e.Layout.KernelBuildDir(kernel),
 		Distro: e.Distro, Env: e.Environ, Stderr: stderr, Timeout: e.ConfTimeout,
+		Wrap: e.confWrap(ctx, Target{Kernel: kernel, Arch: arch}),
 	})
 	stderr.Flush()
 	if err != nil {

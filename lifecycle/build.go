@@ -14,9 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dkmsd/dkmsd/lifecycle/cache"
 	"github.com/dkmsd/dkmsd/tree"
-	"github.com/dkmsd/dkmsd/tree/atomicfile"
 )
 
 // Build compiles t's module version for t's kernel with the kernel's own
@@ -104,8 +102,12 @@ func (e *Env) build(ctx context.Context, t Target, add bool) error {
 	if err := e.checkBuildable(t, conf); err != nil {
 		return err
 	}
+	sb, err := e.sandboxFor(ctx, t, false)
+	if err != nil {
+		return err
+	}
 	e.Sink.Emit(Event{Type: BuildStarted, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch})
-	r, err := e.startBuild(t, start)
+	r, err := e.startBuild(t, start, sb)
 	if err != nil {
 		return err
 	}
@@ -179,14 +181,16 @@ type buildRun struct {
 	// capture collects what a publishing build pushes (cachebuild.go).
 	cached  *cachedBuild
 	capture *cacheCapture
+	// sb is the build sandbox its commands run in (nil: none).
+	sb *buildSandbox
 }
 
 // startBuild makes a fresh build dir from the source. The build happens
 // in <m>/<v>/build: dkms.conf MAKE lines name that path, so it cannot
 // move. It is kept, with its make.log, on failure.
-func (e *Env) startBuild(t Target, start time.Time) (*buildRun, error) {
+func (e *Env) startBuild(t Target, start time.Time, sb *buildSandbox) (*buildRun, error) {
 	vdir := e.Layout.VersionDir(t.Module, t.Version)
-	r := &buildRun{e: e, t: t, start: start, vdir: vdir, dir: filepath.Join(vdir, "build")}
+	r := &buildRun{e: e, t: t, start: start, vdir: vdir, dir: filepath.Join(vdir, "build"), sb: sb}
 	sourceDir := filepath.Join(vdir, "source")
 	if err := os.RemoveAll(r.dir); err != nil {
 		return nil, fmt.Errorf("clean %s: %w", r.dir, err)
@@ -196,6 +200,9 @@ func (e *Env) startBuild(t Target, start time.Time) (*buildRun, error) {
 	}
 	if err := e.overlayPatches(t.Module, r.dir); err != nil {
 		return nil, fmt.Errorf("copy the patches of %s into %s: %w", e.moduleConfDir(t.Module), r.dir, err)
+	}
+	if err := sb.own(r.dir); err != nil {
+		return nil, err
 	}
 	r.logPath = filepath.Join(r.dir, "make.log")
 	log, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
@@ -217,8 +224,9 @@ func (r *buildRun) failed(ctx context.Context, kind Kind, err error, lines ...st
 	if buildTimedOut(ctx) {
 		kind, lines = KindBuildTimeout, r.timedOut()
 	}
+	lines = append(lines, r.sb.refusalHint(kind, r.logPath)...)
 	kept := r.logPath
-	if os.MkdirAll(filepath.Dir(e.failedLog(t)), 0o755) == nil && copyFileAtomic(r.logPath, e.failedLog(t)) == nil {
+	if logFile, err := r.sb.builtFile(r.dir, r.logPath); err == nil && os.MkdirAll(filepath.Dir(e.failedLog(t)), 0o755) == nil && copyFileAtomic(logFile, e.failedLog(t)) == nil {
 		kept = e.failedLog(t)
 	}
 	e.Sink.Emit(Event{Type: BuildFailed, Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
@@ -232,7 +240,8 @@ func (r *buildRun) timedOut() []string {
 	e, t := r.e, r.t
 	secs := int64(e.BuildTimeout / time.Second)
 	// Appended by path: the log may be closed already (after POST_BUILD).
-	if f, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+	// Never through a symlink a sandboxed build put in its place.
+	if f, err := os.OpenFile(r.logPath, os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0); err == nil {
 		fmt.Fprintf(f, "\n# dkmsd: the build reached build_timeout (%d seconds) and every process of it was killed.\n", secs)
 		f.Close()
 	}
@@ -254,7 +263,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 		cmd := "patch -p1 < ./patches/" + p
 		err := e.invoke(step{Desc: "applying patch " + p, Command: cmd}, func(out io.Writer) error {
 			blk := startLogBlock(log, "Applying patch "+p, cmd)
-			err := runArgv(ctx, buildDir, r.env, io.MultiWriter(log, out), "patch", "-p1", "-i", patch)
+			err := runArgvIn(ctx, r.sb, buildDir, r.env, io.MultiWriter(log, out), "patch", "-p1", "-i", patch)
 			blk.end(err)
 			return err
 		})
@@ -263,13 +272,13 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 		}
 	}
 	if conf.PreBuild != "" {
-		if err := e.buildScript(ctx, "pre_build", e.scriptDir(t.Module, buildDir, conf.PreBuild), conf.PreBuild, log, r.env); err != nil {
+		if err := e.buildScript(ctx, r.sb, "pre_build", e.scriptDir(t.Module, buildDir, conf.PreBuild), conf.PreBuild, log, r.env); err != nil {
 			return r.failed(ctx, KindScriptFailed, err, fmt.Sprintf("The pre_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
 	e.info("")
 	e.info("Building module:")
-	e.cleanBuildArea(ctx, t, buildDir, r.env)
+	e.cleanBuildArea(ctx, r.sb, t, buildDir, r.env)
 	makeCmd, shown := e.makeCommand(conf, t, k, r.budget.Jobs)
 	fmt.Fprintf(log, "%s\n\n", r.budget)
 	if e.Verbose && e.budget == nil {
@@ -279,7 +288,7 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 	var run makeRun
 	err := e.invoke(step{Desc: shown, Command: fmt.Sprintf("{ %s; } >> %s 2>&1", makeCmd, logPath), Background: true}, func(io.Writer) error {
 		blk := startLogBlock(log, "Building module(s)", makeCmd)
-		run = e.runMake(ctx, buildDir, makeCmd, r.env, log)
+		run = e.runMake(ctx, r.sb, buildDir, makeCmd, r.env, log)
 		blk.end(run.err)
 		return run.err
 	})
@@ -305,10 +314,10 @@ func (r *buildRun) compile(ctx context.Context, conf *tree.Conf, k buildKernel) 
 // dkms 3.0.10 does by default (a package's own CLEAN is not run: see
 // docs/compatibility.md). Its failure is shown and does not stop the
 // build.
-func (e *Env) cleanBuildArea(ctx context.Context, t Target, buildDir string, env []string) {
+func (e *Env) cleanBuildArea(ctx context.Context, sb *buildSandbox, t Target, buildDir string, env []string) {
 	cmd := fmt.Sprintf("make -C %s M=%s clean", e.Layout.KernelBuildDir(t.Kernel), buildDir)
 	_ = e.invoke(step{Desc: "Cleaning build area", Command: cmd, Background: true}, func(out io.Writer) error {
-		return runShell(ctx, buildDir, cmd, env, out)
+		return shellCommand(ctx, sb, buildDir, cmd, env, out).Run()
 	})
 }
 
@@ -336,7 +345,7 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 			sign = nil
 		}
 	}
-	if err := e.stageModules(ctx, conf, k, buildDir, stage, sign, r.env, r.hooks()); err != nil {
+	if err := e.stageModules(ctx, r.sb, conf, k, buildDir, stage, sign, r.env, r.hooks()); err != nil {
 		var sf *signFailure
 		if errors.As(err, &sf) {
 			// dkms 3.0.10 warns and installs the module unsigned, which
@@ -350,7 +359,7 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 		e.checkEnrollment(ctx, sign.cert)
 	}
 	if conf.PostBuild != "" && r.cached == nil { // the build host ran it
-		if err := e.buildScript(ctx, "post_build", e.scriptDir(t.Module, buildDir, conf.PostBuild), conf.PostBuild, log, r.env); err != nil {
+		if err := e.buildScript(ctx, r.sb, "post_build", e.scriptDir(t.Module, buildDir, conf.PostBuild), conf.PostBuild, log, r.env); err != nil {
 			return r.failed(ctx, KindScriptFailed, err, fmt.Sprintf("The post_build script failed (exit status %d).", exitCode(err)), fmt.Sprintf("Consult %s for more information.", logPath))
 		}
 	}
@@ -358,7 +367,11 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 	if err := os.MkdirAll(filepath.Join(stage, "log"), 0o755); err != nil {
 		return diskError(stage, err)
 	}
-	if err := copyFileAtomic(logPath, filepath.Join(stage, "log", "make.log")); err != nil {
+	logFile, err := r.sb.builtFile(buildDir, logPath)
+	if err != nil {
+		return err
+	}
+	if err := copyFileAtomic(logFile, filepath.Join(stage, "log", "make.log")); err != nil {
 		return err
 	}
 	if cfg := k.ConfigFile; cfg != "" {
@@ -388,85 +401,6 @@ func (r *buildRun) store(ctx context.Context, conf *tree.Conf, k buildKernel, si
 func (e *Env) failedLog(t Target) string {
 	return e.Layout.FailedLog(t.Module, t.Version, t.Kernel, t.Arch)
 }
-
-// replaceDir moves the complete dir src to dst; an existing dst (a forced
-// rebuild) is moved aside first and deleted only once src is in place.
-func replaceDir(src, dst string) error {
-	old := ""
-	if exists(dst) {
-		old = fmt.Sprintf("%s.dkmsd-old-%d", dst, os.Getpid())
-		if err := os.Rename(dst, old); err != nil {
-			return fmt.Errorf("replace %s: %w", dst, err)
-		}
-	}
-	if err := os.Rename(src, dst); err != nil {
-		if old != "" {
-			_ = os.Rename(old, dst)
-		}
-		return fmt.Errorf("replace %s: %w", dst, err)
-	}
-	if err := atomicfile.SyncDir(filepath.Dir(dst)); err != nil {
-		return err
-	}
-	if old != "" {
-		return os.RemoveAll(old)
-	}
-	return nil
-}
-
-// stageModules strips, signs and compresses each built module (running
-// the tools in env) into <stage>/module under its DEST_MODULE_NAME.
-func (e *Env) stageModules(ctx context.Context, conf *tree.Conf, k buildKernel, buildDir, stage string, sign *signer, env []string, h stageHooks) error {
-	modDir := filepath.Join(stage, "module")
-	if err := os.MkdirAll(modDir, 0o755); err != nil {
-		return diskError(modDir, err)
-	}
-	suffix := k.moduleSuffix()
-	if sym := filepath.Join(buildDir, "Module.symvers"); exists(sym) {
-		if err := copyFileAtomic(sym, filepath.Join(modDir, "Module.symvers")); err != nil {
-			return err
-		}
-	}
-	for _, m := range conf.Buildable() {
-		ko := filepath.Join(buildDir, m.BuiltLocation, m.BuiltName+".ko")
-		if m.Strip && !h.noStrip {
-			var out strings.Builder
-			if err := runArgv(ctx, buildDir, env, &out, "strip", "-g", ko); err != nil {
-				return fmt.Errorf("strip %s: %v: %s", ko, err, strings.TrimSpace(out.String()))
-			}
-		}
-		if err := h.keep(m.DestName+".ko", ko); err != nil {
-			return err
-		}
-		if sign != nil {
-			e.info("Signing module %s", ko)
-			if err := sign.sign(ctx, env, ko); err != nil {
-				return &signFailure{ko: ko, key: sign.key, cert: sign.cert, err: err}
-			}
-			if err := h.keep(m.DestName+".ko"+cache.SignedSuffix, ko); err != nil {
-				return err
-			}
-		}
-		file := e.compressModule(ctx, env, ko, suffix)
-		ext := ".ko"
-		if file != ko {
-			ext = suffix
-		}
-		if err := copyFileAtomic(file, filepath.Join(modDir, m.DestName+ext)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// signFailure is sign-file refusing a module (a key and certificate that
-// are not a pair, an unreadable key).
-type signFailure struct {
-	ko, key, cert string
-	err           error
-}
-
-func (f *signFailure) Error() string { return fmt.Sprintf("sign %s: %v", f.ko, f.err) }
 
 // makeCommand is the make line for t: the dkms.conf's (MAKE/MAKE_MATCH) or
 // the default kbuild call, with a leading "make" given -j jobs (the job
@@ -517,7 +451,7 @@ type makeRun struct {
 // runMake runs the make line in the build dir with env. Under a jobserver
 // it first takes the slot make's first job runs on, and hands make the
 // pipe.
-func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, env []string, log *os.File) makeRun {
+func (e *Env) runMake(ctx context.Context, sb *buildSandbox, buildDir, makeCmd string, env []string, log *os.File) makeRun {
 	var extra []*os.File
 	if e.Jobserver != nil {
 		if err := e.Jobserver.Acquire(ctx); err != nil {
@@ -536,7 +470,7 @@ func (e *Env) runMake(ctx context.Context, buildDir, makeCmd string, env []strin
 		env = append(env, "MAKEFLAGS="+e.Jobserver.MakeFlags(caller))
 		extra = e.Jobserver.Files()
 	}
-	cmd := shellCommand(ctx, buildDir, makeCmd, env, log, extra...)
+	cmd := shellCommand(ctx, sb, buildDir, makeCmd, env, log, extra...)
 	r := makeRun{err: cmd.Run()}
 	if ps := cmd.ProcessState; ps != nil {
 		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru.Maxrss > 0 {
@@ -566,9 +500,9 @@ func (k buildKernel) cc() []string {
 // buildScript runs PRE_BUILD/POST_BUILD in dir (the build dir, or the
 // module's override dir) with env, shown as dkms shows it and logged to
 // make.log.
-func (e *Env) buildScript(ctx context.Context, kind, dir, script string, log *os.File, env []string) error {
+func (e *Env) buildScript(ctx context.Context, sb *buildSandbox, kind, dir, script string, log *os.File, env []string) error {
 	blk := startLogBlock(log, "Running the "+kind+" script", "cd "+dir+"/ && "+filepath.Join(dir, script))
-	ran, err := e.runShownScriptIn(ctx, kind, dir, script, env, log)
+	ran, err := e.runShownScriptIn(ctx, sb, kind, dir, script, env, log)
 	if !ran {
 		blk.end(nil)
 		return nil

@@ -80,6 +80,8 @@ type Env struct {
 	mokMu  *sync.Mutex // one MOK key generation at a time
 	warned *warnOnce
 	cache  *cacheState
+	// sandbox is the build runner, chosen once (sandboxed.go).
+	sandbox *sandboxChoice
 }
 
 // NewEnv reads framework.conf under the layout's configuration dir and
@@ -89,7 +91,7 @@ func NewEnv(ctx context.Context, layout tree.Layout, sink Sink) (*Env, error) {
 		sink = Discard
 	}
 	e := &Env{Layout: layout, Sink: sink, Distro: tree.ReadDistro(layout.Root), Environ: os.Environ(),
-		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}, warned: &warnOnce{}, cache: &cacheState{}}
+		confs: &tree.ConfCache{}, mokMu: &sync.Mutex{}, warned: &warnOnce{}, cache: &cacheState{}, sandbox: &sandboxChoice{}}
 	fw, err := tree.ReadFramework(ctx, layout.ConfDir, "", e.Environ, &lineWriter{sink: sink, typ: Warning})
 	if err != nil {
 		return nil, fmt.Errorf("read framework.conf: %w", err)
@@ -165,6 +167,7 @@ func (e *Env) readConf(ctx context.Context, file string, t Target, strict bool) 
 		Stderr:          stderr,
 		Timeout:         e.ConfTimeout,
 		Cache:           e.confs,
+		Wrap:            e.confWrap(ctx, t),
 	})
 	if err != nil {
 		return nil, e.reportConfFailure(file, err)

@@ -31,12 +31,13 @@ func (e *Env) buildEnviron(extra ...string) []string {
 // runShell runs a command line with bash (dkms evals its MAKE lines in
 // bash) in dir, its output appended to log.
 func runShell(ctx context.Context, dir, cmdline string, env []string, log io.Writer, extra ...*os.File) error {
-	return shellCommand(ctx, dir, cmdline, env, log, extra...).Run()
+	return shellCommand(ctx, nil, dir, cmdline, env, log, extra...).Run()
 }
 
-// shellCommand is the command runShell runs, for a caller that reads how
-// it ended (its resource use) after Run.
-func shellCommand(ctx context.Context, dir, cmdline string, env []string, log io.Writer, extra ...*os.File) *exec.Cmd {
+// shellCommand is the command runShell runs (in sb, the build sandbox,
+// unless nil), for a caller that reads how it ended (its resource use)
+// after Run.
+func shellCommand(ctx context.Context, sb *buildSandbox, dir, cmdline string, env []string, log io.Writer, extra ...*os.File) *exec.Cmd {
 	trace(ctx, dir, "bash", "-c", cmdline)
 	cmd := exec.CommandContext(ctx, "bash", "-c", cmdline)
 	cmd.Dir = dir
@@ -47,6 +48,9 @@ func shellCommand(ctx context.Context, dir, cmdline string, env []string, log io
 	// a hook run, a service stop) never leaves a build writing into the
 	// tree. When ctx ends, stopOnCancel ends make and its jobs.
 	stopOnCancel(ctx, cmd)
+	if err := sb.wrap(cmd); err != nil {
+		cmd.Err = err
+	}
 	return cmd
 }
 
@@ -85,12 +89,20 @@ func stopOnCancel(ctx context.Context, cmd *exec.Cmd) {
 // without a slash is looked up in env's PATH (a build_environment may put
 // its own tools first), as a shell would.
 func runArgv(ctx context.Context, dir string, env []string, out io.Writer, argv ...string) error {
+	return runArgvIn(ctx, nil, dir, env, out, argv...)
+}
+
+// runArgvIn is runArgv in sb, the build sandbox (nil: none).
+func runArgvIn(ctx context.Context, sb *buildSandbox, dir string, env []string, out io.Writer, argv ...string) error {
 	trace(ctx, dir, argv...)
 	cmd := exec.CommandContext(ctx, lookPathIn(argv[0], env), argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
 	stopOnCancel(ctx, cmd)
+	if err := sb.wrap(cmd); err != nil {
+		return err
+	}
 	return cmd.Run()
 }
 
@@ -131,12 +143,12 @@ func (b *logBlock) end(err error) {
 // the heading dkms prints for it, and also written to also. ran is false
 // when the script is not executable (dkms warns and carries on).
 func (e *Env) runShownScript(ctx context.Context, kind, dir, script string, also ...io.Writer) (ran bool, err error) {
-	return e.runShownScriptIn(ctx, kind, dir, script, e.buildEnviron(), also...)
+	return e.runShownScriptIn(ctx, nil, kind, dir, script, e.buildEnviron(), also...)
 }
 
 // runShownScriptIn is runShownScript in env (a build's, which
-// build_environment may have changed).
-func (e *Env) runShownScriptIn(ctx context.Context, kind, dir, script string, env []string, also ...io.Writer) (ran bool, err error) {
+// build_environment may have changed) and sb, the build sandbox.
+func (e *Env) runShownScriptIn(ctx context.Context, sb *buildSandbox, kind, dir, script string, env []string, also ...io.Writer) (ran bool, err error) {
 	if !e.scriptRunnable(kind, dir, script) {
 		return false, nil
 	}
@@ -146,7 +158,7 @@ func (e *Env) runShownScriptIn(ctx context.Context, kind, dir, script string, en
 	defer out.Flush()
 	words := strings.Fields(script)
 	argv := append([]string{filepath.Join(dir, words[0])}, words[1:]...)
-	return true, runArgv(ctx, dir, env, io.MultiWriter(append([]io.Writer{out}, also...)...), argv...)
+	return true, runArgvIn(ctx, sb, dir, env, io.MultiWriter(append([]io.Writer{out}, also...)...), argv...)
 }
 
 // scriptRunnable reports whether a script's file is executable, warning

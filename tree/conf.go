@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -59,6 +60,9 @@ type ConfContext struct {
 	Timeout    time.Duration
 	// Cache, when set, reuses evaluations that cannot differ.
 	Cache *ConfCache
+	// Wrap, when set, rewrites each command the file runs ($(…)) before
+	// it runs: the build sandbox.
+	Wrap func(*exec.Cmd) error
 }
 
 // ModuleSpec is one record of the BUILT_/DEST_MODULE_* arrays.
@@ -223,7 +227,7 @@ func (cc *ConfCache) values(ctx context.Context, file string, c ConfContext) (ma
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	ev := shellEval{Vars: confVars(c), Env: c.Env, Stderr: c.Stderr, Timeout: c.Timeout}
+	ev := shellEval{Vars: confVars(c), Env: c.Env, Stderr: c.Stderr, Timeout: c.Timeout, Wrap: c.Wrap}
 	res, err := ev.exec(ctx, file, parsed, confNames)
 	if err != nil {
 		return nil, nil, nil, err
@@ -261,7 +265,7 @@ func ReadPackageIdentity(ctx context.Context, file string, c ConfContext) (name,
 	if err != nil {
 		return "", "", fmt.Errorf("read dkms.conf: %w", err)
 	}
-	ev := shellEval{Vars: confVars(c), Env: c.Env, Stderr: c.Stderr, Timeout: c.Timeout}
+	ev := shellEval{Vars: confVars(c), Env: c.Env, Stderr: c.Stderr, Timeout: c.Timeout, Wrap: c.Wrap}
 	res, err := ev.run(ctx, file, src, confNames)
 	if err != nil {
 		return "", "", err

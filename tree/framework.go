@@ -24,6 +24,7 @@ var frameworkNames = []string{
 	"module_cache_timeout", "module_cache_signatures",
 	"distribution",
 	"verify_initrd",
+	"build_sandbox", "build_user",
 }
 
 // envFrameworkNames may also come from the environment, as with dkms
@@ -107,6 +108,9 @@ type Framework struct {
 	// transaction with dkms verify of the kernels it installed modules
 	// for.
 	VerifyInitrd bool
+	// BuildSandbox is build_sandbox: auto (""), bwrap, user or none;
+	// BuildUser is build_user, the user builds run as.
+	BuildSandbox, BuildUser string
 
 	// Files are the files read, in order.
 	Files []string
@@ -188,6 +192,7 @@ func ReadFramework(ctx context.Context, confDir, kernel string, env []string, st
 	}
 	fw.Cache = readCacheSettings(get)
 	fw.Distribution = get("distribution")
+	fw.BuildSandbox, fw.BuildUser = get("build_sandbox"), get("build_user")
 	return fw, nil
 }
 

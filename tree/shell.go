@@ -96,6 +96,9 @@ type shellEval struct {
 	Env     []string
 	Stderr  io.Writer
 	Timeout time.Duration
+	// Wrap, when set, rewrites each external command before it runs
+	// (the build sandbox).
+	Wrap func(*exec.Cmd) error
 }
 
 // evalResult is what a file left behind.
@@ -211,7 +214,7 @@ func (s shellEval) exec(ctx context.Context, file string, p *parsedShell, names 
 	runner, err := interp.New(
 		interp.Env(expand.ListEnviron(envList...)),
 		interp.StdIO(nil, io.Discard, stderr),
-		interp.ExecHandlers(killOnCancel),
+		interp.ExecHandlers(killOnCancel(s.Wrap)),
 		interp.Params(append([]string{"--"}, names...)...),
 	)
 	if err != nil {
@@ -310,8 +313,15 @@ const maxSubstOutput = 1 << 20
 
 // killOnCancel runs external commands (command substitutions such as
 // $(uname -r) are common in dkms.conf) in a process group of their own,
-// killed whole when the evaluation times out or prints too much.
-func killOnCancel(next interp.ExecHandlerFunc) interp.ExecHandlerFunc {
+// killed whole when the evaluation times out or prints too much. wrap,
+// when set, rewrites each command first (the build sandbox).
+func killOnCancel(wrap func(*exec.Cmd) error) func(interp.ExecHandlerFunc) interp.ExecHandlerFunc {
+	return func(next interp.ExecHandlerFunc) interp.ExecHandlerFunc {
+		return execHandler(wrap)
+	}
+}
+
+func execHandler(wrap func(*exec.Cmd) error) interp.ExecHandlerFunc {
 	return func(ctx context.Context, args []string) error {
 		hc := interp.HandlerCtx(ctx)
 		path, err := interp.LookPathDir(hc.Dir, hc.Env, args[0])
@@ -337,6 +347,11 @@ func killOnCancel(next interp.ExecHandlerFunc) interp.ExecHandlerFunc {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = time.Second
+		if wrap != nil {
+			if err := wrap(cmd); err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+		}
 		err = cmd.Run()
 		if capped.exceeded {
 			return fmt.Errorf("%s printed more than %d bytes", args[0], maxSubstOutput)

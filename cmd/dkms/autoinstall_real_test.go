@@ -418,6 +418,7 @@ func TestAutoinstallRealHeadersConcurrentProcesses(t *testing.T) {
 		b.cloneHello(t, m, "1.0",
 			[]string{`PRE_BUILD="count.sh ${dkms_tree}/dkmsd_count.builds ` + m + ` ${kernelver}"`},
 			map[string]string{"count.sh": "#!/bin/sh\necho \"$2 $3\" >> \"$1\"\n"})
+		b.letOut(t, m)
 		b.mustRun(t, "add", m+"/1.0")
 	}
 
