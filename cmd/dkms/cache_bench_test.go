@@ -63,6 +63,11 @@ func (f *cacheFleet) fleetRun(b *testing.B, n int, url string, publish bool) (cp
 		if err := os.WriteFile(filepath.Join(root, "etc/dkms/framework.conf"), []byte(conf), 0o644); err != nil {
 			b.Fatal(err)
 		}
+		// The compiler wrappers' log is outside the build dir: out of the
+		// build sandbox, or a pulling root's compile would go unseen.
+		if err := os.WriteFile(filepath.Join(root, "etc/dkms", name+".conf"), []byte("BUILD_SANDBOX=no\n"), 0o644); err != nil {
+			b.Fatal(err)
+		}
 		before := f.execs(b)
 		r, took := f.dkms(b, root, "install", name+"/"+version, "-k", f.kernel)
 		if r.Code != 0 {

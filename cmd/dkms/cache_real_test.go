@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dkmsd/dkmsd/hooks/report"
+	"github.com/dkmsd/dkmsd/lifecycle"
 	"github.com/dkmsd/dkmsd/lifecycle/cache"
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
@@ -92,6 +94,12 @@ func (f *cacheFleet) root(t *testing.T, conf string) string {
 	if err := os.WriteFile(filepath.Join(root, "etc/dkms/framework.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The make and compiler wrappers log to a file outside the build
+	// dir, which the build sandbox (tested on its own) would make
+	// read-only: the count of compiler runs needs the module let out.
+	if err := os.WriteFile(filepath.Join(root, "etc/dkms", cacheModule+".conf"), []byte("BUILD_SANDBOX=no\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return root
 }
 
@@ -118,8 +126,7 @@ func (f *cacheFleet) dkms(t testing.TB, root string, args ...string) (testkit.Re
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), cmp.Or(f.limit, 3*time.Minute))
 	defer cancel()
-	s := side{name: "dkmsd", bin: f.bin, root: root, env: []string{"PATH=" + f.wrappers + ":/usr/sbin:/usr/bin:/sbin:/bin",
-		"LC_ALL=C", "HOME=" + root, "DKMSD_ROOT=" + root}}
+	s := side{name: "dkmsd", bin: f.bin, root: root, env: f.env(root)}
 	cmd := s.command(ctx, args...)
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
@@ -129,6 +136,11 @@ func (f *cacheFleet) dkms(t testing.TB, root string, args ...string) (testkit.Re
 		t.Fatalf("dkms %v: %v (%v)\n%s", args, err, ctx.Err(), r.Out)
 	}
 	return r, took
+}
+
+// env is the environment dkms runs in on root: the wrappers first on PATH.
+func (f *cacheFleet) env(root string) []string {
+	return []string{"PATH=" + f.wrappers + ":/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=" + root, "DKMSD_ROOT=" + root}
 }
 
 func (f *cacheFleet) mustDkms(t testing.TB, root string, args ...string) testkit.Result {
@@ -304,18 +316,41 @@ func TestCacheRealHeadersFleet(t *testing.T) {
 	})
 }
 
-// wantLocalBuild installs on root and wants a local build whose stderr
-// and make.log say why the cache was not used.
+// wantLocalBuild installs on root, beside a journald of its own, and
+// wants a local build whose stderr, make.log and journal entry (a
+// cache-miss whose DKMS_ERROR is the refusal) say why the cache was not
+// used.
 func (f *cacheFleet) wantLocalBuild(t *testing.T, root, why string) {
 	t.Helper()
+	journalPrereqs(t)
 	before := f.execs(t)
-	r := f.mustDkms(t, root, "install", cacheModule+"/"+cacheVersion, "-k", f.kernel)
+	jdir := filepath.Join(t.TempDir(), "journal")
+	if err := os.MkdirAll(jdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"install", cacheModule + "/" + cacheVersion, "-k", f.kernel,
+		"--dkmstree", filepath.Join(root, "var/lib/dkms"), "--sourcetree", filepath.Join(root, "usr/src"),
+		"--installtree", filepath.Join(root, "lib/modules")}
+	r := inJournalNamespace(t, jdir, f.env(root), args...)
+	if r.Code != 0 {
+		t.Fatalf("dkms install: exit %d\n%s", r.Code, r.Out)
+	}
 	_, log := f.built(t, root)
 	if f.execs(t) == before {
 		t.Errorf("no local build after the refusal\n%s", r.Out)
 	}
 	if !strings.Contains(r.Stderr, "dkmsd: module cache: not using it for") || !strings.Contains(r.Stderr, why) || !strings.Contains(log, why) {
 		t.Errorf("want %q on stderr and in make.log;\nstderr:\n%s\nmake.log:\n%s", why, r.Stderr, log)
+	}
+	var found bool
+	for _, e := range journalEntries(t, jdir) {
+		if e["MESSAGE_ID"] == report.MessageIDs[lifecycle.CacheMiss] && e["DKMS_RESULT"] == "refused" &&
+			e["DKMS_MODULE"] == cacheModule && strings.Contains(e["DKMS_ERROR"], why) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no cache-miss journal entry refusing with %q among:\n%v", why, journalEntries(t, jdir))
 	}
 }
 
