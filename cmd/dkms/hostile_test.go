@@ -140,6 +140,22 @@ func hostileAdd(body string) func(*testing.T, *batchRoot) []string {
 	return hostileAddRaw(hostileConfHead + body)
 }
 
+// unsandboxed runs setup with build_sandbox=none in the root's
+// framework.conf: dkms.conf commands run as dkms runs them.
+func unsandboxed(setup func(*testing.T, *batchRoot) []string) func(*testing.T, *batchRoot) []string {
+	return func(t *testing.T, b *batchRoot) []string {
+		f, err := os.OpenFile(b.path("etc/dkms/framework.conf"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, err = f.WriteString("build_sandbox=none\n")
+			err = errors.Join(err, f.Close())
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return setup(t, b)
+	}
+}
+
 // hostileAddRaw is the setup that adds a module whose dkms.conf is conf.
 func hostileAddRaw(conf string) func(*testing.T, *batchRoot) []string {
 	return func(t *testing.T, b *batchRoot) []string {
@@ -214,8 +230,19 @@ func hostileConfCases() []hostileCase {
 			code: 8, want: []string{"gave up after 10s", "Bad conf file."}},
 		// bash would wait the full 600 s for the pipe; dkmsd stops waiting a
 		// second after the command itself exits, and says why.
-		{name: "command substitution held open by a background grandchild", setup: hostileAdd("X=$(sh -c 'sleep 600 &')\n"),
+		// Without the build sandbox (as dkms runs it).
+		{name: "command substitution held open by a background grandchild", setup: unsandboxed(hostileAdd("X=$(sh -c 'sleep 600 &')\n")),
 			code: 8, want: []string{"left a background process holding its output open", "Bad conf file."}},
+		// In the sandbox (the default), the command's PID namespace dies
+		// with it, taking the grandchild along: the output closes and the
+		// add goes on.
+		{name: "command substitution with a background grandchild, sandboxed", setup: hostileAdd("X=$(sh -c 'sleep 600 &')\n"),
+			check: func(t *testing.T, b *batchRoot, r hostileResult) {
+				if r.Code != 0 {
+					t.Errorf("exit %d, want 0\nstdout:\n%s\nstderr:\n%s", r.Code, r.Stdout, r.Stderr)
+				}
+				b.wantStatus(t, "dkmsd_hostile/1.0: added")
+			}},
 		// bash prints an error and goes on; the evaluator must not crash
 		// (mvdan/sh panics on it): an error naming the file will do.
 		{name: "associative array assigned a list without keys", setup: hostileAdd("declare -A opts=(\"\")\n"),

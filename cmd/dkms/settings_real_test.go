@@ -149,6 +149,7 @@ export PATH="`+toolset+`/bin:$PATH"
 NOT_EXPORTED=1
 `, 0o644)
 	writeRootFile(t, b.root, "opt/toolset/bin/strip", "#!/bin/sh\necho \"$@\" >> "+toolset+"/strip.calls\nexec /usr/bin/strip \"$@\"\n", 0o755)
+	b.letOut(t, "dkmsd_toolset") // the strip wrapper logs outside the build dir
 	conf := func(setting string) {
 		writeRootFile(t, b.root, "etc/dkms/framework.conf", setting+"\n", 0o644)
 	}
