@@ -33,26 +33,6 @@ func sandboxUID(t *testing.T) string {
 	return ""
 }
 
-// runningWith are the running processes (not zombies) whose command
-// line holds marker.
-func runningWith(marker string) []string {
-	var out []string
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		raw, err := os.ReadFile(filepath.Join(d, "cmdline"))
-		if err != nil || !bytes.Contains(raw, []byte(marker)) {
-			continue
-		}
-		if stat, err := os.ReadFile(filepath.Join(d, "stat")); err == nil {
-			if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-				continue
-			}
-		}
-		out = append(out, filepath.Base(d)+": "+strings.ReplaceAll(string(raw), "\x00", " "))
-	}
-	return out
-}
-
 // TestBuildRealHeadersHostileContained builds testdata's dkmsd_hostile,
 // whose dkms.conf and Makefile try to write /etc, read root's files and
 // the MOK key, reach a TCP listener of the test's, leave a daemon behind,
@@ -95,7 +75,7 @@ func TestBuildRealHeadersHostileContained(t *testing.T) {
 	defer ln.Close()
 	sleep := fmt.Sprintf("3%d.5", rand.Uint32()%100000)
 	t.Cleanup(func() {
-		for _, p := range runningWith(sleep) {
+		for _, p := range testkit.ProcessesWith(sleep) {
 			pid, _, _ := strings.Cut(p, ":")
 			if n, err := strconv.Atoi(pid); err == nil {
 				_ = syscall.Kill(n, syscall.SIGKILL)
@@ -165,7 +145,7 @@ func TestBuildRealHeadersHostileContained(t *testing.T) {
 		c.Close()
 		t.Error("the build reached the test's TCP listener")
 	}
-	if left := runningWith(sleep); len(left) > 0 {
+	if left := testkit.ProcessesWith(sleep); len(left) > 0 {
 		t.Errorf("the build's daemon outlived it: %q", left)
 	}
 }

@@ -5,7 +5,6 @@ package main
 // for the process that holds the lock.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -40,7 +39,7 @@ func sleeperModule(t *testing.T, b *batchRoot, confExtra ...string) (marker stri
 	b.writeModuleFiles(t, "dkmsd_sleeper", "1.0", map[string]string{"dkms.conf": conf, "sleeper.mk": mk})
 	// A test that fails leaves no sleep behind.
 	t.Cleanup(func() {
-		for _, p := range markedSleeps(marker) {
+		for _, p := range testkit.ProcessesWith(marker) {
 			pid, _, _ := strings.Cut(p, ":")
 			if n, err := strconv.Atoi(pid); err == nil {
 				_ = syscall.Kill(n, syscall.SIGKILL)
@@ -50,33 +49,14 @@ func sleeperModule(t *testing.T, b *batchRoot, confExtra ...string) (marker stri
 	return marker
 }
 
-// markedSleeps are the running processes (not zombies) whose command
-// line holds marker.
-func markedSleeps(marker string) []string {
-	var out []string
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		raw, err := os.ReadFile(filepath.Join(d, "cmdline"))
-		if err != nil || !bytes.Contains(raw, []byte(marker)) {
-			continue
-		}
-		stat, _ := os.ReadFile(filepath.Join(d, "stat"))
-		if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' {
-			continue
-		}
-		out = append(out, filepath.Base(d)+": "+string(bytes.ReplaceAll(raw, []byte{0}, []byte{' '})))
-	}
-	return out
-}
-
 // waitForSleeps waits until n processes with marker run, and fails the
 // test when they do not come within limit.
 func waitForSleeps(t *testing.T, marker string, n int, limit time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
-	for len(markedSleeps(marker)) < n {
+	for len(testkit.ProcessesWith(marker)) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("the build's sleeps did not start within %v: %q", limit, markedSleeps(marker))
+			t.Fatalf("the build's sleeps did not start within %v: %q", limit, testkit.ProcessesWith(marker))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -164,7 +144,7 @@ func TestBuildTimeoutKillsBuildRealHeaders(t *testing.T) {
 	if r.took < secs*time.Second || r.took > (secs+5)*time.Second {
 		t.Errorf("dkms install took %v; want a little over the %d s limit", r.took, secs)
 	}
-	if left := markedSleeps(marker); len(left) > 0 {
+	if left := testkit.ProcessesWith(marker); len(left) > 0 {
 		t.Errorf("processes of the build still run: %q", left)
 	}
 	if left := processesUsing(b.root); len(left) > 0 {
@@ -202,7 +182,7 @@ func TestBuildTimeoutCancelEndsBuildRealHeaders(t *testing.T) {
 	if r.Code == 0 {
 		t.Errorf("dkms install stopped by SIGTERM exited 0\n%s", r.Out)
 	}
-	if left := markedSleeps(marker); len(left) > 0 {
+	if left := testkit.ProcessesWith(marker); len(left) > 0 {
 		t.Errorf("processes of the build outlived dkms: %q", left)
 	}
 }
@@ -248,7 +228,7 @@ func TestBuildTimeoutBusyTreeHookCatchesUpRealHeaders(t *testing.T) {
 	if _, err := os.Stat(pending); err != nil {
 		t.Errorf("the kernel is not marked pending: %v", err)
 	}
-	if len(markedSleeps(marker)) == 0 {
+	if len(testkit.ProcessesWith(marker)) == 0 {
 		t.Fatalf("the build ended before the hook gave up: the hook did not meet a busy tree")
 	}
 
@@ -259,7 +239,7 @@ func TestBuildTimeoutBusyTreeHookCatchesUpRealHeaders(t *testing.T) {
 	if r.Code != 10 || !strings.Contains(r.Stderr, timeoutError(b, k, secs)) {
 		t.Errorf("dkms install: exit %d, stderr:\n%s\nwant exit 10 and\n%s", r.Code, r.Stderr, timeoutError(b, k, secs))
 	}
-	if left := markedSleeps(marker); len(left) > 0 {
+	if left := testkit.ProcessesWith(marker); len(left) > 0 {
 		t.Errorf("processes of the build still run: %q", left)
 	}
 	wantFailedBuildTree(t, b, k, secs)

@@ -18,13 +18,7 @@ import (
 func ubuntuRoot(t *testing.T) *batchRoot {
 	t.Helper()
 	b := newBatchRoot(t)
-	var env []string
-	for _, kv := range b.env {
-		if !strings.HasPrefix(kv, "mok_signing_key=") && !strings.HasPrefix(kv, "mok_certificate=") {
-			env = append(env, kv)
-		}
-	}
-	b.env = env
+	b.dropMOKEnv()
 	writeRootFile(t, b.root, "etc/os-release", "NAME=\"Ubuntu\"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"24.04\"\n", 0o644)
 	return b
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,18 +14,20 @@ import (
 	"github.com/dkmsd/dkmsd/tree/testkit"
 )
 
+// dropMOKEnv takes the shared test key (mok_* in the environment) off
+// b's commands, so they sign with what the root itself says.
+func (b *batchRoot) dropMOKEnv() {
+	b.env = slices.DeleteFunc(slices.Clone(b.env), func(kv string) bool {
+		return strings.HasPrefix(kv, "mok_signing_key=") || strings.HasPrefix(kv, "mok_certificate=")
+	})
+}
+
 // mokRoot is a batch root whose commands sign with the key pair at key
 // and cert (paths in the root), through framework.conf.
 func mokRoot(t *testing.T, key, cert string) *batchRoot {
 	t.Helper()
 	b := newBatchRoot(t)
-	var env []string
-	for _, kv := range b.env {
-		if !strings.HasPrefix(kv, "mok_signing_key=") && !strings.HasPrefix(kv, "mok_certificate=") {
-			env = append(env, kv)
-		}
-	}
-	b.env = env
+	b.dropMOKEnv()
 	writeFramework(t, b, "mok_signing_key="+b.path(key)+"\nmok_certificate="+b.path(cert))
 	b.cloneHello(t, "dkmsd_hello", "1.0", nil, nil)
 	b.mustRun(t, "add", "dkmsd_hello/1.0")
