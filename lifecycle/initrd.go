@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -63,13 +64,33 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 		}
 		return nil, fail(KindNoInitrd, fmt.Sprintf("Kernel %s has no initrd in %s (initrd.img-%s or initramfs-%s.img).", kernel, e.Layout.BootDir, kernel, kernel))
 	}
-	data, err := os.ReadFile(imgPath)
+	m, err := initrd.OpenMapped(imgPath)
 	if err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("read initrd: %v", err), imgPath + " is unchanged."}, Err: err}
 	}
+	defer m.Close()
+	err = initrd.Guard(func() error {
+		var err error
+		rep, err = e.regenerateMapped(ctx, kernel, arch, opts, imgPath, m)
+		return err
+	})
+	if errors.Is(err, initrd.ErrChangedUnderfoot) {
+		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("Could not regenerate %s: %v", imgPath, err), "Run the command again."}, Err: err}
+	}
+	return rep, err
+}
+
+// regenerateMapped is RegenerateInitrd on the image mapped in m: its
+// base's bytes are read only when dkmsd did not write the file itself
+// (State.Known), and written back file to file.
+func (e *Env) regenerateMapped(ctx context.Context, kernel, arch string, opts InitrdOptions, imgPath string, m *initrd.Mapped) (*initrd.Report, error) {
+	data := m.Data
 	statePath := e.Layout.InitrdStateFile(kernel)
 	state := initrd.LoadState(statePath)
-	baseLen, digest := state.BaseOf(data)
+	baseLen, digest, known := state.Known(m.Info)
+	if !known {
+		baseLen, digest = state.BaseOf(data)
+	}
 	// What dkmsd needs from the image was read once and kept, keyed by
 	// the digest of its own bytes: no decompression on the append path.
 	base, err := initrd.OpenBase(data[:baseLen], digest, kernel, e.Layout.InitrdCacheDir(kernel), e.Layout.TmpDir)
@@ -92,13 +113,17 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 	plan.TmpDir = e.Layout.TmpDir
 	if len(plan.Add) == 0 && len(plan.Remove) == 0 && len(plan.Load) == 0 {
 		if baseLen == 0 {
+			if !known { // remembered, so the next run need not read it
+				e.saveInitrdState(statePath, &initrd.State{BaseLen: len(data), BaseSHA256: base.Index.Digest, Len: len(data), File: initrd.IDOf(m.Info)})
+			}
 			return nil, nil // nothing of ours in it, nothing to add
 		}
 		// Our segment is all that must go: cut the image back to its base.
-		if err := initrd.WriteAtomic(imgPath, data[:baseLen]); err != nil {
+		id, err := initrd.WriteImage(imgPath, m, initrd.Output{data[:baseLen]})
+		if err != nil {
 			return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
 		}
-		os.Remove(statePath)
+		e.saveInitrdState(statePath, &initrd.State{BaseLen: baseLen, BaseSHA256: base.Index.Digest, Len: baseLen, File: id})
 		rep := &initrd.Report{Strategy: initrd.Append, Reason: "no DKMS module belongs in it any more", Size: baseLen}
 		e.initrdEvent(kernel, arch, imgPath, rep)
 		return rep, nil
@@ -117,25 +142,45 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 	if err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{fmt.Sprintf("Could not regenerate %s: %v", imgPath, err), imgPath + " is unchanged."}, Err: err}
 	}
-	if out.Len() == len(data) && bytes.Equal(out.Bytes(), data) {
+	if out.Len() == len(data) && sameAs(out, data) {
 		return nil, nil // already holds exactly this
 	}
-	if err := initrd.WriteAtomic(imgPath, out...); err != nil {
+	id, err := initrd.WriteImage(imgPath, m, out)
+	if err != nil {
 		return nil, &Error{Kind: KindInitrd, Lines: []string{err.Error()}, Err: err}
 	}
 	if rep.Strategy == initrd.Append {
-		err = (&initrd.State{BaseLen: len(base.Data), BaseSHA256: base.Index.Digest, Len: out.Len()}).Save(statePath)
-	} else {
-		err = os.Remove(statePath)
-		if os.IsNotExist(err) {
-			err = nil
-		}
-	}
-	if err != nil {
-		e.warn("Warning: could not record the initrd state in %s: %v", statePath, err)
+		e.saveInitrdState(statePath, &initrd.State{BaseLen: len(base.Data), BaseSHA256: base.Index.Digest, Len: out.Len(), File: id})
+	} else if err := os.Remove(statePath); err != nil && !os.IsNotExist(err) {
+		e.warn("Warning: could not remove the initrd state %s: %v", statePath, err)
 	}
 	e.initrdEvent(kernel, arch, imgPath, rep)
 	return rep, nil
+}
+
+// saveInitrdState records what dkmsd knows of the image; without it the
+// next run reads and hashes the image again, nothing worse.
+func (e *Env) saveInitrdState(path string, s *initrd.State) {
+	if err := s.Save(path); err != nil {
+		e.warn("Warning: could not record the initrd state in %s: %v", path, err)
+	}
+}
+
+// sameAs says whether out's bytes are data's, comparing a part that is
+// data's own memory (the base an append keeps) by position only.
+func sameAs(out initrd.Output, data []byte) bool {
+	off := 0
+	for _, p := range out {
+		if len(p) > 0 && &p[0] == &data[off] {
+			off += len(p)
+			continue
+		}
+		if !bytes.Equal(p, data[off:off+len(p)]) {
+			return false
+		}
+		off += len(p)
+	}
+	return true
 }
 
 func (e *Env) initrdEvent(kernel, arch, imgPath string, rep *initrd.Report) {

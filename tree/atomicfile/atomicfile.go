@@ -46,6 +46,20 @@ func Write(path string, data []byte, mode fs.FileMode, tmpPattern string) error 
 // (an initrd and the segment appended to it, without joining them in
 // memory first).
 func WriteParts(path string, parts [][]byte, mode fs.FileMode, tmpPattern string) error {
+	return WriteWith(path, mode, tmpPattern, func(f *os.File) error {
+		for _, data := range parts {
+			if _, err := f.Write(data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// WriteWith is Write with the contents written by fill into the temporary
+// file (an initrd whose first part is copied file to file); an error from
+// fill is an OpWrite error.
+func WriteWith(path string, mode fs.FileMode, tmpPattern string, fill func(*os.File) error) error {
 	dir := filepath.Dir(path)
 	if tmpPattern == "" {
 		tmpPattern = ".dkmsd-" + filepath.Base(path) + "-*"
@@ -55,7 +69,7 @@ func WriteParts(path string, parts [][]byte, mode fs.FileMode, tmpPattern string
 		return &Error{OpCreate, err}
 	}
 	name := tmp.Name()
-	if err := writeSync(tmp, parts, mode); err != nil {
+	if err := writeSync(tmp, fill, mode); err != nil {
 		tmp.Close()
 		os.Remove(name)
 		return &Error{OpWrite, err}
@@ -74,11 +88,9 @@ func WriteParts(path string, parts [][]byte, mode fs.FileMode, tmpPattern string
 	return nil
 }
 
-func writeSync(f *os.File, parts [][]byte, mode fs.FileMode) error {
-	for _, data := range parts {
-		if _, err := f.Write(data); err != nil {
-			return err
-		}
+func writeSync(f *os.File, fill func(*os.File) error, mode fs.FileMode) error {
+	if err := fill(f); err != nil {
+		return err
 	}
 	if err := f.Chmod(mode); err != nil {
 		return err
