@@ -109,6 +109,7 @@ func traceRun(argv, env []string, dir string, out *os.File, isStep func(path str
 		return res, err
 	}
 	known := map[int]bool{pid: true}
+	lastStep := map[int]traceStep{}
 	for {
 		// Every tracee is in the group: threads, and children that
 		// did not leave it.
@@ -137,7 +138,8 @@ func traceRun(argv, env []string, dir string, out *os.File, isStep func(path str
 		case res.killed:
 			continue // dying: SIGKILL ends it where it stands
 		case s == unix.SIGTRAP|0x80: // a system call's entry or exit
-			if step, ok := traceStepAt(tid, isStep); ok {
+			if step, ok := traceStepAt(tid, isStep); ok && !continuedCopy(lastStep[tid], step) {
+				lastStep[tid] = step
 				res.steps = append(res.steps, step)
 				if len(res.steps) == killAt {
 					res.killed = true
@@ -156,6 +158,15 @@ func traceRun(argv, env []string, dir string, out *os.File, isStep func(path str
 			return res, fmt.Errorf("resume %d: %w", tid, err)
 		}
 	}
+}
+
+// continuedCopy says whether step goes on with the copy prev began: the
+// kernel may do one copy_file_range in several calls, more or fewer from
+// run to run, so only the first counts as a step (a kill between them
+// leaves the same half-written temporary file as a kill before the next
+// step does).
+func continuedCopy(prev, step traceStep) bool {
+	return step.call == "copy_file_range" && prev.call == step.call && prev.args == step.args
 }
 
 // traceStepAt describes the system call tid is stopped at, when that stop
