@@ -7,7 +7,6 @@ import (
 	"os"
 	"path"
 	"sort"
-	"strings"
 
 	"github.com/u-root/u-root/pkg/cpio"
 )
@@ -226,23 +225,4 @@ func verify(base *Base, out Output, plan Plan, rep *Report, written map[string][
 		}
 	}
 	return nil
-}
-
-// Probe is data, an image whose index is idx, made to load mods at boot
-// for a verification boot: initramfs-tools' conf/modules gets them (a
-// segment appended to a copy); for other images (dracut) they are
-// returned as a kernel command line parameter, rd.driver.pre=.
-func Probe(idx *Index, data []byte, mods []string) (Output, string, error) {
-	if len(mods) == 0 {
-		return Output{data}, "", nil
-	}
-	if !idx.InitramfsTools {
-		return Output{data}, "rd.driver.pre=" + strings.Join(mods, ","), nil
-	}
-	name, content, ok := loadList(idx, mods)
-	if !ok {
-		return Output{data}, "", nil
-	}
-	out, err := appendSegment(&Base{Data: data, Index: idx}, writable(idx.Main), nil, map[string][]byte{name: content})
-	return out, "", err
 }

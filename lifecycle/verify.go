@@ -51,11 +51,12 @@ func (r *VerifyReport) Summary() string {
 // emulation otherwise), no disk, until the initramfs has loaded its
 // modules, and reports whether each DKMS module that belongs in that
 // initrd (REMAKE_INITRD, or named in the initrd tool's configuration:
-// InitrdModules) loaded. The boot uses a copy of the image made to load
-// those modules (initramfs-tools' conf/modules, dracut's rd.driver.pre=),
-// so a module for hardware QEMU lacks is checked too: it is in the image,
-// its dependencies are, and the kernel accepts it. The image itself is
-// not changed. The error is KindInitrdMissing when a module did not load
+// InitrdModules) loaded. The boot uses a copy of the image with a probe
+// appended (initrd.Probe) that loads those modules with the image's own
+// modprobe before udev starts and prints /proc/modules, so a module for
+// hardware QEMU lacks is checked too: it is in the image, its
+// dependencies are, and the kernel accepts it. The image itself is not
+// changed. The error is KindInitrdMissing when a module did not load
 // and KindCannotVerify when the boot could not tell; the report is
 // returned in both cases, and sent as an InitrdVerified event.
 func VerifyInitrd(ctx context.Context, e *Env, kernel, arch string) (*VerifyReport, error) {
@@ -133,7 +134,7 @@ func (e *Env) bootAndCheck(ctx context.Context, rep *VerifyReport, names []strin
 		return
 	}
 	defer base.Close()
-	probe, cmdline, err := initrd.Probe(base.Index, data, names)
+	probe, err := initrd.Probe(base.Index, data, names)
 	if err != nil {
 		unverifiable("%v", err)
 		return
@@ -143,7 +144,7 @@ func (e *Env) bootAndCheck(ctx context.Context, rep *VerifyReport, names []strin
 		unverifiable("%v", err)
 		return
 	}
-	res, err := boot.Run(ctx, boot.Options{Kernel: vmlinuz, Initrd: probePath, Cmdline: cmdline})
+	res, err := boot.Run(ctx, boot.Options{Kernel: vmlinuz, Initrd: probePath})
 	if res != nil {
 		rep.Took = res.Took
 	}

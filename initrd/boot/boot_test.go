@@ -2,47 +2,69 @@ package boot
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
-// TestWatch reads console lines as a verification boot prints them (taken
-// from a real boot of the cloud kernel): a module counts as loaded once
-// the kernel loaded it and its init, if it ran, returned 0; the boot ends
-// at the initramfs tool's marker.
+// TestWatch reads console lines as a verification boot prints them (the
+// timer warning and the probe's lines as real boots of the cloud kernel
+// printed them; a module in state Loading is one whose init had not
+// returned): a module counts as loaded when
+// the probe's /proc/modules line shows it Live; the boot ends at the
+// probe's end line, and a panic or an initramfs that stopped on its own
+// ends it without the probe having run.
 func TestWatch(t *testing.T) {
 	r := &Result{loaded: map[string]bool{}, failed: map[string]string{}}
 	lines := []string{
-		"[   47.198969] module_load: dm_mod ",
-		"[   52.939803] module_load: efivarfs ",
-		"[   52.946378] initcall efivarfs_init+0x0/0x1000 [efivarfs] returned -19 after 165 usecs",
-		"[   53.749188] module_load: dkmsd_hello OE",
-		"[   53.749797] calling  dkmsd_hello_init+0x0/0x1000 [dkmsd_hello] @ 151",
-		"[   53.750289] initcall dkmsd_hello_init+0x0/0x1000 [dkmsd_hello] returned 0 after 170 usecs",
-		"[   53.750389] initcall raid_init+0x0/0x1000 [raid10] returned 0 after 161 usecs",
+		"[    0.012000] ..MP-BIOS bug: 8254 timer not connected to IO-APIC",
+		"dkmsd-verify: modprobe zfs: exit 1",
+		"dkmsd-verify: module dkmsd_hello 16384 0 - Live 0xffffffffc049d000 (OE)",
+		"dkmsd-verify: module raid10 69632 0 - Loading 0xffffffffc0512000",
 	}
 	for _, l := range lines {
 		if r.watch(l) {
 			t.Fatalf("the boot stopped at %q", l)
 		}
 	}
-	if !r.watch("Spawning shell within the initramfs") || !r.Reached {
-		t.Errorf("the initramfs-tools marker did not end the boot")
+	if !r.watch("dkmsd-verify: end") || !r.Reached {
+		t.Errorf("the probe's end line did not end the boot")
 	}
-	for name, want := range map[string]bool{"dkmsd_hello": true, "dkmsd-hello": true, "dm_mod": true, "efivarfs": false, "raid10": false, "zfs": false} {
+	for name, want := range map[string]bool{"dkmsd_hello": true, "dkmsd-hello": true, "raid10": false, "zfs": false, "dm_mod": false} {
 		if r.Loaded(name) != want {
 			t.Errorf("Loaded(%s) = %v, want %v", name, !want, want)
 		}
 	}
-	if r.Failure("efivarfs") != "init returned -19" {
-		t.Errorf("Failure(efivarfs) = %q", r.Failure("efivarfs"))
+	for name, want := range map[string]string{"zfs": "modprobe exit 1", "raid10": "state Loading", "dkmsd_hello": "", "dm_mod": ""} {
+		if got := r.Failure(name); got != want {
+			t.Errorf("Failure(%s) = %q, want %q", name, got, want)
+		}
 	}
-	other := &Result{loaded: map[string]bool{}, failed: map[string]string{}}
-	if !other.watch("[   95.8] dracut: Refusing to continue") || !other.Reached {
-		t.Errorf("dracut's marker did not end the boot")
+	for _, l := range []string{
+		"[  2.0] Kernel panic - not syncing: VFS: Unable to mount root fs",
+		"Spawning shell within the initramfs",
+		"[   95.8] dracut: Refusing to continue",
+		"[    9.996910] reboot: Power down",
+	} {
+		other := &Result{loaded: map[string]bool{}, failed: map[string]string{}}
+		if !other.watch(l) || other.Reached {
+			t.Errorf("%q must end the boot without it counting as the probe's end", l)
+		}
 	}
-	panicked := &Result{loaded: map[string]bool{}, failed: map[string]string{}}
-	if !panicked.watch("[  2.0] Kernel panic - not syncing: VFS: Unable to mount root fs") || panicked.Reached {
-		t.Errorf("a panic must end the boot without it counting as having loaded the modules")
+}
+
+// TestArgs: the boot's memory follows the initrd's size; no default
+// devices; the serial console on qemu's standard output.
+func TestArgs(t *testing.T) {
+	for size, want := range map[int64]int64{0: 192, 17 << 20: 294, 17<<20 + 1: 300, 200 << 20: 1392} {
+		if got := Memory(size); got != want {
+			t.Errorf("Memory(%d) = %d, want %d", size, got, want)
+		}
+	}
+	args := strings.Join(Args("tcg", "/boot/vmlinuz-K", "/tmp/probe.img", 17<<20), " ")
+	for _, want := range []string{"-accel tcg -m 294M -nodefaults", "-serial stdio", "-no-reboot", "-kernel /boot/vmlinuz-K -initrd /tmp/probe.img -append " + Cmdline} {
+		if !strings.Contains(args, want) {
+			t.Errorf("Args: %s\nwant %q in it", args, want)
+		}
 	}
 }
 
