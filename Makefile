@@ -74,7 +74,7 @@ demo: prereqs build
 # autoinstall against dkms 3.0.10, initrd regeneration against
 # update-initramfs, a no-op hook run against dkms's autoinstaller.
 bench: prereqs
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 150m ./...
 
 install: build install-files
 
