@@ -139,10 +139,6 @@ func installedModuleTrees(t testing.TB) []string {
 // for byte with what the real depmod writes for the same tree.
 func TestDepmodFullTrees(t *testing.T) {
 	testkit.RequireTool(t, "depmod", "kmod")
-	cfg, err := LoadDepmodConfig(DepmodConfigDirs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, k := range installedModuleTrees(t) {
 		t.Run(k, func(t *testing.T) {
 			dir := filepath.Join("/lib/modules", k)
@@ -173,7 +169,105 @@ func TestDepmodFullTrees(t *testing.T) {
 			compareDepmod(t, want, got)
 		})
 	}
-	_ = cfg
-	_ = errors.Is
-	_ = strings.Contains
+}
+
+// TestKmodTrieTinyTree writes the two index files of a tree with no
+// modules — modules.builtin.bin from a hand-made modules.builtin and
+// modules.builtin.alias.bin from a hand-made modules.builtin.modinfo —
+// whose keys make the trie split prefixes, branch, hold several values
+// for one key (newest first) and keep brackets and dashes as depmod
+// does; both must be depmod's bytes.
+func TestKmodTrieTinyTree(t *testing.T) {
+	testkit.RequireTool(t, "depmod", "kmod")
+	const k = "0.0.0-dkmsd-trie"
+	builtin := "kernel/a/abcdef.ko\nkernel/a/abc.ko\nkernel/b/abd.ko\nkernel/ab.ko\nkernel/x-y.ko\nkernel/b.ko\n_bad line\n"
+	modinfo := "abc.alias=pci:v0000*d[0-9-]*\x00abc.license=GPL\x00abd.alias=pci:v0000*d-1\x00" +
+		"ab.alias=usb-ab\x00b.alias=usb-ab\x00x_y.alias=usb-ab\x00x_y.alias=bad]\x00nodot=alias\x00abd.alias=z\x00"
+	dir := t.TempDir()
+	files := map[string][]byte{"modules.builtin": []byte(builtin), "modules.builtin.modinfo": []byte(modinfo)}
+	links := map[string]string{}
+	for n, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		links[n] = filepath.Join(dir, n)
+	}
+	want := realDepmod(t, k, links)
+	got, err := Depmod(&DepmodInput{Files: files, Config: &DepmodConfig{Searches: []string{"updates"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareDepmod(t, want, got)
+	if len(want["modules.builtin.alias.bin"]) < 100 || len(want["modules.builtin.bin"]) < 60 {
+		t.Errorf("depmod's tries are %d and %d bytes: the tree did not give it the keys", len(want["modules.builtin.alias.bin"]), len(want["modules.builtin.bin"]))
+	}
+}
+
+// TestKmodTrieBytes spells out the smallest trie: one key "a" with value
+// "x" at priority 0 — the leaf (no prefix, one value) written first, then
+// the root with its one child.
+func TestKmodTrieBytes(t *testing.T) {
+	trie := &kmodTrie{}
+	if err := trie.insert("a", "x", 0); err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{
+		0xb0, 0x07, 0xf4, 0x57, 0, 2, 0, 1, 0x20, 0, 0, 22, // magic, version 2.1, root at 22 with children
+		0, 0, 0, 1, 0, 0, 0, 0, 'x', 0, // leaf at 12: one value, priority 0, "x"
+		'a', 'a', 0x40, 0, 0, 12, // root: children 'a'..'a', the leaf at 12 with values
+	}
+	if got := trie.bytes(); !bytes.Equal(got, want) {
+		t.Errorf("trie bytes\n got %x\nwant %x", got, want)
+	}
+	if err := trie.insert("\xe9", "x", 0); !errors.Is(err, errDepmodUnsure) {
+		t.Errorf("a non-ASCII key: %v, want errDepmodUnsure", err)
+	}
+}
+
+// TestDepmodUnsure: each input whose depmod answer this package does not
+// claim to know is refused, so the caller runs depmod.
+func TestDepmodUnsure(t *testing.T) {
+	cfg := &DepmodConfig{Searches: []string{"updates"}}
+	mod := func(rel string, exports, needs []string, info ...[2]string) *DepmodModule {
+		return &DepmodModule{Name: modnameOf(rel), Rel: rel, Exports: exports, Needs: needs, Info: info}
+	}
+	cases := []struct {
+		name string
+		in   *DepmodInput
+		want string
+	}{
+		{"cycle", &DepmodInput{Config: cfg, Modules: []*DepmodModule{
+			mod("kernel/a.ko", []string{"a_sym"}, []string{"b_sym"}), mod("kernel/b.ko", []string{"b_sym"}, []string{"a_sym"}),
+		}}, "cycle"},
+		{"equal priority", &DepmodInput{Config: cfg, Modules: []*DepmodModule{
+			mod("kernel/a/foo.ko", nil, nil), mod("extra/foo.ko", nil, nil),
+		}}, "equal priority"},
+		{"non-ASCII alias", &DepmodInput{Config: cfg, Modules: []*DepmodModule{
+			mod("kernel/a.ko", nil, nil, [2]string{"alias", "caf\xc3\xa9"}),
+		}}, "non-ASCII"},
+		{"external", &DepmodInput{Config: &DepmodConfig{Searches: []string{"external"}, External: true}}, "external"},
+		{"built-in name", &DepmodInput{Config: cfg, Files: map[string][]byte{"modules.builtin": []byte("kernel/x/foo.ko\n")}, Modules: []*DepmodModule{
+			mod("updates/dkms/foo.ko", nil, nil),
+		}}, "built-in"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Depmod(tc.in); !errors.Is(err, errDepmodUnsure) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Depmod: %v, want errDepmodUnsure saying %q", err, tc.want)
+			}
+		})
+	}
+	// Priority decides: updates/ beats the image's kernel/ either way.
+	out, err := Depmod(&DepmodInput{Config: cfg, Modules: []*DepmodModule{mod("kernel/a/foo.ko", nil, nil), mod("updates/dkms/foo.ko", nil, nil)}})
+	if err != nil || string(out["modules.dep"]) != "updates/dkms/foo.ko:\n" {
+		t.Errorf("Depmod: %v, modules.dep %q; want updates/dkms/foo.ko alone", err, out["modules.dep"])
+	}
+	for _, rel := range []string{"updates/foo.ko.xz", "updates/foo.ko.zst", "updates/foo.ko.gz"} {
+		if _, err := ReadDepmodModule(rel, []byte("\xfd7zXZ")); !errors.Is(err, errDepmodUnsure) {
+			t.Errorf("ReadDepmodModule(%s): %v, want errDepmodUnsure", rel, err)
+		}
+	}
+	if _, err := ReadDepmodModule("updates/foo.ko", []byte("not an ELF file at all")); !errors.Is(err, errDepmodUnsure) {
+		t.Errorf("ReadDepmodModule of a non-ELF: %v, want errDepmodUnsure", err)
+	}
 }
