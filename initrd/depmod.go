@@ -208,7 +208,11 @@ func sortByOrder(mods []*depMod, files map[string][]byte) error {
 // the last module in array order that exports it, and the symbols in the
 // hash's order.
 func symbolOwners(mods []*depMod) (map[string]*depMod, []string) {
-	syms := map[string]*depMod{}
+	n := 0
+	for _, m := range mods {
+		n += len(m.Exports)
+	}
+	syms := make(map[string]*depMod, n)
 	for _, m := range mods {
 		for _, s := range m.Exports {
 			syms[s] = m
@@ -291,10 +295,12 @@ func writeDeps(out map[string][]byte, mods []*depMod) error {
 	var dep bytes.Buffer
 	trie := &kmodTrie{}
 	for _, m := range mods {
-		line := m.Rel + ":"
+		var b strings.Builder
+		b.WriteString(m.Rel + ":")
 		for _, d := range allDeps(m) {
-			line += " " + d.Rel
+			b.WriteString(" " + d.Rel)
 		}
+		line := b.String()
 		dep.WriteString(line + "\n")
 		if err := trie.insert(m.Name, line, uint32(m.idx)); err != nil {
 			return err
@@ -315,7 +321,7 @@ func writeModinfo(out map[string][]byte, mods []*depMod) error {
 		for _, kv := range m.Info {
 			switch kv[0] {
 			case "alias":
-				fmt.Fprintf(alias, "alias %s %s\n", kv[1], m.Name)
+				alias.WriteString("alias " + kv[1] + " " + m.Name + "\n")
 				a, err := aliasNormalize(kv[1])
 				if err == errBadAlias {
 					continue // depmod warns and skips it
@@ -327,7 +333,7 @@ func writeModinfo(out map[string][]byte, mods []*depMod) error {
 					return err
 				}
 			case "softdep":
-				fmt.Fprintf(softdep, "softdep %s %s\n", m.Name, kv[1])
+				softdep.WriteString("softdep " + m.Name + " " + kv[1] + "\n")
 			}
 		}
 		line, err := devnameLine(m)
@@ -420,7 +426,7 @@ func writeSymbols(out map[string][]byte, syms map[string]*depMod, order []string
 	trie := &kmodTrie{}
 	for _, s := range order {
 		m := syms[s]
-		fmt.Fprintf(text, "alias symbol:%s %s\n", s, m.Name)
+		text.WriteString("alias symbol:" + s + " " + m.Name + "\n")
 		if err := trie.insert("symbol:"+s, m.Name, uint32(m.idx)); err != nil {
 			return err
 		}

@@ -242,3 +242,65 @@ func TestDepmodFallback(t *testing.T) {
 		t.Errorf("BuildBase: %v, DepmodRun %q; want dkmsd's own indexes", err, rep.DepmodRun)
 	}
 }
+
+// BenchmarkDepmodAppend times what appending one module to the machine's
+// cloud-kernel initrd costs around its indexes, in process: load-index
+// (index.json and depmod.meta, as every append does), go (dkmsd's
+// indexes from depmod.meta and the new module), depmod (the real depmod
+// over a staging tree of the stubs, as before), and build (all of
+// BuildBase's append: indexes, segment, read-back check).
+//
+//	go test -run '^$' -bench DepmodAppend -benchtime 10x ./initrd
+func BenchmarkDepmodAppend(b *testing.B) {
+	testkit.RequireTool(b, "depmod", "kmod")
+	k := testkit.BootKernel(b)
+	img, err := Read("/boot/initrd.img-" + k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(b.TempDir(), "cache")
+	if _, err := WriteIndex(img, k, Digest(img.Data), dir); err != nil {
+		b.Fatal(err)
+	}
+	digest := Digest(img.Data)
+	idx := LoadIndex(dir, digest, k)
+	base := &Base{Data: img.Data, Index: idx, Dir: dir}
+	// A module of the kernel's own tree stands for the DKMS one: the
+	// benchmark needs no compiler.
+	src := filepath.Join("/lib/modules", k, idx.Modules()[0])
+	data, err := os.ReadFile(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rel := "updates/dkms/dkmsd_bench.ko"
+	add := map[string][]byte{rel: data}
+	plan := Plan{Kernel: k, TmpDir: b.TempDir(), Add: []File{{Src: src, Rel: rel}}, Load: []string{"dkmsd_bench"}}
+	b.Run("load-index", func(b *testing.B) {
+		for range b.N {
+			if LoadIndex(dir, digest, k) == nil {
+				b.Fatal("no index")
+			}
+		}
+	})
+	b.Run("go", func(b *testing.B) {
+		for range b.N {
+			if _, err := computeIndexes(base, plan, add); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("depmod", func(b *testing.B) {
+		for range b.N {
+			if _, err := runDepmod(context.Background(), base, plan, add); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("build", func(b *testing.B) {
+		for range b.N {
+			if _, rep, err := BuildBase(context.Background(), base, plan, Append); err != nil || rep.DepmodRun != "" {
+				b.Fatal(err, rep)
+			}
+		}
+	})
+}

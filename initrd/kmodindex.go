@@ -1,9 +1,11 @@
 package initrd
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 )
 
 // This file holds the data structures whose layout decides the bytes of
@@ -55,16 +57,23 @@ func kmodHash(key string) uint32 {
 // table of n buckets (a power of two) holding them: bucket by bucket,
 // and by strcmp within a bucket (kmod keeps each bucket sorted).
 func kmodHashOrder(keys []string, n uint32) {
-	b := make(map[string]uint32, len(keys))
-	for _, k := range keys {
-		b[k] = kmodHash(k) & (n - 1)
+	type entry struct {
+		bucket uint32
+		key    string
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		if bi, bj := b[keys[i]], b[keys[j]]; bi != bj {
-			return bi < bj
+	e := make([]entry, len(keys))
+	for i, k := range keys {
+		e[i] = entry{kmodHash(k) & (n - 1), k}
+	}
+	slices.SortFunc(e, func(a, b entry) int {
+		if a.bucket != b.bucket {
+			return cmp.Compare(a.bucket, b.bucket)
 		}
-		return keys[i] < keys[j] // Go compares bytes as strcmp does
+		return strings.Compare(a.key, b.key) // bytewise, as strcmp
 	})
+	for i := range e {
+		keys[i] = e[i].key
+	}
 }
 
 // kmodPathMax is PATH_MAX, the size of kmod's name buffers: a name or
