@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -65,7 +66,7 @@ func depmodTreeInput(t testing.TB, dir string, cfg *DepmodConfig) (*DepmodInput,
 // realDepmod runs the real depmod on a staging root whose
 // lib/modules/<k> holds symlinks to links (relative path -> target),
 // and returns the files it wrote.
-func realDepmod(t testing.TB, k string, links map[string]string) map[string][]byte {
+func realDepmod(t testing.TB, k string, links map[string]string, args ...string) map[string][]byte {
 	t.Helper()
 	stage := t.TempDir()
 	mod := filepath.Join(stage, "lib/modules", k)
@@ -81,7 +82,7 @@ func realDepmod(t testing.TB, k string, links map[string]string) map[string][]by
 	if err := os.MkdirAll(mod, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("depmod", "-a", "-b", stage, k).CombinedOutput(); err != nil {
+	if out, err := exec.Command("depmod", append(args, "-a", "-b", stage, k)...).CombinedOutput(); err != nil {
 		t.Fatalf("depmod: %v\n%s", err, out)
 	}
 	got := map[string][]byte{}
@@ -269,5 +270,78 @@ func TestDepmodUnsure(t *testing.T) {
 	}
 	if _, err := ReadDepmodModule("updates/foo.ko", []byte("not an ELF file at all")); !errors.Is(err, errDepmodUnsure) {
 		t.Errorf("ReadDepmodModule of a non-ELF: %v, want errDepmodUnsure", err)
+	}
+}
+
+// TestDepmodConfigDifferential gives depmod and dkmsd the same depmod.d
+// directory (depmod -C) and a tree where it decides: one module in
+// kernel/, updates/ and custom/ under "search custom updates built-in"
+// (written across a backslash-newline), one in kernel/ and extra/ with
+// "override … extra", one also in updates/ with an override for kernel/
+// whose kernel pattern does not match, and one only in an excluded
+// directory. The ten files must be the same.
+func TestDepmodConfigDifferential(t *testing.T) {
+	testkit.RequireTool(t, "depmod", "kmod")
+	k := installedModuleTrees(t)[0]
+	dep, err := os.ReadFile(filepath.Join("/lib/modules", k, "modules.dep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var picked []string
+	for _, l := range strings.Split(string(dep), "\n") {
+		if rel, deps, _ := strings.Cut(l, ":"); strings.HasSuffix(rel, ".ko") && strings.TrimSpace(deps) == "" && len(picked) < 4 {
+			picked = append(picked, rel)
+		}
+	}
+	if len(picked) < 4 {
+		t.Fatalf("%s has %d modules without dependencies", k, len(picked))
+	}
+	a, b, c := path.Base(picked[0]), path.Base(picked[1]), path.Base(picked[2])
+	src := func(rel string) string { return filepath.Join("/lib/modules", k, rel) }
+	links := map[string]string{
+		picked[0]: src(picked[0]), "updates/" + a: src(picked[0]), "custom/" + a: src(picked[0]),
+		picked[1]: src(picked[1]), "extra/" + b: src(picked[1]),
+		picked[2]: src(picked[2]), "updates/" + c: src(picked[2]),
+		"skipme/" + path.Base(picked[3]): src(picked[3]),
+	}
+	conf := t.TempDir()
+	// kmod compares an override with the file's path: the module's name
+	// as its file spells it.
+	stem := func(f string) string { return strings.TrimSuffix(f, ".ko") }
+	text := "# dkmsd test\nsearch custom \\\n updates built-in\noverride " + stem(b) + " * extra\n" +
+		"override " + stem(c) + " ^no-such-kernel " + path.Dir(picked[2]) + "\nexclude skipme\n"
+	if err := os.WriteFile(filepath.Join(conf, "dkmsd.conf"), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const fake = "0.0.0-dkmsd-conf"
+	want := realDepmod(t, fake, links, "-C", conf)
+	cfg, err := LoadDepmodConfig([]string{conf}, fake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &DepmodInput{Files: map[string][]byte{}, Config: cfg}
+	for rel, target := range links {
+		data, err := os.ReadFile(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := ReadDepmodModule(rel, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.Modules = append(in.Modules, m)
+	}
+	got, err := Depmod(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareDepmod(t, want, got)
+	for _, line := range []string{"custom/" + a + ":", "extra/" + b + ":", "updates/" + c + ":"} {
+		if !strings.Contains(string(want["modules.dep"]), line) {
+			t.Errorf("depmod's modules.dep lacks %q: the configuration did not decide as meant", line)
+		}
+	}
+	if n := strings.Count(string(want["modules.dep"]), "\n"); n != 3 {
+		t.Errorf("depmod's modules.dep has %d modules, want 3 (skipme/ excluded)", n)
 	}
 }

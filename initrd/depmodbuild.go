@@ -48,8 +48,9 @@ func computeIndexes(base *Base, plan Plan, add map[string][]byte) (map[string][]
 	in := &DepmodInput{Files: map[string][]byte{}, Config: cfg}
 	for rel := range idx.Files {
 		_, isMod := moduleFile(rel)
+		_, replaced := add[rel]
 		switch {
-		case removed[rel] || add[rel] != nil || !cfg.Searched(rel):
+		case removed[rel] || replaced || !cfg.Searched(rel):
 		case isMod && meta.modules[rel] != nil:
 			in.Modules = append(in.Modules, meta.modules[rel])
 		case isMod && meta.unsure[rel] != "":

@@ -169,11 +169,15 @@ func kmodLines(b []byte) ([]string, error) {
 }
 
 // kernelMatches is cfg_kernel_matches: "*", or a POSIX extended regular
-// expression matched anywhere in the kernel's release. A pattern Go's
-// POSIX syntax refuses is one whose answer this package does not know.
+// expression matched anywhere in the kernel's release. A pattern with a
+// backslash (where glibc's regcomp and Go's POSIX syntax part ways) or
+// one Go refuses is one whose answer this package does not know.
 func kernelMatches(pattern, kernel string) (bool, error) {
 	if pattern == "*" {
 		return true, nil
+	}
+	if strings.Contains(pattern, "\\") {
+		return false, unsure("depmod.d kernel pattern %q", pattern)
 	}
 	re, err := regexp.CompilePOSIX(pattern)
 	if err != nil {
