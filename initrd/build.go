@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"sort"
@@ -57,7 +56,10 @@ type Report struct {
 	Added       []string // module files written
 	Indexes     []string // modules.* files that changed
 	LoadFile    string   // the boot list written, if any
-	Size        int
+	// DepmodRun says why the real depmod computed the image's indexes
+	// ("" when dkmsd did, the usual case).
+	DepmodRun string
+	Size      int
 }
 
 // Build makes the new image bytes for plan with the given strategy; the
@@ -118,8 +120,9 @@ func (o Output) Bytes() []byte {
 
 // BuildBase makes the new image from a base and its index: the base's
 // bytes followed by one segment (Append), or the base rewritten
-// (Rewrite). depmod runs over the index's stubs of the image's modules
-// and the new modules; the append path never decompresses the base.
+// (Rewrite). The image's indexes are computed from the index's depmod
+// data of its modules and the new modules (imageIndexes); the append
+// path never decompresses the base.
 func BuildBase(ctx context.Context, base *Base, plan Plan, strategy Strategy) (Output, *Report, error) {
 	idx := base.Index
 	modDir := idx.ModulesDir
@@ -136,46 +139,28 @@ func BuildBase(ctx context.Context, base *Base, plan Plan, strategy Strategy) (O
 		}
 	}
 
-	stage, err := os.MkdirTemp(plan.TmpDir, "dkmsd-initrd-")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer os.RemoveAll(stage)
-	stageMod := filepath.Join(stage, "lib", "modules", plan.Kernel)
 	removed := map[string]bool{}
 	for _, r := range plan.Remove {
 		removed[path.Join(modDir, r)] = true
 	}
-	if err := linkStubs(base, stageMod, plan.Remove); err != nil {
-		return nil, nil, err
-	}
-	added := map[string][]byte{}
+	added, addData := map[string][]byte{}, map[string][]byte{}
 	for _, f := range plan.Add {
 		data, err := os.ReadFile(f.Src)
 		if err != nil {
 			return nil, nil, fmt.Errorf("module for the initrd: %w", err)
 		}
-		dst := filepath.Join(stageMod, filepath.FromSlash(f.Rel))
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return nil, nil, err
-		}
-		os.Remove(dst) // a stub of the image's copy
-		if err := os.WriteFile(dst, data, 0o644); err != nil {
-			return nil, nil, err
-		}
+		addData[f.Rel] = data
 		if idx.Files[f.Rel] == Digest(data) {
 			continue // the image already has these very bytes
 		}
 		added[path.Join(modDir, f.Rel)] = data
 		rep.Added = append(rep.Added, path.Join(modDir, f.Rel))
 	}
-	if out, err := exec.CommandContext(ctx, "depmod", "-a", "-b", stage, plan.Kernel).CombinedOutput(); err != nil {
-		return nil, nil, fmt.Errorf("depmod for the initrd: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	indexes, err := changedIndexes(idx, stageMod)
+	written, err := imageIndexes(ctx, base, plan, addData, rep)
 	if err != nil {
 		return nil, nil, err
 	}
+	indexes := changedIndexes(idx, written)
 	for n := range indexes {
 		rep.Indexes = append(rep.Indexes, n)
 	}
@@ -202,8 +187,7 @@ func BuildBase(ctx context.Context, base *Base, plan Plan, strategy Strategy) (O
 	if err != nil {
 		return nil, nil, err
 	}
-	stageDep, _ := os.ReadFile(filepath.Join(stageMod, "modules.dep"))
-	if err := verify(base, out, plan, rep, indexes, stageDep); err != nil {
+	if err := verify(base, out, plan, rep, indexes, written["modules.dep"]); err != nil {
 		return nil, nil, fmt.Errorf("the new image does not read back right: %w", err)
 	}
 	rep.Size = out.Len()
@@ -238,28 +222,16 @@ func linkStubs(base *Base, stageMod string, remove []string) error {
 	return os.MkdirAll(stageMod, 0o755)
 }
 
-// changedIndexes returns the modules.* files depmod wrote that differ
-// from (or are missing in) the image.
-func changedIndexes(idx *Index, stageMod string) (map[string][]byte, error) {
-	entries, err := os.ReadDir(stageMod)
-	if err != nil {
-		return nil, err
-	}
+// changedIndexes returns the files depmod writes that differ from (or
+// are missing in) the image, by name in the image.
+func changedIndexes(idx *Index, written map[string][]byte) map[string][]byte {
 	out := map[string][]byte{}
-	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), "modules.") || !e.Type().IsRegular() || depmodInputs[e.Name()] {
-			continue
+	for name, data := range written {
+		if idx.Files[name] != Digest(data) {
+			out[path.Join(idx.ModulesDir, name)] = data
 		}
-		data, err := os.ReadFile(filepath.Join(stageMod, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		if idx.Files[e.Name()] == Digest(data) {
-			continue
-		}
-		out[path.Join(idx.ModulesDir, e.Name())] = data
 	}
-	return out, nil
+	return out
 }
 
 // loadList returns the initrd tool's boot list with the modules added:

@@ -22,10 +22,12 @@ import (
 // once from the decompressed archive and kept in a cache directory next
 // to the image's state, keyed by the base's digest, so that appending a
 // module never decompresses the main archive again. Beside index.json the
-// directory holds, under stubs/, each module of the image reduced to what
-// depmod reads (depmodStub) and depmod's own inputs (modules.order,
-// modules.builtin, modules.builtin.modinfo): depmod over them gives the
-// image's indexes with the new modules added.
+// directory holds depmod.meta, what depmod reads from each module of the
+// image (its exports, needs, aliases), from which dkmsd computes the
+// image's indexes with the new modules added; and, under stubs/, each
+// module reduced to what depmod reads (depmodStub) and depmod's own
+// inputs (modules.order, modules.builtin, modules.builtin.modinfo), for
+// the real depmod where dkmsd cannot be sure of its answer.
 type Index struct {
 	// Digest is the sha256 of the base, Len its length.
 	Digest string `json:"digest"`
@@ -52,6 +54,8 @@ type Index struct {
 	Lists map[string]string `json:"lists"`
 
 	dirs map[string]bool
+	// depmod is what depmod reads from each module (depmod.meta).
+	depmod *depmodMeta
 }
 
 // depmodInputs are the modules.* files depmod reads; every other
@@ -147,6 +151,9 @@ func LoadIndex(dir, digest, kernel string) *Index {
 	if json.Unmarshal(b, &idx) != nil || idx.Digest != digest || idx.Kernel != kernel || idx.Files == nil {
 		return nil
 	}
+	if idx.depmod = loadDepmodMeta(dir, digest); idx.depmod == nil {
+		return nil // an index from before depmod.meta: made again
+	}
 	idx.fill()
 	return &idx
 }
@@ -202,6 +209,7 @@ func WriteIndex(img *Image, kernel, digest, dir string) (*Index, error) {
 	if err := os.MkdirAll(stubs, 0o755); err != nil {
 		return nil, fmt.Errorf("initrd cache: %w", err)
 	}
+	idx.depmod = newDepmodMeta(digest)
 	if modDir, err := img.Resolve("lib/modules/" + kernel); err == nil && img.IsDir(modDir) {
 		idx.ModulesDir = modDir
 		for _, name := range img.Names(modDir) {
@@ -221,6 +229,9 @@ func WriteIndex(img *Image, kernel, digest, dir string) (*Index, error) {
 				continue
 			}
 			if isMod {
+				if err := idx.depmod.add(rel, data); err != nil {
+					return nil, err
+				}
 				data = depmodStub(data)
 			}
 			dst := filepath.Join(stubs, filepath.FromSlash(rel))
@@ -231,6 +242,9 @@ func WriteIndex(img *Image, kernel, digest, dir string) (*Index, error) {
 				return nil, fmt.Errorf("initrd cache: %w", err)
 			}
 		}
+	}
+	if err := idx.depmod.write(dir); err != nil {
+		return nil, err
 	}
 	b, err := json.Marshal(idx)
 	if err != nil {
