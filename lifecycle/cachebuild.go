@@ -61,7 +61,9 @@ func (e *Env) openCache(ctx context.Context) *cacheState {
 	}
 	c.opened = true
 	s := e.Framework.Cache
-	c.store, c.openErr = cache.Open(ctx, s.URL, cache.Options{Timeout: s.Timeout})
+	// The credentials are the calling user's, --root or not: the
+	// operator's, not a relocated root's /root.
+	c.store, c.openErr = cache.Open(ctx, s.URL, cache.Options{Timeout: s.Timeout, CredentialsFile: cache.DockerConfigFile(e.Environ)})
 	c.trust, c.trustErr = cache.LoadTrust(s.Trust)
 	if s.Key != "" {
 		c.key, c.keyErr = cache.LoadPrivateKey(s.Key)

@@ -107,10 +107,10 @@ func (s *Store) Push(ctx context.Context, a Artifact, priv ed25519.PrivateKey) e
 		Layers: layers, ConfigDescriptor: &cfgDesc, ManifestAnnotations: ann,
 	})
 	if err != nil {
-		return fmt.Errorf("push the manifest of %s to %s: %w", a.Key, s.URL, err)
+		return s.failed(ctx, fmt.Sprintf("push the manifest of %s to %s", a.Key, s.URL), err)
 	}
 	if err := s.b.Tag(ctx, desc, a.Key.Tag()); err != nil {
-		return fmt.Errorf("tag %s in %s: %w", a.Key, s.URL, err)
+		return s.failed(ctx, fmt.Sprintf("tag %s in %s", a.Key, s.URL), err)
 	}
 	return nil
 }
@@ -122,7 +122,7 @@ func (s *Store) pushBlob(ctx context.Context, d ocispec.Descriptor, data []byte)
 		return nil
 	}
 	if err := s.b.Push(ctx, d, bytes.NewReader(data)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
-		return fmt.Errorf("push %s to %s: %w", d.Digest, s.URL, err)
+		return s.failed(ctx, fmt.Sprintf("push %s to %s", d.Digest, s.URL), err)
 	}
 	return nil
 }
@@ -247,9 +247,12 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 	for _, t := range tags {
 		rctx, cancel := s.step(ctx)
 		desc, err := s.b.Resolve(rctx, t)
+		if err != nil {
+			err = s.failed(rctx, fmt.Sprintf("resolve %s in %s", t, s.URL), err)
+		}
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("resolve %s in %s: %w", t, s.URL, err)
+			return nil, err
 		}
 		raw, err := s.fetch(ctx, desc)
 		if err != nil {
