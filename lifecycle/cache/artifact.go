@@ -146,6 +146,14 @@ func (s *Store) fetch(ctx context.Context, d ocispec.Descriptor) ([]byte, error)
 // every blob matches its digest. Not there is ErrMiss; there but not to
 // be used is a *Refusal; anything else is the backend failing.
 func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error) {
+	return s.PullFiles(ctx, key, trust, nil)
+}
+
+// PullFiles is Pull fetching only the files want names (all when want is
+// nil): a machine that signs modules itself needs no publisher-signed
+// copies. Every file's name and digest is still checked against the
+// signed config.
+func (s *Store) PullFiles(ctx context.Context, key Key, trust Trust, want func(name string) bool) (Artifact, error) {
 	rctx, cancel := s.step(ctx)
 	desc, err := s.b.Resolve(rctx, key.Tag())
 	defer cancel()
@@ -183,10 +191,15 @@ func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error
 		return Artifact{}, &Refusal{Reason: fmt.Sprintf("the artifact tagged for %s was published for another key (%s)", key, cfg.Key.Digest())}
 	}
 	a := Artifact{Key: key, Publisher: Fingerprint(pub), Created: m.Annotations[ocispec.AnnotationCreated]}
+	listed := map[string]bool{}
 	for _, l := range m.Layers {
 		name := l.Annotations[ocispec.AnnotationTitle]
 		if cfg.Files[name] != l.Digest.String() {
 			return Artifact{}, &Refusal{Reason: fmt.Sprintf("file %q of %s is not the one its signed config names", name, key)}
+		}
+		listed[name] = true
+		if want != nil && !want(name) {
+			continue
 		}
 		data, err := s.fetch(ctx, l)
 		if err != nil {
@@ -194,7 +207,7 @@ func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error
 		}
 		a.Files = append(a.Files, File{Name: name, Data: data})
 	}
-	if len(a.Files) != len(cfg.Files) {
+	if len(listed) != len(cfg.Files) {
 		return Artifact{}, &Refusal{Reason: fmt.Sprintf("the manifest of %s lacks files its signed config names", key)}
 	}
 	return a, nil
