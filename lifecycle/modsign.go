@@ -97,7 +97,13 @@ func newInProcessSigner(hash, keyFile, certFile string) (*inProcessSigner, error
 	if pub, ok := cert.PublicKey.(*rsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
 		return nil, errors.New("the certificate is not the key's")
 	}
-	return &inProcessSigner{key: key, cert: cert, hash: h.h, hashOID: h.oid}, nil
+	s := &inProcessSigner{key: key, cert: cert, hash: h.h, hashOID: h.oid}
+	// A digest this build of Go refuses to sign with (a FIPS 140 mode
+	// without sha1) is the tool's.
+	if _, err := s.signature(nil); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // The CMS SignedData sign-file writes (CMS_NOCERTS, CMS_NOATTR, detached
