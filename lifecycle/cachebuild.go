@@ -48,6 +48,41 @@ type cacheState struct {
 	// used; down is the reason the cache stopped being asked.
 	openErr, trustErr, keyErr error
 	down                      error
+	// abis are the kernels' ABIs, read once per command however many
+	// modules are built for a kernel.
+	abis map[string]*kernelABI
+}
+
+// kernelABI is one kernel's ABI digest and, parsed on the first hit,
+// its Module.symvers.
+type kernelABI struct {
+	read    sync.Once
+	abi     cache.KernelABI
+	err     error
+	parse   sync.Once
+	symvers cache.Symvers
+}
+
+// kernelABI reads the headers in buildDir once.
+func (c *cacheState) kernelABI(buildDir string) (*kernelABI, error) {
+	c.mu.Lock()
+	if c.abis == nil {
+		c.abis = map[string]*kernelABI{}
+	}
+	k, ok := c.abis[buildDir]
+	if !ok {
+		k = &kernelABI{}
+		c.abis[buildDir] = k
+	}
+	c.mu.Unlock()
+	k.read.Do(func() { k.abi, k.err = cache.ReadKernelABI(buildDir) })
+	return k, k.err
+}
+
+// Symvers is the kernel's Module.symvers, parsed once.
+func (k *kernelABI) Symvers() cache.Symvers {
+	k.parse.Do(func() { k.symvers = k.abi.Symvers() })
+	return k.symvers
 }
 
 // openCache opens framework.conf's cache, its trusted keys and its
@@ -61,7 +96,9 @@ func (e *Env) openCache(ctx context.Context) *cacheState {
 	}
 	c.opened = true
 	s := e.Framework.Cache
-	c.store, c.openErr = cache.Open(ctx, s.URL, cache.Options{Timeout: s.Timeout})
+	// The credentials are the calling user's, --root or not: the
+	// operator's, not a relocated root's /root.
+	c.store, c.openErr = cache.Open(ctx, s.URL, cache.Options{Timeout: s.Timeout, CredentialsFile: cache.DockerConfigFile(e.Environ)})
 	c.trust, c.trustErr = cache.LoadTrust(s.Trust)
 	if s.Key != "" {
 		c.key, c.keyErr = cache.LoadPrivateKey(s.Key)
@@ -129,7 +166,7 @@ func (e *Env) consultCache(ctx context.Context, r *buildRun, conf *tree.Conf, k 
 	if c.openErr != nil {
 		return e.cacheMissed(r, l, c.openErr)
 	}
-	key, err := e.cacheKey(r)
+	key, err := e.cacheKey(r, c)
 	if err != nil {
 		return e.cacheMissed(r, l, err)
 	}
@@ -148,9 +185,10 @@ func (e *Env) consultCache(ctx context.Context, r *buildRun, conf *tree.Conf, k 
 		return e.cacheMissed(r, l, c.trustErr)
 	}
 	start := time.Now()
-	a, err := c.store.Pull(ctx, key, c.trust)
+	keep := e.Framework.Cache.KeepPublisherSignature
+	a, err := c.store.PullFiles(ctx, key, c.trust, func(name string) bool { return keep || !strings.HasSuffix(name, cache.SignedSuffix) })
 	if err == nil {
-		err = e.useArtifact(r, conf, k, a)
+		err = e.useArtifact(r, conf, k, a, c)
 	}
 	if err != nil {
 		if cache.Unreachable(err) && ctx.Err() == nil {
@@ -191,7 +229,7 @@ func (e *Env) cacheMissed(r *buildRun, l cacheLookup, err error) cacheLookup {
 // cacheKey is the build's key: the build dir as copied (source and
 // /etc/dkms patch overrides), the dkms.conf in effect, the override
 // scripts, directives and build environment; the kernel's ABI.
-func (e *Env) cacheKey(r *buildRun) (cache.Key, error) {
+func (e *Env) cacheKey(r *buildRun, c *cacheState) (cache.Key, error) {
 	t := r.t
 	var d cache.Digester
 	if err := d.AddTree("build", r.dir, "make.log"); err != nil {
@@ -209,26 +247,28 @@ func (e *Env) cacheKey(r *buildRun) (cache.Key, error) {
 		}
 	}
 	d.Add("directives", []byte(strings.Join(e.Directives, "\n")))
-	abi, err := cache.ABIDigest(e.Layout.KernelBuildDir(r.t.Kernel))
+	abi, err := c.kernelABI(e.Layout.KernelBuildDir(r.t.Kernel))
 	if err != nil {
 		return cache.Key{}, err
 	}
 	return cache.Key{Module: t.Module, Version: t.Version, Kernel: t.Kernel, Arch: t.Arch,
-		Source: d.Sum(), ABI: abi, Recipe: cache.Recipe}, nil
+		Source: d.Sum(), ABI: abi.abi.Digest, Recipe: cache.Recipe}, nil
 }
 
 // useArtifact checks a pulled artifact against this machine's headers
 // and the dkms.conf, then writes its modules where kbuild would have
 // left them, and says in make.log where they came from.
-func (e *Env) useArtifact(r *buildRun, conf *tree.Conf, k buildKernel, a cache.Artifact) error {
+func (e *Env) useArtifact(r *buildRun, conf *tree.Conf, k buildKernel, a cache.Artifact, c *cacheState) error {
 	files := map[string][]byte{}
 	for _, f := range a.Files {
 		files[f.Name] = f.Data
 	}
-	symvers, err := cache.ReadSymvers(filepath.Join(e.Layout.KernelBuildDir(r.t.Kernel), "Module.symvers"))
+	// The Module.symvers the key's ABI digest was taken of.
+	abi, err := c.kernelABI(e.Layout.KernelBuildDir(r.t.Kernel))
 	if err != nil {
 		return fmt.Errorf("read this kernel's Module.symvers: %w", err)
 	}
+	symvers := abi.Symvers()
 	keep := e.Framework.Cache.KeepPublisherSignature
 	cb := &cachedBuild{artifact: a, signed: keep}
 	type placed struct {

@@ -14,6 +14,10 @@ import (
 // signer signs built modules with the kernel's own scripts/sign-file.
 type signer struct {
 	file, hash, key, cert string
+	// kernelTool: file is the kernel's sign-file, chosen by default,
+	// whose work inProcess does without a process when the pair allows.
+	kernelTool bool
+	inProcess  *inProcessSigner
 }
 
 // prepareSigning decides how modules for kernel are signed, printing what
@@ -42,6 +46,7 @@ func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error
 	s := &signer{file: fw.SignFile}
 	if s.file == "" {
 		s.file = e.defaultSignFile(e.Distro.Row(), kernel, k.BuildDir)
+		s.kernelTool = filepath.Base(s.file) == "sign-file"
 	}
 	e.info("Sign command: %s", s.file)
 	if fi, err := os.Stat(s.file); err != nil || fi.Mode().Perm()&0o111 == 0 {
@@ -68,7 +73,12 @@ func (e *Env) prepareSigning(ctx context.Context, k buildKernel) (*signer, error
 // ready makes sure the key pair exists before the first module is signed;
 // false means modules are not signed (the reason has been reported).
 func (s *signer) ready(ctx context.Context, e *Env) (bool, error) {
-	return e.ensureMOK(ctx, s.key, s.cert)
+	ok, err := e.ensureMOK(ctx, s.key, s.cert)
+	if ok && s.kernelTool && s.inProcess == nil {
+		// A pair it cannot use is the tool's to sign with, or to refuse.
+		s.inProcess, _ = newInProcessSigner(s.hash, s.key, s.cert)
+	}
+	return ok, err
 }
 
 // ensureMOK makes sure the key and certificate exist. It never replaces
@@ -159,6 +169,12 @@ func syncFile(p string) error {
 // sign signs one uncompressed module file in place, running sign-file in
 // env.
 func (s *signer) sign(ctx context.Context, env []string, ko string) error {
+	if s.inProcess != nil {
+		if err := s.inProcess.sign(ko); err != nil {
+			return fmt.Errorf("sign %s: %w", ko, err)
+		}
+		return nil
+	}
 	var out strings.Builder
 	if err := runArgv(ctx, "", env, &out, s.file, s.hash, s.key, s.cert, ko); err != nil {
 		return fmt.Errorf("sign %s: %v: %s", ko, err, strings.TrimSpace(out.String()))

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,4 +90,73 @@ func (f *cacheFleet) fleetRun(b *testing.B, n int, url string, publish bool) (cp
 		fmt.Fprintf(os.Stderr, "fleet root %d/%d (%s): %.1f CPU-s, %.1f s\n", i+1, n, map[bool]string{true: "cache", false: "build"}[url != ""], r.CPU.Seconds(), took.Seconds())
 	}
 	return cpu, wall, rest
+}
+
+// BenchmarkCachePull: what one machine of a fleet spends installing a
+// module from the cache. A build host builds and publishes a module
+// with several .ko (dkmsd_twomods; DKMSD_BENCH_PULL_CORPUS names a corpus
+// package instead, e.g. xtables-addons-dkms), then each iteration is a
+// fresh root, with a MOK key pair already there as on a machine that
+// signed before, installing it: CPU seconds of dkms and its children
+// (sign-file, depmod) and wall seconds per pull.
+func BenchmarkCachePull(b *testing.B) {
+	f := newCacheFleet(b)
+	f.limit = 30 * time.Minute
+	url := "oci://" + f.registry + "/bench/pull"
+	deb := os.Getenv("DKMSD_BENCH_PULL_CORPUS")
+	var mokKey, mokCert string
+	root := func(publish bool) (dir, name, version string) {
+		dir = testkit.NewRoot(b, f.kernel)
+		if deb != "" {
+			name, version = testkit.CorpusModule(b, dir, deb)
+		} else {
+			testkit.CopyModule(b, dir, "dkmsd_twomods-2.1")
+			name, version = "dkmsd_twomods", "2.1"
+		}
+		conf := f.conf(url, f.trust)
+		if publish {
+			conf = f.conf(url, f.trust, "module_cache_publish=yes", "module_cache_key="+f.key)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "etc/dkms/framework.conf"), []byte(conf), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "etc/dkms", name+".conf"), []byte("BUILD_SANDBOX=no\n"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if mokKey != "" {
+			for src, dst := range map[string]string{mokKey: "var/lib/dkms/mok.key", mokCert: "var/lib/dkms/mok.pub"} {
+				data, err := os.ReadFile(src)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, dst), data, 0o600); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		return dir, name, version
+	}
+	host, name, version := root(true)
+	if r, _ := f.dkms(b, host, "install", name+"/"+version, "-k", f.kernel); r.Code != 0 {
+		b.Fatalf("build host: exit %d\n%s", r.Code, r.Out)
+	}
+	mokKey, mokCert = filepath.Join(host, "var/lib/dkms/mok.key"), filepath.Join(host, "var/lib/dkms/mok.pub")
+	var cpu, wall time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		dir, _, _ := root(false)
+		before := f.execs(b)
+		b.StartTimer()
+		r, took := f.dkms(b, dir, "install", name+"/"+version, "-k", f.kernel)
+		b.StopTimer()
+		if r.Code != 0 || f.execs(b) != before || !strings.Contains(r.Stdout, "from the module cache") {
+			b.Fatalf("the root did not pull (exit %d):\n%s", r.Code, r.Out)
+		}
+		cpu += r.CPU
+		wall += took
+		b.StartTimer()
+	}
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/pull")
+	b.ReportMetric(wall.Seconds()/float64(b.N), "wall-s/pull")
 }

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,14 +41,20 @@ type cacheFleet struct {
 	bin                       string
 	// limit bounds one dkms command (default 3 minutes: a hello build).
 	limit time.Duration
+	// rootEnv is more environment for the dkms commands on a root.
+	mu      sync.Mutex
+	rootEnv map[string][]string
 }
 
 // newCacheFleet starts a registry and writes the publisher's keys and the
 // exec-recording wrappers.
-func newCacheFleet(t testing.TB) *cacheFleet {
+func newCacheFleet(t testing.TB) *cacheFleet { return newCacheFleetOn(t, testkit.Registry) }
+
+// newCacheFleetOn is newCacheFleet with the registry start chooses.
+func newCacheFleetOn(t testing.TB, start func(testing.TB) (addr, storage string)) *cacheFleet {
 	testkit.RequireRoot(t)
-	f := &cacheFleet{kernel: testkit.Kernels(t, 1)[0], bin: testkit.Binary(t, "dkms")}
-	f.registry, f.storage = testkit.Registry(t)
+	f := &cacheFleet{kernel: testkit.Kernels(t, 1)[0], bin: testkit.Binary(t, "dkms"), rootEnv: map[string][]string{}}
+	f.registry, f.storage = start(t)
 	dir := t.TempDir()
 	f.trust, f.key = writeKeyPair(t, dir, "publisher")
 	f.wrappers, f.execLog = filepath.Join(dir, "bin"), filepath.Join(dir, "exec.log")
@@ -140,7 +147,9 @@ func (f *cacheFleet) dkms(t testing.TB, root string, args ...string) (testkit.Re
 
 // env is the environment dkms runs in on root: the wrappers first on PATH.
 func (f *cacheFleet) env(root string) []string {
-	return []string{"PATH=" + f.wrappers + ":/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=" + root, "DKMSD_ROOT=" + root}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string{"PATH=" + f.wrappers + ":/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=" + root, "DKMSD_ROOT=" + root}, f.rootEnv[root]...)
 }
 
 func (f *cacheFleet) mustDkms(t testing.TB, root string, args ...string) testkit.Result {

@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bufio"
 	"bytes"
 	"debug/elf"
 	"fmt"
@@ -17,29 +16,64 @@ type Symvers map[string]uint32
 // ReadSymvers parses a Module.symvers ("0xCRC\tsymbol\tmodule\t..."); a
 // kernel without one has none.
 func ReadSymvers(file string) (Symvers, error) {
-	f, err := os.Open(file)
+	data, err := os.ReadFile(file)
 	if os.IsNotExist(err) {
 		return Symvers{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	out := Symvers{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), "\t")
-		if len(fields) < 2 {
+	return parseSymvers(data), nil
+}
+
+// parseSymvers reads the CRC and symbol of each line; other lines are
+// skipped. A kernel's has some 25,000 lines: they are cut in place, not
+// split into strings.
+func parseSymvers(data []byte) Symvers {
+	out := make(Symvers, bytes.Count(data, []byte{'\n'})+1)
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		crcText, rest, ok := bytes.Cut(line, []byte{'\t'})
+		if !ok {
 			continue
 		}
-		crc, err := strconv.ParseUint(fields[0], 0, 32)
-		if err != nil {
+		sym, _, _ := bytes.Cut(rest, []byte{'\t'})
+		crc, ok := parseCRC(crcText)
+		if !ok {
 			continue
 		}
-		out[fields[1]] = uint32(crc)
+		out[string(sym)] = crc
 	}
-	return out, sc.Err()
+	return out
+}
+
+// parseCRC is a CRC as Module.symvers writes it (0x%08x); anything else
+// strconv takes in base 0.
+func parseCRC(b []byte) (uint32, bool) {
+	if h, ok := bytes.CutPrefix(b, []byte("0x")); ok && len(h) > 0 && len(h) <= 8 {
+		var v uint32
+		for _, c := range h {
+			switch {
+			case c >= '0' && c <= '9':
+				v = v<<4 | uint32(c-'0')
+			case c >= 'a' && c <= 'f':
+				v = v<<4 | uint32(c-'a'+10)
+			case c >= 'A' && c <= 'F':
+				v = v<<4 | uint32(c-'A'+10)
+			default:
+				return 0, false
+			}
+		}
+		return v, true
+	}
+	v, err := strconv.ParseUint(string(b), 0, 32)
+	return uint32(v), err == nil
 }
 
 // CheckModule holds a module built elsewhere against this machine's

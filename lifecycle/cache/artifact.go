@@ -107,10 +107,10 @@ func (s *Store) Push(ctx context.Context, a Artifact, priv ed25519.PrivateKey) e
 		Layers: layers, ConfigDescriptor: &cfgDesc, ManifestAnnotations: ann,
 	})
 	if err != nil {
-		return fmt.Errorf("push the manifest of %s to %s: %w", a.Key, s.URL, err)
+		return s.failed(ctx, fmt.Sprintf("push the manifest of %s to %s", a.Key, s.URL), err)
 	}
 	if err := s.b.Tag(ctx, desc, a.Key.Tag()); err != nil {
-		return fmt.Errorf("tag %s in %s: %w", a.Key, s.URL, err)
+		return s.failed(ctx, fmt.Sprintf("tag %s in %s", a.Key, s.URL), err)
 	}
 	return nil
 }
@@ -122,7 +122,7 @@ func (s *Store) pushBlob(ctx context.Context, d ocispec.Descriptor, data []byte)
 		return nil
 	}
 	if err := s.b.Push(ctx, d, bytes.NewReader(data)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
-		return fmt.Errorf("push %s to %s: %w", d.Digest, s.URL, err)
+		return s.failed(ctx, fmt.Sprintf("push %s to %s", d.Digest, s.URL), err)
 	}
 	return nil
 }
@@ -146,6 +146,14 @@ func (s *Store) fetch(ctx context.Context, d ocispec.Descriptor) ([]byte, error)
 // every blob matches its digest. Not there is ErrMiss; there but not to
 // be used is a *Refusal; anything else is the backend failing.
 func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error) {
+	return s.PullFiles(ctx, key, trust, nil)
+}
+
+// PullFiles is Pull fetching only the files want names (all when want is
+// nil): a machine that signs modules itself needs no publisher-signed
+// copies. Every file's name and digest is still checked against the
+// signed config.
+func (s *Store) PullFiles(ctx context.Context, key Key, trust Trust, want func(name string) bool) (Artifact, error) {
 	rctx, cancel := s.step(ctx)
 	desc, err := s.b.Resolve(rctx, key.Tag())
 	defer cancel()
@@ -183,10 +191,15 @@ func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error
 		return Artifact{}, &Refusal{Reason: fmt.Sprintf("the artifact tagged for %s was published for another key (%s)", key, cfg.Key.Digest())}
 	}
 	a := Artifact{Key: key, Publisher: Fingerprint(pub), Created: m.Annotations[ocispec.AnnotationCreated]}
+	listed := map[string]bool{}
 	for _, l := range m.Layers {
 		name := l.Annotations[ocispec.AnnotationTitle]
 		if cfg.Files[name] != l.Digest.String() {
 			return Artifact{}, &Refusal{Reason: fmt.Sprintf("file %q of %s is not the one its signed config names", name, key)}
+		}
+		listed[name] = true
+		if want != nil && !want(name) {
+			continue
 		}
 		data, err := s.fetch(ctx, l)
 		if err != nil {
@@ -194,7 +207,7 @@ func (s *Store) Pull(ctx context.Context, key Key, trust Trust) (Artifact, error
 		}
 		a.Files = append(a.Files, File{Name: name, Data: data})
 	}
-	if len(a.Files) != len(cfg.Files) {
+	if len(listed) != len(cfg.Files) {
 		return Artifact{}, &Refusal{Reason: fmt.Sprintf("the manifest of %s lacks files its signed config names", key)}
 	}
 	return a, nil
@@ -247,9 +260,12 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 	for _, t := range tags {
 		rctx, cancel := s.step(ctx)
 		desc, err := s.b.Resolve(rctx, t)
+		if err != nil {
+			err = s.failed(rctx, fmt.Sprintf("resolve %s in %s", t, s.URL), err)
+		}
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("resolve %s in %s: %w", t, s.URL, err)
+			return nil, err
 		}
 		raw, err := s.fetch(ctx, desc)
 		if err != nil {

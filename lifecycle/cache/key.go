@@ -1,11 +1,11 @@
 package cache
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -52,13 +52,17 @@ func (k Key) String() string {
 }
 
 // Digester folds named parts into one sha256 digest; each part is
-// framed by its name and length so that no two inputs collide.
-type Digester struct{ b bytes.Buffer }
+// framed by its name and length so that no two inputs collide. The parts
+// go straight into the hash: a source tree is not held in memory.
+type Digester struct{ h hash.Hash }
 
 // Add adds a named part.
 func (d *Digester) Add(name string, data []byte) {
-	fmt.Fprintf(&d.b, "%s\x00%d\x00", name, len(data))
-	d.b.Write(data)
+	if d.h == nil {
+		d.h = sha256.New()
+	}
+	fmt.Fprintf(d.h, "%s\x00%d\x00", name, len(data))
+	d.h.Write(data)
 }
 
 // AddFile adds a file's content under its name; a missing file is a part
@@ -133,30 +137,60 @@ func (d *Digester) AddTree(prefix, dir string, skip ...string) error {
 
 // Sum is the digest, "sha256:<hex>".
 func (d *Digester) Sum() string {
-	sum := sha256.Sum256(d.b.Bytes())
-	return "sha256:" + hex.EncodeToString(sum[:])
+	if d.h == nil {
+		d.h = sha256.New()
+	}
+	return "sha256:" + hex.EncodeToString(d.h.Sum(nil))
 }
 
 // ABIDigest is the digest of the kernel ABI modules are built against:
 // the headers' Module.symvers and include/config/auto.conf, and the
 // compiler they name (CONFIG_CC_VERSION_TEXT).
 func ABIDigest(buildDir string) (string, error) {
-	var d Digester
-	if err := d.AddFile("Module.symvers", filepath.Join(buildDir, "Module.symvers")); err != nil {
-		return "", err
-	}
-	auto := filepath.Join(buildDir, "include", "config", "auto.conf")
-	if err := d.AddFile("auto.conf", auto); err != nil {
-		return "", err
-	}
-	d.Add("cc", []byte(compilerText(auto)))
-	return d.Sum(), nil
+	k, err := ReadKernelABI(buildDir)
+	return k.Digest, err
 }
 
+// KernelABI is a kernel's ABI as the cache checks it: its digest, and
+// its Module.symvers, read once for both the key and the CRC check.
+type KernelABI struct {
+	Digest  string
+	symvers []byte
+}
+
+// ReadKernelABI reads the headers in buildDir once.
+func ReadKernelABI(buildDir string) (KernelABI, error) {
+	var d Digester
+	sym := filepath.Join(buildDir, "Module.symvers")
+	data, err := os.ReadFile(sym)
+	switch {
+	case os.IsNotExist(err):
+		d.Add("Module.symvers\x00absent", nil)
+	case err != nil:
+		return KernelABI{}, fmt.Errorf("digest %s: %w", sym, err)
+	default:
+		d.Add("Module.symvers", data)
+	}
+	auto := filepath.Join(buildDir, "include", "config", "auto.conf")
+	autoData, err := os.ReadFile(auto)
+	switch {
+	case os.IsNotExist(err):
+		d.Add("auto.conf\x00absent", nil)
+	case err != nil:
+		return KernelABI{}, fmt.Errorf("digest %s: %w", auto, err)
+	default:
+		d.Add("auto.conf", autoData)
+	}
+	d.Add("cc", []byte(compilerText(autoData)))
+	return KernelABI{Digest: d.Sum(), symvers: data}, nil
+}
+
+// Symvers parses the Module.symvers read.
+func (k KernelABI) Symvers() Symvers { return parseSymvers(k.symvers) }
+
 // compilerText is CONFIG_CC_VERSION_TEXT from an auto.conf.
-func compilerText(auto string) string {
-	data, _ := os.ReadFile(auto)
-	for _, line := range strings.Split(string(data), "\n") {
+func compilerText(auto []byte) string {
+	for _, line := range strings.Split(string(auto), "\n") {
 		if v, ok := strings.CutPrefix(line, "CONFIG_CC_VERSION_TEXT="); ok {
 			return strings.Trim(v, `"`)
 		}

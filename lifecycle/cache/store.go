@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
-	"oras.land/oras-go/v2/registry/remote/credentials"
 )
 
 // DefaultTimeout bounds each exchange with the cache when framework.conf
@@ -38,6 +38,10 @@ type Store struct {
 	URL     string
 	b       backend
 	timeout time.Duration
+	// host and creds are a registry's address and credentials (nil for
+	// a file:// cache).
+	host  string
+	creds *registryCredentials
 }
 
 // Options are how a Store talks to its backend.
@@ -46,8 +50,7 @@ type Options struct {
 	// DefaultTimeout.
 	Timeout time.Duration
 	// CredentialsFile is the docker/OCI config file with the registry's
-	// credentials; "" means the usual place ($DOCKER_CONFIG,
-	// ~/.docker/config.json).
+	// credentials; "" means DockerConfigFile(os.Environ()).
 	CredentialsFile string
 }
 
@@ -71,11 +74,19 @@ func Open(ctx context.Context, rawURL string, o Options) (*Store, error) {
 		}
 		s.b = st
 	case strings.HasPrefix(rawURL, "oci://"):
-		repo, err := remoteRepo(strings.TrimPrefix(rawURL, "oci://"), s.timeout, o.CredentialsFile)
+		file := o.CredentialsFile
+		if file == "" {
+			file = DockerConfigFile(os.Environ())
+		}
+		creds, err := newRegistryCredentials(file)
 		if err != nil {
 			return nil, fmt.Errorf("module_cache=%s: %w", rawURL, err)
 		}
-		s.b = repo
+		repo, err := remoteRepo(strings.TrimPrefix(rawURL, "oci://"), s.timeout, creds)
+		if err != nil {
+			return nil, fmt.Errorf("module_cache=%s: %w", rawURL, err)
+		}
+		s.b, s.host, s.creds = repo, repo.Reference.Registry, creds
 	default:
 		return nil, fmt.Errorf("module_cache=%s: not an oci:// or file:// URL", rawURL)
 	}
@@ -85,7 +96,7 @@ func Open(ctx context.Context, rawURL string, o Options) (*Store, error) {
 // remoteRepo is a registry repository whose HTTP exchanges are bounded:
 // a dial, a TLS handshake and the wait for response headers each end
 // after timeout, and nothing is retried.
-func remoteRepo(ref string, timeout time.Duration, credFile string) (*remote.Repository, error) {
+func remoteRepo(ref string, timeout time.Duration, creds *registryCredentials) (*remote.Repository, error) {
 	repo, err := remote.NewRepository(ref)
 	if err != nil {
 		return nil, err
@@ -103,16 +114,7 @@ func remoteRepo(ref string, timeout time.Duration, credFile string) (*remote.Rep
 	tr.ResponseHeaderTimeout = timeout
 	client := &auth.Client{Client: &http.Client{Transport: tr}, Cache: auth.NewCache()}
 	client.SetUserAgent("dkmsd")
-	var store credentials.Store
-	if credFile != "" {
-		store, err = credentials.NewStore(credFile, credentials.StoreOptions{})
-	} else {
-		store, err = credentials.NewStoreFromDocker(credentials.StoreOptions{})
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read the registry credentials: %w", err)
-	}
-	client.Credential = credentials.Credential(store)
+	client.Credential = creds.get
 	// A plain transport, not oras's retry.Client: a registry that is down
 	// must cost one timeout, not a retry policy's backoff.
 	repo.Client = client
@@ -138,8 +140,12 @@ func (noAnswer) Timeout() bool   { return true }
 func (noAnswer) Temporary() bool { return true }
 
 // failed words a step's failure: a timeout, of either kind, says the
-// cache did not answer.
+// cache did not answer; a 401 or 403 says whose credentials, from which
+// file, the registry refused.
 func (s *Store) failed(ctx context.Context, what string, err error) error {
+	if a := s.creds.accessRefused(s.host, err); a != nil {
+		return fmt.Errorf("%s: %w", what, a)
+	}
 	var ne net.Error
 	if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
 		return fmt.Errorf("%s: %w (%v)", what, noAnswer{s.URL, s.timeout}, err)
@@ -148,12 +154,13 @@ func (s *Store) failed(ctx context.Context, what string, err error) error {
 }
 
 // Unreachable reports whether err means the cache could not be spoken to
-// (down, refusing, never answering): the caller stops asking it for the
-// rest of its run.
+// (down, refusing the connection or the credentials, never answering):
+// the caller stops asking it for the rest of its run.
 func Unreachable(err error) bool {
 	var ne net.Error
 	var oe *net.OpError
 	var ue *url.Error
-	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &oe) || (errors.As(err, &ne) && ne.Timeout()) ||
+	var ar *AccessRefused
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ar) || errors.As(err, &oe) || (errors.As(err, &ne) && ne.Timeout()) ||
 		(errors.As(err, &ue) && !errors.Is(err, context.Canceled))
 }
