@@ -129,15 +129,33 @@ func loadDepmodMeta(dir, digest string) *depmodMeta {
 	if !strings.HasSuffix(body, "\x00") {
 		return nil
 	}
-	f := strings.Split(body[:len(body)-1], "\x00")
+	// A cursor over the fields, not strings.Split: the file holds tens of
+	// thousands of them and this runs on every append.
+	next := func() (string, bool) {
+		i := strings.IndexByte(body, 0)
+		if i < 0 {
+			return "", false
+		}
+		f := body[:i]
+		body = body[i+1:]
+		return f, true
+	}
 	var mod *DepmodModule
-	for i := 0; i < len(f); {
-		n := metaArity(f[i])
-		if n == 0 || i+n >= len(f) || (mod == nil && f[i] != tagModule && f[i] != tagUnsure) {
+	var v [2]string
+	for body != "" {
+		tag, _ := next()
+		n := metaArity(tag)
+		if n == 0 || (mod == nil && tag != tagModule && tag != tagUnsure) {
 			return nil
 		}
-		v := f[i+1 : i+1+n]
-		switch f[i] {
+		for j := range n {
+			f, ok := next()
+			if !ok {
+				return nil
+			}
+			v[j] = f
+		}
+		switch tag {
 		case tagModule:
 			mod = &DepmodModule{Name: v[0], Rel: v[1]}
 			m.modules[mod.Rel] = mod
@@ -153,7 +171,6 @@ func loadDepmodMeta(dir, digest string) *depmodMeta {
 		case tagUnsure:
 			m.unsure[v[0]] = v[1]
 		}
-		i += 1 + n
 	}
 	return m
 }

@@ -192,6 +192,9 @@ func (e *Env) initrdEvent(kernel, arch, imgPath string, rep *initrd.Report) {
 	if rep.Reason != "" {
 		text += ": " + rep.Reason
 	}
+	if rep.DepmodRun != "" {
+		text += "; the real depmod wrote its module indexes (" + rep.DepmodRun + ")"
+	}
 	e.Sink.Emit(Event{Type: InitrdRegenerated, Kernel: kernel, Arch: arch, Text: text, Log: imgPath})
 	e.info("%s", text)
 }

@@ -140,13 +140,31 @@ func (e *Env) resolveIntents(ctx context.Context) {
 // dkmsd only uses before a rename).
 func (e *Env) sweepTemps() {
 	t := e.Layout.DKMSTree
+	// Names at <tree>/<module>/<version>/<kernel>/<x> and
+	// <tree>/<module>/<x>: each level is listed once and matched against
+	// every name a killed process may leave there (this runs before every
+	// command that takes the lock).
+	level4, _ := filepath.Glob(filepath.Join(t, "*", "*", "*", "*"))
+	level2, _ := filepath.Glob(filepath.Join(t, "*", ".dkmsd-*"))
+	var swept []string
+	for _, m := range inKernelDirs(level4) {
+		for _, name := range []string{
+			".tmp_*",           // build stages (and ldtarball's .tmp_load_*)
+			".dkmsd-unbuild-*", // unbuild renames
+			"*.dkmsd-old-*",    // forced rebuilds
+		} {
+			if ok, _ := filepath.Match(name, filepath.Base(m)); ok {
+				swept = append(swept, m)
+				break
+			}
+		}
+	}
+	for _, m := range level2 {
+		if b := filepath.Base(m); strings.HasPrefix(b, ".dkmsd-remove-") || strings.HasPrefix(b, ".dkmsd-link-") {
+			swept = append(swept, m) // remove renames, kernel links
+		}
+	}
 	patterns := []string{
-		filepath.Join(t, "*", "*", "*", ".tmp_*"),           // build stages
-		filepath.Join(t, "*", "*", "*", ".tmp_load_*"),      // ldtarball stages
-		filepath.Join(t, "*", "*", "*", ".dkmsd-unbuild-*"), // unbuild renames
-		filepath.Join(t, "*", "*", "*", "*.dkmsd-old-*"),    // forced rebuilds
-		filepath.Join(t, "*", ".dkmsd-remove-*"),            // remove renames
-		filepath.Join(t, "*", ".dkmsd-link-*"),              // kernel links
 		filepath.Join(t, "*", "original_module", "*", "*", ".dkmsd-*"),
 		filepath.Join(e.Layout.StateDir(), "*", ".dkmsd-*"),
 		filepath.Join(e.Layout.StateDir(), ".dkmsd-*"),
@@ -178,9 +196,10 @@ func (e *Env) sweepTemps() {
 	}
 	for _, p := range patterns {
 		matches, _ := filepath.Glob(p)
-		for _, m := range matches {
-			os.RemoveAll(m)
-		}
+		swept = append(swept, matches...)
+	}
+	for _, m := range swept {
+		os.RemoveAll(m)
 	}
 	// A version dir whose last kernel dir held only a swept stage.
 	kdirs, _ := filepath.Glob(filepath.Join(t, "*", "*", "[0-9]*"))
@@ -189,6 +208,20 @@ func (e *Env) sweepTemps() {
 			os.Remove(k)
 		}
 	}
+}
+
+// inKernelDirs keeps the paths <version dir>/<dir>/<name> whose <dir> is
+// a kernel's, where dkmsd makes its temporary names: never those under
+// the source link, which leads into /usr/src and holds the package's own
+// files (a source may ship a .tmp_versions of its own).
+func inKernelDirs(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		if d := filepath.Base(filepath.Dir(p)); d != "source" && d != "build" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // MarkInitrdPending records that kernel's initrd needs regenerating; the

@@ -204,6 +204,7 @@ func removeIfNoSubdirs(dir string) {
 func Remove(ctx context.Context, e *Env, module, version string, targets []Target) error {
 	vdir := e.Layout.VersionDir(module, version)
 	stale, _ := filepath.Glob(filepath.Join(vdir, "*", ".tmp_*"))
+	stale = inKernelDirs(stale)
 	for _, t := range targets {
 		stale = append(stale, e.failedLog(t), e.failureRecordPath(t))
 	}

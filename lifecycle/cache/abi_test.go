@@ -68,14 +68,7 @@ func TestParseSymvers(t *testing.T) {
 func TestPullFilesFetchesOnlyWhatIsWanted(t *testing.T) {
 	dir := t.TempDir()
 	priv, pubFile := newKey(t, dir, "publisher")
-	trust, err := LoadTrust(pubFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(t.Context(), "file://"+filepath.Join(dir, "cache"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	trust, s := trustedFileCache(t, dir, pubFile)
 	files := []File{{Name: "m.ko", Data: []byte("module")}, {Name: "m.ko" + SignedSuffix, Data: []byte("module signed")}}
 	if err := s.Push(t.Context(), Artifact{Key: testKey, Files: files}, priv); err != nil {
 		t.Fatal(err)

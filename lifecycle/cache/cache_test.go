@@ -37,14 +37,7 @@ func TestFileCacheRefusals(t *testing.T) {
 	dir := t.TempDir()
 	priv, pubFile := newKey(t, dir, "publisher")
 	otherPriv, otherFile := newKey(t, dir, "other")
-	trust, err := LoadTrust(pubFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(t.Context(), "file://"+filepath.Join(dir, "cache"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	trust, s := trustedFileCache(t, dir, pubFile)
 	files := []File{{Name: "m.ko", Data: []byte("module bytes")}, {Name: "Module.symvers", Data: nil}}
 	if _, err := s.Pull(t.Context(), testKey, trust); !errors.Is(err, ErrMiss) {
 		t.Fatalf("pull from an empty cache: %v, want ErrMiss", err)
@@ -177,4 +170,19 @@ func TestOpenRefusesOtherSchemes(t *testing.T) {
 	if err == nil || !Unreachable(err) || time.Since(start) > 2*time.Second {
 		t.Errorf("pull from a closed port: %v after %v; want an unreachable error within the timeout", err, time.Since(start))
 	}
+}
+
+// trustedFileCache is a file:// cache under dir and the trust of the
+// publisher key in pubFile.
+func trustedFileCache(t *testing.T, dir, pubFile string) (Trust, *Store) {
+	t.Helper()
+	trust, err := LoadTrust(pubFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(t.Context(), "file://"+filepath.Join(dir, "cache"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return trust, s
 }

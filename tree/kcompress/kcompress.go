@@ -1,7 +1,7 @@
 // Package kcompress writes the compressed formats the kernel's own
 // decompressors read back — initrd segments — with the settings they
 // need, kept in one place: xz with CRC32 and a 1 MiB dictionary, zstd with
-// an 8 MiB window. (Modules are compressed by gzip, xz and zstd
+// a window of at most 8 MiB. (Modules are compressed by gzip, xz and zstd
 // themselves, with framework.conf's compress_*_opts, as dkms does.)
 //
 //	packed, err := kcompress.Encode(kcompress.Zstd, data, true)
@@ -45,7 +45,8 @@ func Encode(f Format, data []byte, small bool) ([]byte, error) {
 		if small {
 			level = zstd.SpeedBestCompression
 		}
-		w, err = zstd.NewWriter(&buf, zstd.WithEncoderLevel(level), zstd.WithWindowSize(8<<20))
+		w, err = zstd.NewWriter(&buf, zstd.WithEncoderLevel(level), zstd.WithWindowSize(zstdWindow(len(data))),
+			zstd.WithEncoderConcurrency(1))
 	case Xz:
 		w, err = xz.WriterConfig{CheckSum: xz.CRC32, DictCap: 1 << 20}.NewWriter(&buf)
 	default:
@@ -61,4 +62,17 @@ func Encode(f Format, data []byte, small bool) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// zstdWindow is the window a zstd frame of n bytes needs: 8 MiB at most
+// (the kernel's decompressors accept that much), and no more than the
+// data, rounded up to a power of two, since a larger one compresses no
+// better and its buffers cost an appended segment most of its time
+// (20–33 ms for 8 MiB against 6–7 ms for a 300 KB segment here).
+func zstdWindow(n int) int {
+	w := zstd.MinWindowSize
+	for w < n && w < 8<<20 {
+		w <<= 1
+	}
+	return w
 }
