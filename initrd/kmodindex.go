@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 )
@@ -84,24 +85,8 @@ const kmodPathMax = 4096
 // modnameOf is kmod's path_to_modname: the file's base name up to its
 // first dot, with '-' made '_'.
 func modnameOf(rel string) string {
-	base := rel
-	for i := len(rel) - 1; i >= 0; i-- {
-		if rel[i] == '/' {
-			base = rel[i+1:]
-			break
-		}
-	}
-	out := []byte(base)
-	for i, c := range out {
-		if c == '.' {
-			out = out[:i]
-			break
-		}
-		if c == '-' {
-			out[i] = '_'
-		}
-	}
-	return string(out)
+	name, _, _ := strings.Cut(path.Base(rel), ".")
+	return strings.ReplaceAll(name, "-", "_")
 }
 
 // aliasNormalize is kmod's alias_normalize: '-' becomes '_' except inside

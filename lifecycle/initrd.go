@@ -86,11 +86,7 @@ func RegenerateInitrd(ctx context.Context, e *Env, kernel, arch string, opts Ini
 func (e *Env) regenerateMapped(ctx context.Context, kernel, arch string, opts InitrdOptions, imgPath string, m *initrd.Mapped) (*initrd.Report, error) {
 	data := m.Data
 	statePath := e.Layout.InitrdStateFile(kernel)
-	state := initrd.LoadState(statePath)
-	baseLen, digest, known := state.Known(m.Info)
-	if !known {
-		baseLen, digest = state.BaseOf(data)
-	}
+	baseLen, digest, known := e.initrdBase(kernel, m)
 	// What dkmsd needs from the image was read once and kept, keyed by
 	// the digest of its own bytes: no decompression on the append path.
 	base, err := initrd.OpenBase(data[:baseLen], digest, kernel, e.Layout.InitrdCacheDir(kernel), e.Layout.TmpDir)
@@ -156,6 +152,18 @@ func (e *Env) regenerateMapped(ctx context.Context, kernel, arch string, opts In
 	}
 	e.initrdEvent(kernel, arch, imgPath, rep)
 	return rep, nil
+}
+
+// initrdBase says where the generator's bytes end in the mapped image m
+// and their digest ("" when not computed yet): from the state file alone
+// (known) when m is the file dkmsd wrote, otherwise by hashing the image.
+func (e *Env) initrdBase(kernel string, m *initrd.Mapped) (baseLen int, digest string, known bool) {
+	state := initrd.LoadState(e.Layout.InitrdStateFile(kernel))
+	if n, d, ok := state.Known(m.Info); ok {
+		return n, d, true
+	}
+	n, d := state.BaseOf(m.Data)
+	return n, d, false
 }
 
 // saveInitrdState records what dkmsd knows of the image; without it the

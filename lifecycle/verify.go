@@ -99,6 +99,29 @@ func VerifyInitrd(ctx context.Context, e *Env, kernel, arch string) (*VerifyRepo
 	return rep, err
 }
 
+// writeProbe writes to probePath a copy of the mapped image m that loads
+// names at boot. The image's index (kept for the append path) says how;
+// an index of the whole image is made in tmp when dkmsd's state does not
+// describe it.
+func (e *Env) writeProbe(m *initrd.Mapped, kernel string, names []string, tmp, probePath string) error {
+	baseLen, digest, _ := e.initrdBase(kernel, m)
+	dir := e.Layout.InitrdCacheDir(kernel)
+	if baseLen == len(m.Data) && digest == "" {
+		dir = filepath.Join(tmp, "index")
+	}
+	base, err := initrd.OpenBase(m.Data[:baseLen], digest, kernel, dir, tmp)
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	probe, err := initrd.Probe(base.Index, m.Data, names)
+	if err != nil {
+		return err
+	}
+	_, err = initrd.WriteImage(probePath, m, probe)
+	return err
+}
+
 // bootAndCheck boots a probe copy of the initrd and fills rep.
 func (e *Env) bootAndCheck(ctx context.Context, rep *VerifyReport, names []string) {
 	unverifiable := func(format string, args ...any) {
@@ -109,39 +132,21 @@ func (e *Env) bootAndCheck(ctx context.Context, rep *VerifyReport, names []strin
 		unverifiable("no kernel image %s", vmlinuz)
 		return
 	}
-	data, err := os.ReadFile(rep.Initrd)
+	m, err := initrd.OpenMapped(rep.Initrd)
 	if err != nil {
 		unverifiable("%v", err)
 		return
 	}
+	defer m.Close()
 	tmp, err := os.MkdirTemp(e.Layout.TmpDir, "dkmsd-verify-")
 	if err != nil {
 		unverifiable("%v", err)
 		return
 	}
 	defer os.RemoveAll(tmp)
-	// The image's index (kept for the append path) says how to make it
-	// load the modules; an index of the whole image is made in tmp when
-	// dkmsd's state does not describe it.
-	baseLen, digest := initrd.LoadState(e.Layout.InitrdStateFile(rep.Kernel)).BaseOf(data)
-	dir := e.Layout.InitrdCacheDir(rep.Kernel)
-	if baseLen == len(data) && digest == "" {
-		dir = filepath.Join(tmp, "index")
-	}
-	base, err := initrd.OpenBase(data[:baseLen], digest, rep.Kernel, dir, tmp)
-	if err != nil {
-		unverifiable("%s: %v", rep.Initrd, err)
-		return
-	}
-	defer base.Close()
-	probe, err := initrd.Probe(base.Index, data, names)
-	if err != nil {
-		unverifiable("%v", err)
-		return
-	}
 	probePath := filepath.Join(tmp, "initrd.img")
-	if err := initrd.WriteAtomic(probePath, probe...); err != nil {
-		unverifiable("%v", err)
+	if err := initrd.Guard(func() error { return e.writeProbe(m, rep.Kernel, names, tmp, probePath) }); err != nil {
+		unverifiable("%s: %v", rep.Initrd, err)
 		return
 	}
 	res, err := boot.Run(ctx, boot.Options{Kernel: vmlinuz, Initrd: probePath})
