@@ -32,6 +32,7 @@ var installedHookFiles = []string{
 	libexec + "/dkmsd-kernel-install",
 	libexec + "/dkmsd-apt",
 	libexec + "/dkmsd-dnf",
+	libexec + "/dkmsd-alpm",
 	"/usr/lib/kernel/install.d/40-dkmsd.install",
 	"/etc/kernel/postinst.d/dkmsd",
 	"/etc/kernel/header_postinst.d/dkmsd",
@@ -40,7 +41,10 @@ var installedHookFiles = []string{
 	"/etc/apt/apt.conf.d/95dkmsd",
 	"/etc/dnf/plugins/post-transaction-actions.d/dkmsd.action",
 	"/etc/dnf/libdnf5-plugins/actions.d/dkmsd.actions",
+	"/usr/share/libalpm/hooks/70-dkmsd-install.hook",
+	"/usr/share/libalpm/hooks/70-dkmsd-remove.hook",
 	"/usr/share/initramfs-tools/hooks/dkmsd",
+	"/usr/lib/dracut/dracut.conf.d/50-dkmsd.conf",
 }
 
 // debianDKMSHooks are Debian's dkms 3.0.10 kernel hooks, which would also
