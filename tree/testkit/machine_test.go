@@ -102,15 +102,28 @@ func TestRestoreMachine(t *testing.T) {
 		t.Errorf("a second restore changed %q, failed %q; want nothing to do", again, failed)
 	}
 
-	// A file rewritten in place changes its copy too: named, not hidden.
-	f, err := os.OpenFile(p("boot/initrd.img-k"), os.O_WRONLY|os.O_TRUNC, 0)
+	// A small file rewritten in place (dkmsd's lock file) was copied, so
+	// it is put back; a large one rewritten in place changed its hard-
+	// linked copy too: named, not hidden.
+	write("var/lock", "", 0o644)
+	write("boot/big", strings.Repeat("x", smallFile+1), 0o644)
+	before, err = recordMachine(paths, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteString("rewritten in place!")
-	f.Close()
+	for _, f := range []string{"var/lock", "boot/big"} {
+		f, err := os.OpenFile(p(f), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("rewritten in place!")
+		f.Close()
+	}
 	_, failed = restoreMachine(paths, before)
-	if len(failed) != 1 || !strings.Contains(failed[0], "initrd.img-k") || !strings.Contains(failed[0], "in place") {
-		t.Errorf("after an in-place rewrite: failed %q, want one line naming initrd.img-k and the in-place rewrite", failed)
+	if len(failed) != 1 || !strings.Contains(failed[0], "boot/big") || !strings.Contains(failed[0], "in place") {
+		t.Errorf("after in-place rewrites: failed %q, want one line naming boot/big and the in-place rewrite", failed)
+	}
+	if b, err := os.ReadFile(p("var/lock")); err != nil || len(b) != 0 {
+		t.Errorf("var/lock after restore = %q, %v; want it empty again", b, err)
 	}
 }
